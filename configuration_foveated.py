@@ -1,0 +1,204 @@
+"""Configuration of the foveated video-language model (one visual token per frame).
+
+The model pairs a DINOv3 ViT (``vision_config``) that is read through a single query token per frame with a
+SmolLM2 language model (``text_config``) that predicts the query for the next frame. Every knob of the design
+lives here, each documented where it is declared.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# Shapes of the public DINOv3 ViT-S/16 checkpoint, read at 256 px (16 x 16 = 256 patches).
+DINOV3_VITS16_SHAPES = {
+    "hidden_size": 384,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 6,
+    "patch_size": 16,
+    "image_size": 256,
+    "num_register_tokens": 4,
+    "layerscale_value": 1.0e-5,
+}
+
+# Shapes of SmolLM2-135M-Instruct; the vocabulary holds the three added video tokens, padded to a multiple of 64.
+SMOLLM2_135M_SHAPES = {
+    "vocab_size": 49216,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1.0e-5,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 100000.0},
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 2,
+    "hidden_act": "silu",
+    "initializer_range": 0.041666666666666664,
+}
+
+FOVEATION_MODES = ("foveated", "dense")
+INFERENCE_MODES = ("two_pass", "coarse")
+TARGET_SOURCES = ("downsampled_frames", "vae")
+
+
+class FoveatedVLMConfig(PreTrainedConfig):
+    """Configuration of :class:`FoveatedVLMForConditionalGeneration`.
+
+    Defaults give the full-size model of the proposal: DINOv3 ViT-S/16 at 256 px with 4 register tokens and
+    SmolLM2-135M-Instruct. Each field below is documented by the string that follows it.
+
+    Example:
+        >>> config = FoveatedVLMConfig(lambda_coarse=0.5, query_attention_temperature=0.5)
+        >>> config.target_shape
+        (3, 32, 32)
+    """
+
+    model_type = "foveated_vlm"
+
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="dinov3_vit", init_kwargs=DINOV3_VITS16_SHAPES
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs=SMOLLM2_135M_SHAPES),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    """DINOv3 ViT config of the frame encoder (default: ViT-S/16 at 256 px, 4 register tokens)."""
+    text_config: dict | PreTrainedConfig | None = None
+    """Llama config of the language model (default: SmolLM2-135M-Instruct with the video tokens added)."""
+
+    foveation_mode: str = "foveated"
+    """``"foveated"``: one query token per frame read through cached patch K/V (the proposal).
+    ``"dense"``: the baseline that feeds ``dense_tokens_per_frame`` pooled patch tokens per frame to the LLM."""
+    dense_tokens_per_frame: int = 64
+    """Visual tokens per frame in ``dense`` mode; the patch grid is pixel-unshuffled down to this many tokens."""
+
+    query_dim: int = 384
+    """Width of the query vectors the LLM predicts (and of ``q_static``/``q_init``)."""
+    query_init_std: float = 1.0
+    """Std of the learned static and initial queries. Tiny queries (0.02) give identical attention maps."""
+    query_attention_temperature: float = 1.0
+    """Softmax temperature of the query token's attention in every encoder layer (< 1 sharpens it)."""
+    query_attention_top_k: int = 0
+    """If > 0, the query token attends only to its top-k patch keys per head (hard attention); 0 is soft."""
+    attention_map_layer: int = -1
+    """Encoder layer whose query attention (mean over heads, over patches) is returned for visualisation."""
+    visual_token_scale: float = 1.0
+    """Factor applied to projected visual tokens before they enter the LLM (matches their norm to text)."""
+
+    frame_token_id: int = 49152
+    """Placeholder token of one frame in ``input_ids``; replaced by the frame's visual token."""
+    video_start_token_id: int = 49153
+    """Token that opens the video; replaced by the learned coarse or fine mode embedding of the pass."""
+    video_end_token_id: int = 49154
+    """Token that closes the video; replaced by a learned embedding. Captions follow it."""
+
+    target_source: str = "downsampled_frames"
+    """Next-frame target: ``"vae"`` (SD-VAE latent mean x scaling factor) or ``"downsampled_frames"``."""
+    target_channels: int = 3
+    """Channels of one target (3 for downsampled RGB frames, 4 for an SD-VAE latent)."""
+    target_downsample: int = 8
+    """Spatial factor between a frame and its target (the SD-VAE's 8; frames are area-downsampled by it)."""
+    vae_name_or_path: str | None = None
+    """Hub id or path of the ``diffusers.AutoencoderKL`` that makes (and decodes) ``vae`` targets."""
+
+    film_hidden_dim: int = 512
+    """Hidden width of the MLP that maps an LLM state to FiLM scale and shift."""
+    film_channels: list[int] | tuple[int, ...] = (64, 128, 256)
+    """Conv widths of the prediction head's encoder (mirrored by its decoder); the last is FiLM-modulated."""
+    separate_prediction_heads: bool = False
+    """Remedy: give the coarse pass its own prediction head instead of sharing the fine one."""
+    query_skip_to_head: bool = False
+    """Remedy: add the query that read the frame to the prediction head's features (where it looked)."""
+    predict_delta: bool = False
+    """Remedy: predict the change from the previous target instead of the full next target."""
+    delta_l1_weight: float = 0.01
+    """L1 penalty on predicted deltas when ``predict_delta`` (keeps them from collapsing to noise)."""
+    previous_target_dropout: float = 0.0
+    """Remedy: dropout probability on the previous target fed to the prediction head during training."""
+
+    lambda_coarse: float = 1.0
+    """Weight of the coarse pass's losses (prediction and caption) relative to the fine pass."""
+    prediction_loss_weight: float = 1.0
+    """Weight of the next-frame prediction losses in the total loss."""
+    caption_loss_weight: float = 1.0
+    """Weight of the caption cross-entropy in the total loss."""
+    contrastive_loss_weight: float = 0.0
+    """Remedy: weight of the cosine similarity between fine and coarse visual tokens (pushes them apart)."""
+    entropy_loss_weight: float = 0.0
+    """Remedy: weight of the hinge that asks fine attention to be ``entropy_margin`` nats sharper than coarse."""
+    entropy_margin: float = 0.5
+    """Margin (nats) of the entropy hinge."""
+
+    inference_mode: str = "two_pass"
+    """Default reading at inference: ``"two_pass"`` (coarse plans, fine reads) or ``"coarse"`` (static query)."""
+    tie_word_embeddings: bool = True
+    """Tie the LLM's input and output embeddings (SmolLM2 does)."""
+
+    def __post_init__(self, **kwargs):
+        # A partial dict overrides the default shapes instead of replacing them (transformers would start from
+        # the sub-model's own defaults, e.g. a ViT without register tokens).
+        for name, defaults in (("vision_config", DINOV3_VITS16_SHAPES), ("text_config", SMOLLM2_135M_SHAPES)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, {**defaults, **value})
+        super().__post_init__(**kwargs)
+        self.film_channels = list(self.film_channels)
+        self._validate_knobs()
+
+    def _validate_knobs(self) -> None:
+        checks = {
+            "foveation_mode": (self.foveation_mode in FOVEATION_MODES, f"one of {FOVEATION_MODES}"),
+            "inference_mode": (self.inference_mode in INFERENCE_MODES, f"one of {INFERENCE_MODES}"),
+            "target_source": (self.target_source in TARGET_SOURCES, f"one of {TARGET_SOURCES}"),
+            "query_dim": (self.query_dim > 0, "positive"),
+            "query_init_std": (self.query_init_std > 0, "positive"),
+            "query_attention_temperature": (self.query_attention_temperature > 0, "positive"),
+            "query_attention_top_k": (self.query_attention_top_k >= 0, ">= 0"),
+            "target_channels": (self.target_channels > 0, "positive"),
+            "target_downsample": (self.target_downsample > 0, "positive"),
+            "film_channels": (len(self.film_channels) > 0 and min(self.film_channels) > 0, "non-empty, positive"),
+            "previous_target_dropout": (0.0 <= self.previous_target_dropout < 1.0, "in [0, 1)"),
+            "lambda_coarse": (self.lambda_coarse >= 0, ">= 0"),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise ValueError(f"FoveatedVLMConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+        image_size = self.vision_config.image_size
+        if image_size % self.target_downsample:
+            raise ValueError(
+                f"vision_config.image_size ({image_size}) must be divisible by target_downsample "
+                f"({self.target_downsample})"
+            )
+        if self.foveation_mode == "dense":
+            grid = image_size // self.vision_config.patch_size
+            factor = round((grid * grid / self.dense_tokens_per_frame) ** 0.5)
+            if factor < 1 or (grid % factor) or (grid // factor) ** 2 != self.dense_tokens_per_frame:
+                raise ValueError(
+                    f"dense_tokens_per_frame ({self.dense_tokens_per_frame}) must be a square that divides the "
+                    f"{grid}x{grid} patch grid"
+                )
+
+    @property
+    def target_shape(self) -> tuple[int, int, int]:
+        """Shape ``(C, h, w)`` of one frame's prediction target."""
+        side = self.vision_config.image_size // self.target_downsample
+        return (self.target_channels, side, side)
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens per frame."""
+        return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """LLM tokens that stand for one frame (1 when foveated, ``dense_tokens_per_frame`` when dense)."""
+        return 1 if self.foveation_mode == "foveated" else self.dense_tokens_per_frame
+
+
+__all__ = ["FoveatedVLMConfig"]

@@ -1,0 +1,101 @@
+"""Tiny, self-contained model parts for tests, the CPU demo and the CPU benchmark (no hub, no downloads).
+
+``tiny_tokenizer()`` trains a small byte-level BPE on an embedded corpus, with SmolLM2's special tokens at the
+same ids (0 ``<|endoftext|>``, 1 ``<|im_start|>``, 2 ``<|im_end|>``) and its chat template, so that every code
+path that works with it works with SmolLM2's real tokenizer.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from configuration_foveated import FoveatedVLMConfig
+from processing_foveated import CHATML_TEMPLATE, VIDEO_TOKENS, FoveatedVLMProcessor, add_video_tokens
+
+SMOLLM2_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+TINY_VOCAB_SIZE = 512
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "grey", "pink")
+SHAPES = ("square", "circle", "triangle", "star", "ball", "box")
+MOTIONS = (
+    "moves from left to right", "moves from right to left", "moves from top to bottom",
+    "moves from bottom to top", "bounces around", "stays still",
+)
+PROMPTS = (
+    "What happens in the video?", "Describe the video.", "What does the object do?", "Describe the {c} {s}.",
+    "What does the {c} {s} do?", "Where does the {c} {s} go?", "What colour is the moving object?",
+    "What shape is the moving object?", "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+)
+
+
+def _corpus() -> list[str]:
+    """Sentences covering the captions, prompts and answers of the procedural data set."""
+    lines = [f"the {c} {s} {m}." for c, s, m in itertools.product(COLOURS, SHAPES, MOTIONS)]
+    lines += [p.format(c=c, s=s) for p in PROMPTS for c, s in zip(COLOURS, itertools.cycle(SHAPES))]
+    lines += ["to the left", "to the right", "up", "down", "nowhere", "system", "user", "assistant", "\n"]
+    return lines
+
+
+def tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer with SmolLM2's special tokens, chat template and the video tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SMOLLM2_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+    )
+    wrapped.chat_template = CHATML_TEMPLATE
+    add_video_tokens(wrapped)
+    return wrapped
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -> FoveatedVLMConfig:
+    """A FoveatedVLMConfig of the real structure at toy size (32 px frames, 2-layer ViT and LLM).
+
+    ``overrides`` are FoveatedVLMConfig fields; ``vision``/``text`` dicts override the sub-config shapes.
+    """
+    tokenizer = tokenizer or tiny_tokenizer()
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in VIDEO_TOKENS}
+    vision = {
+        "image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_register_tokens": 2, "layerscale_value": 1.0,
+    }
+    text = {
+        "vocab_size": len(tokenizer), "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id, "initializer_range": 0.02,
+    }
+    vision.update(overrides.pop("vision", {}))
+    text.update(overrides.pop("text", {}))
+    settings = {
+        "query_dim": 24, "film_hidden_dim": 32, "film_channels": [8, 16], "target_downsample": 8,
+        "frame_token_id": ids[VIDEO_TOKENS[0]], "video_start_token_id": ids[VIDEO_TOKENS[1]],
+        "video_end_token_id": ids[VIDEO_TOKENS[2]],
+    }
+    settings.update(overrides)
+    return FoveatedVLMConfig(vision_config=vision, text_config=text, **settings)
+
+
+def tiny_processor(config: FoveatedVLMConfig, tokenizer: PreTrainedTokenizerFast | None = None) -> FoveatedVLMProcessor:
+    """The processor matching ``config`` (frame size, target factor, tokens per frame, context)."""
+    return FoveatedVLMProcessor(
+        tokenizer=tokenizer or tiny_tokenizer(),
+        image_size=config.vision_config.image_size,
+        target_downsample=config.target_downsample,
+        tokens_per_frame=config.tokens_per_frame,
+        max_sequence_length=config.text_config.max_position_embeddings,
+    )

@@ -1,0 +1,670 @@
+"""The foveated video-language model: one visual token per frame, the LLM decides where to look next.
+
+A DINOv3 ViT encodes each frame's patches once and keeps every layer's patch keys/values. A query token is then
+pushed through all encoder layers against those cached keys/values (it sees the patches and itself; the patches
+never see it), and its output is the frame's single visual token. Training runs two passes over the LLM
+(SmolLM2): pass 1 reads every frame with a learned static query and predicts the query for the next frame;
+pass 2 reads every frame with those predicted queries. Both passes predict the next frame's target through a
+FiLM head and learn to caption the video after ``<video_end>``.
+
+Shapes use B (batch), T (padded frames per video), N (valid frames in the batch), L (sequence length),
+S (encoder tokens per frame: CLS + registers + P patches), D (encoder width), H (LLM width), Q (query width).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import DINOv3ViTModel, GenerationMixin, LlamaForCausalLM, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
+
+try:
+    from .configuration_foveated import FoveatedVLMConfig
+except ImportError:  # imported as a top-level module from a checkout of the repository
+    from configuration_foveated import FoveatedVLMConfig
+
+COARSE, FINE = 0, 1  # rows of the learned mode embeddings
+KAIMING_SLOPE = 5**0.5  # torch.nn.Linear's own default initialisation
+# Auto classes that resolve to this model when loaded with trust_remote_code.
+AUTO_MAP = {
+    "AutoConfig": "configuration_foveated.FoveatedVLMConfig",
+    "AutoModel": "modeling_foveated.FoveatedVLMForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_foveated.FoveatedVLMForConditionalGeneration",
+}
+
+
+@dataclass
+class PatchCache(ModelOutput):
+    """Per-layer patch keys/values of a batch of frames, computed once by the patch pass.
+
+    Args:
+        keys: one ``[N, heads, S, D/heads]`` tensor per encoder layer (RoPE already applied to the patches).
+        values: one ``[N, heads, S, D/heads]`` tensor per encoder layer.
+        patch_states: ``[N, S, D]`` final (normed) encoder states of CLS, registers and patches.
+    """
+
+    keys: list[torch.Tensor] | None = None
+    values: list[torch.Tensor] | None = None
+    patch_states: torch.Tensor | None = None
+
+
+@dataclass
+class FoveatedVLMOutput(ModelOutput):
+    """Output of :meth:`FoveatedVLMForConditionalGeneration.forward`.
+
+    Args:
+        loss: weighted total of the terms below (present when targets or labels are given).
+        loss_fine: next-frame prediction MSE of the fine (dynamic-query) pass.
+        loss_coarse: next-frame prediction MSE of the coarse (static-query) pass.
+        loss_caption: caption cross-entropy of the fine pass (tokens after ``<video_end>``).
+        loss_caption_coarse: caption cross-entropy of the coarse pass.
+        loss_contrastive, loss_entropy, loss_delta_l1: remedy terms (present when their weights are non-zero).
+        logits: ``[B, L', V]`` next-token logits of the pass that feeds the cache (``L'`` per ``logits_to_keep``).
+        past_key_values: the LLM cache (fine stream, or coarse stream in coarse inference).
+        predictions_fine / predictions_coarse: ``[N, C, h, w]`` predicted next-frame targets of the valid frames.
+        queries: ``[N, Q]`` queries that read each valid frame in the fine pass (``q_init`` for first frames).
+        attention_fine / attention_coarse: ``[N, P]`` query attention over patches (mean over heads).
+        visual_tokens_fine / visual_tokens_coarse: ``[N, D]`` encoder outputs of the query token.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_fine: torch.Tensor | None = None
+    loss_coarse: torch.Tensor | None = None
+    loss_caption: torch.Tensor | None = None
+    loss_caption_coarse: torch.Tensor | None = None
+    loss_contrastive: torch.Tensor | None = None
+    loss_entropy: torch.Tensor | None = None
+    loss_delta_l1: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: object | None = None
+    predictions_fine: torch.Tensor | None = None
+    predictions_coarse: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
+    attention_fine: torch.Tensor | None = None
+    attention_coarse: torch.Tensor | None = None
+    visual_tokens_fine: torch.Tensor | None = None
+    visual_tokens_coarse: torch.Tensor | None = None
+
+
+def attention_entropy(attention: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of attention distributions ``[..., P]`` -> ``[...]``."""
+    return -(attention * attention.clamp_min(torch.finfo(attention.dtype).tiny).log()).sum(-1)
+
+
+class FoveatedEncoder(nn.Module):
+    """DINOv3 ViT read by one query token per frame through cached patch keys/values.
+
+    The patch pass is the ViT's own forward, written out so that each layer's keys/values are captured as they
+    are computed (once). The query pass pushes one token per frame through the same layers; at every layer it
+    attends to that frame's cached keys/values plus its own, which equals running the ViT on
+    ``[CLS, registers, query, patches]`` with a mask that hides the query from every other token.
+    """
+
+    def __init__(self, config: FoveatedVLMConfig):
+        super().__init__()
+        self.config = config
+        self.vision_model = DINOv3ViTModel(config.vision_config)
+        vision = config.vision_config
+        self.num_heads = vision.num_attention_heads
+        self.head_dim = vision.hidden_size // vision.num_attention_heads
+        self.num_prefix_tokens = 1 + vision.num_register_tokens
+        self.gradient_checkpointing = False
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.vision_model.model.layer
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        """``[N, S, D]`` -> ``[N, heads, S, D/heads]``."""
+        n, s, _ = states.shape
+        return states.view(n, s, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _merge_heads(self, states: torch.Tensor) -> torch.Tensor:
+        """``[N, heads, S, D/heads]`` -> ``[N, S, D]``."""
+        n, _, s, _ = states.shape
+        return states.transpose(1, 2).reshape(n, s, self.num_heads * self.head_dim)
+
+    @staticmethod
+    def _feed_forward(layer: nn.Module, states: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Residual attention output then residual MLP of one ViT layer."""
+        states = states + layer.drop_path(layer.layer_scale1(layer.attention.o_proj(attended)))
+        return states + layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(states))))
+
+    def _patch_layer(
+        self, layer: nn.Module, states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One ViT layer over ``[N, S, D]`` frame tokens; returns new states and this layer's keys/values."""
+        attention = layer.attention
+        normed = layer.norm1(states)
+        query = self._split_heads(attention.q_proj(normed))
+        key = self._split_heads(attention.k_proj(normed))
+        value = self._split_heads(attention.v_proj(normed))
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        attended = F.scaled_dot_product_attention(query, key, value, scale=attention.scaling)
+        return self._feed_forward(layer, states, self._merge_heads(attended)), key, value
+
+    def encode_patches(self, pixel_values: torch.Tensor) -> PatchCache:
+        """Patch pass over ``[N, C, H, W]`` frames; caches every layer's keys/values (computed once)."""
+        vit = self.vision_model
+        pixel_values = pixel_values.to(vit.embeddings.patch_embeddings.weight.dtype)
+        states = vit.embeddings(pixel_values)
+        cos, sin = vit.rope_embeddings(pixel_values)
+        keys, values = [], []
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                states, key, value = checkpoint(self._patch_layer, layer, states, cos, sin, use_reentrant=False)
+            else:
+                states, key, value = self._patch_layer(layer, states, cos, sin)
+            keys.append(key)
+            values.append(value)
+        return PatchCache(keys=keys, values=values, patch_states=vit.norm(states))
+
+    def _query_scores(self, query: torch.Tensor, cached_key: torch.Tensor, own_key: torch.Tensor, scale: float):
+        """Scores of a query token ``[N, heads, 1, d]`` over cached keys and its own key -> ``[N, heads, 1, S+1]``."""
+        cached = torch.matmul(query, cached_key.transpose(-1, -2)) * scale
+        own = (query * own_key).sum(-1, keepdim=True) * scale
+        scores = torch.cat([cached, own], dim=-1)
+        top_k = self.config.query_attention_top_k
+        if top_k:
+            patch_scores = scores[..., self.num_prefix_tokens : -1]
+            threshold = patch_scores.topk(min(top_k, patch_scores.shape[-1]), dim=-1).values[..., -1:]
+            dropped = torch.zeros_like(scores, dtype=torch.bool)
+            dropped[..., self.num_prefix_tokens : -1] = patch_scores < threshold
+            scores = scores.masked_fill(dropped, torch.finfo(scores.dtype).min)
+        return scores
+
+    def _query_layer(
+        self, layer: nn.Module, states: torch.Tensor, cached_key: torch.Tensor, cached_value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ViT layer for the query token ``[N, 1, D]``; returns new states and weights ``[N, heads, S+1]``."""
+        attention = layer.attention
+        normed = layer.norm1(states)
+        query = self._split_heads(attention.q_proj(normed))
+        own_key = self._split_heads(attention.k_proj(normed))
+        own_value = self._split_heads(attention.v_proj(normed))
+        scale = attention.scaling / self.config.query_attention_temperature
+        weights = self._query_scores(query, cached_key, own_key, scale).float().softmax(-1).to(query.dtype)
+        attended = torch.matmul(weights[..., :-1], cached_value) + weights[..., -1:] * own_value
+        return self._feed_forward(layer, states, self._merge_heads(attended)), weights.squeeze(2)
+
+    def query(self, query_tokens: torch.Tensor, cache: PatchCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query pass: ``[N, D]`` query tokens through all layers against the frames' cached K/V.
+
+        Returns:
+            visual tokens ``[N, D]`` (the normed encoder output at the query) and the query's attention over
+            patches ``[N, P]`` at ``config.attention_map_layer`` (mean over heads, renormalised over patches).
+        """
+        states = query_tokens.unsqueeze(1).to(cache.keys[0].dtype)
+        map_layer = self.config.attention_map_layer % len(self.layers)
+        attention_map = None
+        for index, layer in enumerate(self.layers):
+            states, weights = self._query_layer(layer, states, cache.keys[index], cache.values[index])
+            if index == map_layer:
+                patch_weights = weights[..., self.num_prefix_tokens : -1].mean(1)
+                attention_map = patch_weights / patch_weights.sum(-1, keepdim=True)
+        return self.vision_model.norm(states).squeeze(1), attention_map
+
+
+class FiLMPredictionHead(nn.Module):
+    """Predicts the next frame's target from an LLM state and the previous target (FiLM conditioning).
+
+    The previous target ``[N, C, h, w]`` is encoded by convolutions, scaled and shifted channel-wise by values
+    computed from the LLM state ``[N, H]``, and decoded back to a full (non-residual) target ``[N, C, h, w]``.
+    """
+
+    def __init__(self, config: FoveatedVLMConfig):
+        super().__init__()
+        channels = [config.target_channels, *config.film_channels]
+        width = channels[-1]
+        self.film = nn.Sequential(
+            nn.Linear(config.text_config.hidden_size, config.film_hidden_dim),
+            nn.GELU(),
+            nn.Linear(config.film_hidden_dim, 2 * width),
+        )
+        self.target_encoder = self._conv_stack(channels)
+        self.target_decoder = self._conv_stack(channels[::-1])
+        self.query_skip = nn.Linear(config.query_dim, width, bias=False) if config.query_skip_to_head else None
+
+    @staticmethod
+    def _conv_stack(channels: list[int]) -> nn.Sequential:
+        modules: list[nn.Module] = []
+        for index, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
+            modules.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1))
+            if index < len(channels) - 2:
+                modules.append(nn.GELU())
+        return nn.Sequential(*modules)
+
+    def forward(
+        self, hidden: torch.Tensor, previous_target: torch.Tensor, query: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``hidden [N, H]``, ``previous_target [N, C, h, w]``, optional ``query [N, Q]`` -> ``[N, C, h, w]``."""
+        features = self.target_encoder(previous_target.to(hidden.dtype))
+        scale, shift = self.film(hidden).chunk(2, dim=-1)
+        features = features * scale[..., None, None] + shift[..., None, None]
+        if self.query_skip is not None and query is not None:
+            features = features + self.query_skip(query.to(hidden.dtype))[..., None, None]
+        return self.target_decoder(features)
+
+
+class FoveatedVLMPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and Hub plumbing shared by the foveated VLM classes."""
+
+    config_class = FoveatedVLMConfig
+    config: FoveatedVLMConfig
+    base_model_prefix = "foveated"
+    main_input_name = "input_ids"
+    input_modalities = ("video", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules = ["DINOv3ViTLayer", "LlamaDecoderLayer"]
+    _can_compile_fullgraph = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise the new modules; the vision and language sub-models initialise themselves."""
+        if isinstance(module, FoveatedVLMForConditionalGeneration):
+            text_std = self.config.text_config.initializer_range
+            if self.config.foveation_mode == "foveated":
+                init.normal_(module.fovea_static_query, std=self.config.query_init_std)
+                init.normal_(module.fovea_initial_query, std=self.config.query_init_std)
+            init.normal_(module.fovea_mode_embeddings, std=text_std)
+            init.normal_(module.fovea_video_end_embedding, std=text_std)
+            init.zeros_(module.fovea_initial_target)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.kaiming_uniform_(module.weight, a=KAIMING_SLOPE)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, GenerationMixin):
+    """Foveated video-language model with next-frame prediction and captioning.
+
+    Inputs come from :class:`FoveatedVLMProcessor`: ``input_ids`` hold one ``frame_token_id`` per valid frame
+    (``dense_tokens_per_frame`` in dense mode) between ``video_start_token_id`` and ``video_end_token_id``;
+    ``pixel_values_videos [B, T, 3, H, W]`` with ``video_frame_mask [B, T]`` hold the frames.
+    New modules carry a ``fovea_`` prefix so that PEFT's name matching never confuses them with LLM layers.
+    """
+
+    _tied_weights_keys = {"language_model.lm_head.weight": "language_model.model.embed_tokens.weight"}
+
+    def __init__(self, config: FoveatedVLMConfig):
+        super().__init__(config)
+        config.auto_map = {**(getattr(config, "auto_map", None) or {}), **AUTO_MAP}
+        vision_width = config.vision_config.hidden_size
+        text_width = config.text_config.hidden_size
+        self.fovea_encoder = FoveatedEncoder(config)
+        self.language_model = LlamaForCausalLM(config.text_config)
+        if config.foveation_mode == "dense":
+            self.fovea_dense_projection = nn.Linear(vision_width * self._dense_unshuffle**2, text_width)
+        else:
+            self.fovea_visual_projection = nn.Linear(vision_width, text_width)
+            self.fovea_query_head = nn.Linear(text_width, config.query_dim)
+            self.fovea_query_input_projection = nn.Linear(config.query_dim, vision_width, bias=False)
+            self.fovea_static_query = nn.Parameter(torch.empty(config.query_dim))
+            self.fovea_initial_query = nn.Parameter(torch.empty(config.query_dim))
+        self.fovea_mode_embeddings = nn.Parameter(torch.empty(2, text_width))
+        self.fovea_video_end_embedding = nn.Parameter(torch.empty(text_width))
+        self.fovea_initial_target = nn.Parameter(torch.empty(config.target_shape))
+        self.fovea_prediction_head = FiLMPredictionHead(config)
+        self.fovea_coarse_prediction_head = (
+            FiLMPredictionHead(config) if config.separate_prediction_heads else None
+        )
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------- plumbing
+    @property
+    def _dense_unshuffle(self) -> int:
+        grid = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        return grid // round(self.config.dense_tokens_per_frame**0.5)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+        self.fovea_encoder.gradient_checkpointing = enable
+        if enable:
+            self.language_model.gradient_checkpointing_enable({"use_reentrant": False})
+        else:
+            self.language_model.gradient_checkpointing_disable()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        """Non-reentrant checkpointing of every encoder and LLM layer (reentrant + compile gives NaN)."""
+        self._set_gradient_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._set_gradient_checkpointing(False)
+
+    # ----------------------------------------------------------------------------------------- vision
+    def encode_frames(self, frames: torch.Tensor) -> PatchCache:
+        """Patch pass over valid frames ``[N, 3, H, W]`` (one batched pass, K/V cached)."""
+        return self.fovea_encoder.encode_patches(frames)
+
+    def read_frames(self, queries: torch.Tensor, cache: PatchCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read frames with queries ``[N, Q]``: returns visual tokens ``[N, D]`` and attention ``[N, P]``."""
+        query_tokens = self.fovea_query_input_projection(queries.to(self.fovea_query_input_projection.weight.dtype))
+        return self.fovea_encoder.query(query_tokens, cache)
+
+    def project_visual_tokens(self, visual_tokens: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs ``[N, D]`` -> LLM inputs ``[N, H]``."""
+        return self.fovea_visual_projection(visual_tokens) * self.config.visual_token_scale
+
+    def dense_tokens(self, cache: PatchCache) -> torch.Tensor:
+        """Dense baseline: patch states pixel-unshuffled to ``[N * dense_tokens_per_frame, H]`` LLM inputs."""
+        patches = cache.patch_states[:, self.fovea_encoder.num_prefix_tokens :]
+        n, p, d = patches.shape
+        grid = int(p**0.5)
+        grid_map = patches.transpose(1, 2).reshape(n, d, grid, grid)
+        unshuffled = F.pixel_unshuffle(grid_map, self._dense_unshuffle).flatten(2).transpose(1, 2)
+        tokens = self.fovea_dense_projection(unshuffled) * self.config.visual_token_scale
+        return tokens.reshape(-1, tokens.shape[-1])
+
+    def static_queries(self, count: int) -> torch.Tensor:
+        """The learned static query repeated ``[count, Q]``."""
+        return self.fovea_static_query.unsqueeze(0).expand(count, -1)
+
+    def next_queries(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Query for the next frame from LLM states at frame positions: ``[N, H]`` -> ``[N, Q]``."""
+        return self.fovea_query_head(hidden)
+
+    # ----------------------------------------------------------------------------------------- sequence
+    def embed_sequence(
+        self, input_ids: torch.Tensor, visual_tokens: torch.Tensor | None, mode: int
+    ) -> torch.Tensor:
+        """Text embeddings with frame placeholders, mode and end tokens replaced: ``[B, L]`` -> ``[B, L, H]``."""
+        config = self.config
+        embeds = self.get_input_embeddings()(input_ids)
+        start = (input_ids == config.video_start_token_id).unsqueeze(-1)
+        end = (input_ids == config.video_end_token_id).unsqueeze(-1)
+        embeds = torch.where(start, self.fovea_mode_embeddings[mode].to(embeds.dtype), embeds)
+        embeds = torch.where(end, self.fovea_video_end_embedding.to(embeds.dtype), embeds)
+        if visual_tokens is not None:
+            frame_slots = (input_ids == config.frame_token_id).unsqueeze(-1).expand_as(embeds)
+            embeds = embeds.masked_scatter(frame_slots, visual_tokens.to(embeds.dtype))
+        return embeds
+
+    def run_language_model(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        past_key_values=None,
+        use_cache: bool = False,
+    ):
+        """The LLM's decoder stack (no LM head): returns its ``BaseModelOutputWithPast``."""
+        return self.language_model.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+
+    def _validate_video_inputs(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, frame_mask: torch.Tensor
+    ) -> None:
+        if pixel_values.dim() != 5:
+            raise ValueError(f"pixel_values_videos must be [B, T, C, H, W], got shape {tuple(pixel_values.shape)}")
+        if frame_mask.shape != pixel_values.shape[:2]:
+            raise ValueError(
+                f"video_frame_mask {tuple(frame_mask.shape)} does not match pixel_values_videos "
+                f"{tuple(pixel_values.shape[:2])}"
+            )
+        tokens = (input_ids == self.config.frame_token_id).sum(1)
+        expected = frame_mask.sum(1) * self.config.tokens_per_frame
+        if not torch.equal(tokens.cpu(), expected.cpu()):
+            raise ValueError(
+                f"input_ids hold {tokens.tolist()} frame tokens per sample but the videos need "
+                f"{expected.tolist()} ({self.config.tokens_per_frame} per valid frame)"
+            )
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_frame_mask: torch.Tensor | None = None,
+        prediction_targets: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        inference_mode: str | None = None,
+        **kwargs,
+    ) -> FoveatedVLMOutput:
+        """Two-pass forward (or one pass in coarse or dense mode).
+
+        Args:
+            input_ids: ``[B, L]`` token ids with frame placeholders (from the processor).
+            attention_mask: ``[B, L]`` 1 for real tokens, 0 for padding.
+            pixel_values_videos: ``[B, T, 3, H, W]`` normalised frames (padded frames ignored).
+            video_frame_mask: ``[B, T]`` bool, True for real frames. Defaults to all True.
+            prediction_targets: ``[B, T, C, h, w]`` next-frame targets of every frame (VAE latents or
+                downsampled frames); enables the prediction losses.
+            labels: ``[B, L]`` caption token ids, -100 elsewhere; enables the caption losses.
+            logits_to_keep: compute logits for the last this-many positions only (0 = all).
+            inference_mode: ``"two_pass"`` or ``"coarse"``; defaults to ``config.inference_mode``. Training
+                always runs both passes.
+        """
+        if inputs_embeds is not None:
+            raise ValueError("FoveatedVLMForConditionalGeneration builds its own inputs_embeds; pass input_ids")
+        if input_ids is None:
+            raise ValueError("input_ids are required")
+        mode = inference_mode or self.config.inference_mode
+        if mode not in ("two_pass", "coarse"):
+            raise ValueError(f"inference_mode must be 'two_pass' or 'coarse', got {mode!r}")
+        use_cache = bool(use_cache) and not self.training
+        if position_ids is None:
+            position_ids = self._default_position_ids(input_ids, attention_mask, past_key_values)
+
+        if pixel_values_videos is None:
+            hidden = self.run_language_model(
+                self.embed_sequence(input_ids, None, FINE), attention_mask, position_ids, past_key_values, use_cache
+            )
+            return self._text_output(hidden, labels, logits_to_keep)
+
+        if video_frame_mask is None:
+            video_frame_mask = torch.ones(pixel_values_videos.shape[:2], dtype=torch.bool, device=input_ids.device)
+        video_frame_mask = video_frame_mask.bool()
+        self._validate_video_inputs(input_ids, pixel_values_videos, video_frame_mask)
+        cache = self.encode_frames(pixel_values_videos[video_frame_mask])
+        first_frame = (video_frame_mask.cumsum(1) == 1)[video_frame_mask]
+        targets = None if prediction_targets is None else prediction_targets[video_frame_mask]
+        passes = _PassInputs(input_ids, attention_mask, position_ids, past_key_values, use_cache, first_frame)
+
+        if self.config.foveation_mode == "dense":
+            return self._dense_forward(passes, cache, targets, labels, logits_to_keep)
+        return self._foveated_forward(passes, cache, targets, labels, logits_to_keep, coarse_only=mode == "coarse")
+
+    def _default_position_ids(self, input_ids, attention_mask, past_key_values) -> torch.Tensor:
+        past = 0 if past_key_values is None else past_key_values.get_seq_length()
+        if attention_mask is None:
+            return torch.arange(past, past + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        return positions[:, -input_ids.shape[1] :]
+
+    def _foveated_forward(self, passes, cache, targets, labels, logits_to_keep, coarse_only: bool):
+        static = self.static_queries(cache.keys[0].shape[0])
+        visual_coarse, attention_coarse = self.read_frames(static, cache)
+        embeds_coarse = self.embed_sequence(passes.input_ids, self.project_visual_tokens(visual_coarse), COARSE)
+        coarse = self.run_language_model(
+            embeds_coarse,
+            passes.attention_mask,
+            passes.position_ids,
+            passes.past_key_values if coarse_only else None,
+            use_cache=passes.use_cache and coarse_only,
+        )
+        coarse_head = self.fovea_coarse_prediction_head or self.fovea_prediction_head
+        output = FoveatedVLMOutput(
+            attention_coarse=attention_coarse,
+            visual_tokens_coarse=visual_coarse,
+            predictions_coarse=self._predict(coarse_head, coarse.last_hidden_state, passes, targets, static),
+        )
+        if coarse_only:
+            return self._finish(output, coarse, passes, targets, labels, logits_to_keep, hidden_coarse=coarse)
+
+        frame_slots = passes.input_ids == self.config.frame_token_id
+        planned = self.next_queries(coarse.last_hidden_state[frame_slots])
+        queries = torch.where(
+            passes.first_frame.unsqueeze(-1), self.fovea_initial_query.to(planned.dtype), planned.roll(1, dims=0)
+        )
+        visual_fine, attention_fine = self.read_frames(queries, cache)
+        embeds_fine = self.embed_sequence(passes.input_ids, self.project_visual_tokens(visual_fine), FINE)
+        fine = self.run_language_model(
+            embeds_fine, passes.attention_mask, passes.position_ids, passes.past_key_values, passes.use_cache
+        )
+        output.queries = queries
+        output.attention_fine = attention_fine
+        output.visual_tokens_fine = visual_fine
+        output.predictions_fine = self._predict(
+            self.fovea_prediction_head, fine.last_hidden_state, passes, targets, queries
+        )
+        return self._finish(
+            output, fine, passes, targets, labels, logits_to_keep, hidden_fine=fine, hidden_coarse=coarse
+        )
+
+    def _dense_forward(self, passes, cache, targets, labels, logits_to_keep):
+        embeds = self.embed_sequence(passes.input_ids, self.dense_tokens(cache), FINE)
+        dense = self.run_language_model(
+            embeds, passes.attention_mask, passes.position_ids, passes.past_key_values, passes.use_cache
+        )
+        output = FoveatedVLMOutput(
+            predictions_fine=self._predict(self.fovea_prediction_head, dense.last_hidden_state, passes, targets)
+        )
+        return self._finish(output, dense, passes, targets, labels, logits_to_keep, hidden_fine=dense)
+
+    def prediction_states(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """LLM states that predict each valid frame: the position just before the frame's first token.
+
+        ``hidden [B, L, H]`` -> ``[N, H]`` (the ``<video_start>`` state predicts frame 1, frame t's last token
+        predicts frame t+1).
+        """
+        frame_slots = input_ids == self.config.frame_token_id
+        offsets = (frame_slots.cumsum(1) - 1) % self.config.tokens_per_frame
+        frame_starts = frame_slots & (offsets == 0)
+        predictors = torch.zeros_like(frame_starts)
+        predictors[:, :-1] = frame_starts[:, 1:]
+        return hidden[predictors]
+
+    def previous_targets(self, targets: torch.Tensor, first_frame: torch.Tensor) -> torch.Tensor:
+        """Conditioning of each prediction: ``[z_init, target_1 .. target_{T-1}]`` per video, ``[N, C, h, w]``."""
+        initial = self.fovea_initial_target.to(targets.dtype).expand_as(targets)
+        return torch.where(first_frame[:, None, None, None], initial, targets.roll(1, dims=0))
+
+    def _predict(self, head, hidden, passes, targets, queries=None) -> torch.Tensor | None:
+        if targets is None:
+            return None
+        states = self.prediction_states(hidden, passes.input_ids)
+        previous = self.previous_targets(targets, passes.first_frame)
+        if self.training and self.config.previous_target_dropout:
+            previous = F.dropout(previous, p=self.config.previous_target_dropout)
+        prediction = head(states, previous, queries)
+        if self.config.predict_delta:
+            prediction = prediction + previous
+        return prediction
+
+    # ----------------------------------------------------------------------------------------- losses
+    def _finish(
+        self, output, cached_pass, passes, targets, labels, logits_to_keep, hidden_fine=None, hidden_coarse=None
+    ) -> FoveatedVLMOutput:
+        """Logits of the pass that feeds the cache, every loss term, and their weighted total."""
+        config = self.config
+        states = cached_pass.last_hidden_state
+        output.past_key_values = cached_pass.past_key_values
+        output.logits = self.language_model.lm_head(states[:, -logits_to_keep:] if logits_to_keep else states)
+        terms: list[torch.Tensor] = []
+        if targets is not None:
+            if output.predictions_fine is not None:
+                output.loss_fine = F.mse_loss(output.predictions_fine.float(), targets.float())
+                terms.append(config.prediction_loss_weight * output.loss_fine)
+            if output.predictions_coarse is not None:
+                output.loss_coarse = F.mse_loss(output.predictions_coarse.float(), targets.float())
+                terms.append(config.prediction_loss_weight * config.lambda_coarse * output.loss_coarse)
+            if config.predict_delta and config.delta_l1_weight:
+                output.loss_delta_l1 = self._delta_l1(output, targets, passes.first_frame)
+                terms.append(config.delta_l1_weight * output.loss_delta_l1)
+        if labels is not None:
+            if hidden_fine is not None:
+                output.loss_caption = self._caption_loss(hidden_fine.last_hidden_state, labels)
+                terms.append(config.caption_loss_weight * output.loss_caption)
+            if hidden_coarse is not None:
+                output.loss_caption_coarse = self._caption_loss(hidden_coarse.last_hidden_state, labels)
+                terms.append(config.caption_loss_weight * config.lambda_coarse * output.loss_caption_coarse)
+        if output.visual_tokens_fine is not None and config.contrastive_loss_weight:
+            output.loss_contrastive = F.cosine_similarity(
+                output.visual_tokens_fine.float(), output.visual_tokens_coarse.float(), dim=-1
+            ).mean()
+            terms.append(config.contrastive_loss_weight * output.loss_contrastive)
+        if output.attention_fine is not None and config.entropy_loss_weight:
+            gap = attention_entropy(output.attention_fine.float()) - attention_entropy(output.attention_coarse.float())
+            output.loss_entropy = F.relu(gap + config.entropy_margin).mean()
+            terms.append(config.entropy_loss_weight * output.loss_entropy)
+        if terms:
+            output.loss = torch.stack(terms).sum()
+        return output
+
+    def _delta_l1(self, output: FoveatedVLMOutput, targets: torch.Tensor, first_frame: torch.Tensor) -> torch.Tensor:
+        previous = self.previous_targets(targets, first_frame)
+        predictions = [p for p in (output.predictions_fine, output.predictions_coarse) if p is not None]
+        return torch.stack([(p.float() - previous.float()).abs().mean() for p in predictions]).mean()
+
+    def _caption_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of next-token prediction on supervised positions only (LM head on those rows)."""
+        shifted = F.pad(labels, (0, 1), value=-100)[:, 1:]
+        supervised = shifted != -100
+        if not supervised.any():
+            raise ValueError("labels supervise no token: every position is -100")
+        logits = self.language_model.lm_head(hidden[supervised]).float()
+        return F.cross_entropy(logits, shifted[supervised])
+
+    def _text_output(self, hidden, labels, logits_to_keep) -> FoveatedVLMOutput:
+        states = hidden.last_hidden_state
+        output = FoveatedVLMOutput(
+            logits=self.language_model.lm_head(states[:, -logits_to_keep:] if logits_to_keep else states),
+            past_key_values=hidden.past_key_values,
+        )
+        if labels is not None:
+            output.loss_caption = self._caption_loss(states, labels)
+            output.loss = self.config.caption_loss_weight * output.loss_caption
+        return output
+
+
+@dataclass
+class _PassInputs:
+    """What both passes of one forward share."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    position_ids: torch.Tensor
+    past_key_values: object | None
+    use_cache: bool
+    first_frame: torch.Tensor
+
+
+__all__ = [
+    "FiLMPredictionHead",
+    "FoveatedEncoder",
+    "FoveatedVLMForConditionalGeneration",
+    "FoveatedVLMOutput",
+    "FoveatedVLMPreTrainedModel",
+    "PatchCache",
+    "attention_entropy",
+]
+
+FoveatedVLMConfig.register_for_auto_class()
+FoveatedVLMForConditionalGeneration.register_for_auto_class("AutoModel")

@@ -1,0 +1,368 @@
+"""Processor of the foveated video-language model: chat-formatted text with one placeholder per frame, frames
+resized and normalised without torchvision, and next-frame prediction targets.
+
+A video is a ``[T, H, W, 3]`` uint8 array or tensor (or float in [0, 1]), a list of PIL images, or a path to a
+video file decoded with PyAV. Frames are resized (shorter side) and centre-cropped to ``image_size``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FRAME_TOKEN = "<|frame|>"
+VIDEO_START_TOKEN = "<|video_start|>"
+VIDEO_END_TOKEN = "<|video_end|>"
+VIDEO_TOKENS = (FRAME_TOKEN, VIDEO_START_TOKEN, VIDEO_END_TOKEN)
+END_OF_TURN = "<|im_end|>"
+IGNORE_INDEX = -100
+# SmolLM2-Instruct's ChatML template (used when the tokenizer carries none); its default system prompt names it.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+def add_video_tokens(tokenizer) -> dict[str, int]:
+    """Add the frame, video-start and video-end tokens to ``tokenizer`` (idempotent); returns their ids."""
+    missing = [token for token in VIDEO_TOKENS if token not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    return {token: tokenizer.convert_tokens_to_ids(token) for token in VIDEO_TOKENS}
+
+
+def load_video(path: str | os.PathLike, num_frames: int | None = None, fps: float | None = None) -> np.ndarray:
+    """Decode a video file with PyAV into ``[T, H, W, 3]`` uint8 frames.
+
+    Args:
+        num_frames: sample this many frames uniformly over the whole video.
+        fps: sample at this rate (frames nearest to ``k / fps`` seconds). Exclusive with ``num_frames``.
+        With neither, every frame is returned.
+    """
+    import av  # optional dependency: only needed for files
+
+    if num_frames is not None and fps is not None:
+        raise ValueError("give num_frames or fps, not both")
+    if not os.path.isfile(path):
+        raise ValueError(f"video file not found: {path}")
+    try:
+        with av.open(os.fspath(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            frames, times = [], []
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                times.append(float(frame.time) if frame.time is not None else len(times) / float(stream.average_rate))
+    except av.error.FFmpegError as error:
+        raise ValueError(f"cannot decode video {path}: {error}") from error
+    if not frames:
+        raise ValueError(f"video {path} holds no decodable frame")
+    return np.stack([frames[i] for i in sample_frame_indices(np.asarray(times), num_frames, fps)])
+
+
+def sample_frame_indices(times: np.ndarray, num_frames: int | None, fps: float | None) -> list[int]:
+    """Indices of the frames to keep, given each decoded frame's time in seconds ``[F]``."""
+    count = len(times)
+    if num_frames is not None:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        return np.linspace(0, count - 1, min(num_frames, count)).round().astype(int).tolist()
+    if fps is not None:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        wanted = np.arange(times[0], times[-1] + 1e-6, 1.0 / fps)
+        return sorted(set(np.abs(times[None, :] - wanted[:, None]).argmin(1).tolist()))
+    return list(range(count))
+
+
+def video_to_array(video, num_frames: int | None = None, fps: float | None = None) -> torch.Tensor:
+    """Any supported video input -> ``[T, H, W, 3]`` float tensor in [0, 1], validated."""
+    if isinstance(video, (str, os.PathLike)):
+        video = load_video(video, num_frames=num_frames, fps=fps)
+    elif isinstance(video, (list, tuple)):
+        if not video:
+            raise ValueError("video is an empty list of frames")
+        video = np.stack([np.asarray(frame.convert("RGB")) for frame in video])
+    tensor = torch.as_tensor(np.asarray(video) if not isinstance(video, torch.Tensor) else video)
+    if tensor.dim() != 4:
+        raise ValueError(f"a video must have rank 4 [T, H, W, 3], got shape {tuple(tensor.shape)}")
+    if tensor.shape[-1] != 3:
+        hint = " (channels first? use [T, H, W, 3])" if tensor.shape[1] == 3 else ""
+        raise ValueError(f"a video must have 3 channels last [T, H, W, 3], got shape {tuple(tensor.shape)}{hint}")
+    if tensor.shape[0] == 0:
+        raise ValueError("video has zero frames")
+    if tensor.shape[1] == 0 or tensor.shape[2] == 0:
+        raise ValueError(f"video frames are empty, shape {tuple(tensor.shape)}")
+    if tensor.dtype == torch.uint8:
+        return tensor.float() / 255.0
+    if not tensor.is_floating_point():
+        raise ValueError(f"video must be uint8 or float in [0, 1], got dtype {tensor.dtype}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError("video holds NaN or inf pixel values")
+    if tensor.min() < 0 or tensor.max() > 1:
+        raise ValueError("float video pixels must lie in [0, 1]")
+    return tensor.float()
+
+
+def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """``[T, H, W, 3]`` in [0, 1] -> ``[T, 3, size, size]``: shorter side to ``size`` (antialiased), centre crop."""
+    frames = frames.permute(0, 3, 1, 2)
+    height, width = frames.shape[-2:]
+    scale = size / min(height, width)
+    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    if (new_h, new_w) != (height, width):
+        frames = F.interpolate(frames, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return frames[..., top : top + size, left : left + size].clamp(0, 1)
+
+
+class FoveatedVLMProcessor(ProcessorMixin):
+    """Tokenizer + frame preprocessing + prediction targets for :class:`FoveatedVLMForConditionalGeneration`.
+
+    Args:
+        tokenizer: SmolLM2's tokenizer; the video tokens are added if missing.
+        image_size: side of the square frames the encoder reads.
+        image_mean, image_std: per-channel normalisation (DINOv3 uses ImageNet's).
+        target_downsample: factor between frames and their downsampled-frame targets (8, like the SD-VAE).
+        tokens_per_frame: placeholders per frame (1 foveated; ``dense_tokens_per_frame`` for the dense baseline).
+        max_sequence_length: the LLM's context; longer inputs raise a ``ValueError`` saying how many frames fit.
+        system_prompt: system message of the chat template; None keeps the template's default.
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        image_size: int = 256,
+        image_mean: Sequence[float] = IMAGENET_MEAN,
+        image_std: Sequence[float] = IMAGENET_STD,
+        target_downsample: int = 8,
+        tokens_per_frame: int = 1,
+        max_sequence_length: int = 8192,
+        system_prompt: str | None = None,
+        chat_template: str | None = None,
+    ):
+        self.image_size = image_size
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        self.target_downsample = target_downsample
+        self.tokens_per_frame = tokens_per_frame
+        self.max_sequence_length = max_sequence_length
+        self.system_prompt = system_prompt
+        if image_size % target_downsample:
+            raise ValueError(f"image_size {image_size} is not divisible by target_downsample {target_downsample}")
+        super().__init__(tokenizer, chat_template=chat_template or getattr(tokenizer, "chat_template", None))
+        self.video_token_ids = add_video_tokens(tokenizer)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+
+    # ------------------------------------------------------------------------------------------ frames
+    def preprocess_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[T, H, W, 3]`` in [0, 1] -> normalised pixels ``[T, 3, S, S]`` and resized frames in [0, 1]."""
+        resized = resize_frames(frames, self.image_size)
+        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std).view(1, 3, 1, 1)
+        return (resized - mean) / std, resized
+
+    def downsampled_targets(self, resized: torch.Tensor) -> torch.Tensor:
+        """Area-downsampled frames in [-1, 1]: ``[T, 3, S, S]`` in [0, 1] -> ``[T, 3, S/f, S/f]``."""
+        return F.avg_pool2d(resized * 2 - 1, self.target_downsample)
+
+    @torch.no_grad()
+    def vae_targets(self, resized: torch.Tensor, vae, batch_size: int = 16) -> torch.Tensor:
+        """SD-VAE latents ``latent_dist.mean * scaling_factor`` of ``[T, 3, S, S]`` frames in [0, 1]."""
+        parameter = next(vae.parameters())
+        latents = []
+        for chunk in resized.split(batch_size):
+            pixels = (chunk * 2 - 1).to(device=parameter.device, dtype=parameter.dtype)
+            latents.append(vae.encode(pixels).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
+        return torch.cat(latents)
+
+    def postprocess_targets(self, targets: torch.Tensor, vae=None) -> torch.Tensor:
+        """Targets ``[..., C, h, w]`` back to images in [0, 1] ``[..., 3, H', W']`` (VAE decode if given)."""
+        if vae is None:
+            return ((targets + 1) / 2).clamp(0, 1)
+        parameter = next(vae.parameters())
+        flat = targets.reshape(-1, *targets.shape[-3:]).to(device=parameter.device, dtype=parameter.dtype)
+        with torch.no_grad():
+            images = vae.decode(flat / vae.config.scaling_factor).sample.float().cpu()
+        return ((images + 1) / 2).clamp(0, 1).reshape(*targets.shape[:-3], *images.shape[-3:])
+
+    # ------------------------------------------------------------------------------------------ text
+    def video_block(self, num_frames: int) -> str:
+        """``<video_start>`` + one placeholder run per frame + ``<video_end>``."""
+        return VIDEO_START_TOKEN + FRAME_TOKEN * (num_frames * self.tokens_per_frame) + VIDEO_END_TOKEN
+
+    def format_prompt(self, prompt: str, num_frames: int) -> str:
+        """Chat-formatted user turn: the text first, then the video, then the assistant's turn opens."""
+        messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
+        messages.append({"role": "user", "content": f"{prompt}\n{self.video_block(num_frames)}"})
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, chat_template=self.chat_template or CHATML_TEMPLATE
+        )
+
+    def frames_that_fit(self, prompt_tokens: int) -> int:
+        """How many frames fit in the context after ``prompt_tokens`` text tokens."""
+        return max(0, (self.max_sequence_length - prompt_tokens) // self.tokens_per_frame)
+
+    def _tokenize_sample(self, prompt: str, num_frames: int, caption: str | None) -> tuple[list[int], list[int]]:
+        prompt_ids = self.tokenizer(self.format_prompt(prompt, num_frames), add_special_tokens=False)["input_ids"]
+        labels = [IGNORE_INDEX] * len(prompt_ids)
+        if caption is not None:
+            caption_ids = self.tokenizer(caption + END_OF_TURN, add_special_tokens=False)["input_ids"]
+            prompt_ids = prompt_ids + caption_ids
+            labels = labels + caption_ids
+        if len(prompt_ids) > self.max_sequence_length:
+            text_tokens = len(prompt_ids) - num_frames * self.tokens_per_frame
+            raise ValueError(
+                f"{num_frames} frames and {text_tokens} text tokens need {len(prompt_ids)} positions but the "
+                f"context holds {self.max_sequence_length}: at most {self.frames_that_fit(text_tokens)} frames fit; "
+                "subsample the video (num_frames=... or fps=...)"
+            )
+        return prompt_ids, labels
+
+    # ------------------------------------------------------------------------------------------ call
+    def __call__(
+        self,
+        text: str | Sequence[str] | None = None,
+        videos=None,
+        captions: str | Sequence[str] | None = None,
+        return_targets: bool = False,
+        prediction_targets: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        vae=None,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        return_tensors: str = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Prepare a batch.
+
+        Args:
+            text: one prompt per video (the question or instruction, placed before the video).
+            videos: one video or a list of videos (see module docstring); lengths may differ (padded + masked).
+            captions: optional answer per video; returned as ``labels`` (caption and end-of-turn supervised).
+            return_targets: compute next-frame targets (VAE latents with ``vae``, else downsampled frames).
+            prediction_targets: precomputed targets ``[T, C, h, w]`` per video instead.
+            num_frames / fps: sampling of videos given as file paths.
+
+        Returns:
+            ``input_ids``, ``attention_mask`` ``[B, L]`` (left-padded), ``pixel_values_videos [B, T, 3, S, S]``,
+            ``video_frame_mask [B, T]``, and ``labels`` / ``prediction_targets [B, T, C, h, w]`` on request.
+        """
+        if return_tensors != "pt":
+            raise ValueError(f"only return_tensors='pt' is supported, got {return_tensors!r}")
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        if videos is None:
+            raise ValueError("videos are required (use the tokenizer directly for text only)")
+        videos = self._as_video_list(videos)
+        prompts = self._as_text_list(text, len(videos), "text", default="")
+        answers = self._as_text_list(captions, len(videos), "captions", default=None)
+        frames = [video_to_array(video, num_frames=num_frames, fps=fps) for video in videos]
+        pixels, resized = zip(*(self.preprocess_frames(clip) for clip in frames))
+        samples = [self._tokenize_sample(p, len(clip), a) for p, clip, a in zip(prompts, pixels, answers)]
+        batch = self._pad_text(samples, with_labels=captions is not None)
+        batch["pixel_values_videos"], batch["video_frame_mask"] = self._pad_frames(list(pixels))
+        targets = self._targets(resized, return_targets, prediction_targets, vae)
+        if targets is not None:
+            batch["prediction_targets"], _ = self._pad_frames(targets)
+        return BatchFeature(batch, tensor_type=None)
+
+    @staticmethod
+    def _as_video_list(videos) -> list:
+        if isinstance(videos, (str, os.PathLike)) or _is_single_video(videos):
+            return [videos]
+        if isinstance(videos, (np.ndarray, torch.Tensor)):
+            return list(videos)
+        if isinstance(videos, (list, tuple)) and videos and not hasattr(videos[0], "convert"):
+            return list(videos)
+        if isinstance(videos, (list, tuple)) and not videos:
+            raise ValueError("videos is an empty list")
+        return [videos]
+
+    @staticmethod
+    def _as_text_list(text, count: int, name: str, default) -> list:
+        if text is None:
+            return [default] * count
+        texts = [text] if isinstance(text, str) else list(text)
+        if len(texts) != count:
+            raise ValueError(f"got {len(texts)} {name} for {count} videos: give one per video")
+        return texts
+
+    def _targets(self, resized, return_targets: bool, precomputed, vae) -> list[torch.Tensor] | None:
+        if precomputed is not None:
+            targets = [precomputed] if isinstance(precomputed, torch.Tensor) and precomputed.dim() == 4 else precomputed
+            if len(targets) != len(resized):
+                raise ValueError(f"got prediction_targets for {len(targets)} videos, expected {len(resized)}")
+            for target, clip in zip(targets, resized):
+                if target.shape[0] != clip.shape[0]:
+                    raise ValueError(f"prediction_targets have {target.shape[0]} frames, the video {clip.shape[0]}")
+            return [torch.as_tensor(t).float() for t in targets]
+        if not return_targets:
+            return None
+        if vae is not None:
+            return [self.vae_targets(clip, vae) for clip in resized]
+        return [self.downsampled_targets(clip) for clip in resized]
+
+    def _pad_text(self, samples: list[tuple[list[int], list[int]]], with_labels: bool) -> dict[str, torch.Tensor]:
+        """Left-pad token ids (and labels) to the longest sample."""
+        length = max(len(ids) for ids, _ in samples)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(samples), length), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
+        labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
+        for row, (ids, sample_labels) in enumerate(samples):
+            input_ids[row, length - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, length - len(ids) :] = 1
+            labels[row, length - len(ids) :] = torch.tensor(sample_labels)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if with_labels:
+            batch["labels"] = labels
+        return batch
+
+    @staticmethod
+    def _pad_frames(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack ``[T_i, ...]`` clips into ``[B, T, ...]`` (zero-padded at the end) and a ``[B, T]`` mask."""
+        longest = max(clip.shape[0] for clip in clips)
+        padded = clips[0].new_zeros((len(clips), longest, *clips[0].shape[1:]))
+        mask = torch.zeros((len(clips), longest), dtype=torch.bool)
+        for row, clip in enumerate(clips):
+            padded[row, : clip.shape[0]] = clip
+            mask[row, : clip.shape[0]] = True
+        return padded, mask
+
+    def batch_decode(self, *args, **kwargs) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
+
+    def decode_generated(self, generated: torch.Tensor, inputs: BatchFeature) -> list[str]:
+        """Text written after the prompt by ``model.generate(**inputs)``, special tokens removed."""
+        return self.tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values_videos", "video_frame_mask", "prediction_targets"]
+
+
+def _is_single_video(videos) -> bool:
+    """An array/tensor of rank 4 (or any non-list) is one video; a list of PIL images is one video too."""
+    if isinstance(videos, (np.ndarray, torch.Tensor)):
+        return videos.ndim != 5
+    return isinstance(videos, (list, tuple)) and bool(videos) and hasattr(videos[0], "convert")
+
+
+__all__ = ["FoveatedVLMProcessor", "add_video_tokens", "load_video", "sample_frame_indices", "video_to_array"]
+
+FoveatedVLMProcessor.register_for_auto_class()
