@@ -64,7 +64,9 @@ class FoveatedVLMConfig(PreTrainedConfig):
         "vision_config": SubConfigSpec(
             config_class=AutoConfig, model_type="dinov3_vit", init_kwargs=DINOV3_VITS16_SHAPES
         ),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs=SMOLLM2_135M_SHAPES),
+        "text_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="llama", init_kwargs=SMOLLM2_135M_SHAPES
+        ),
     }
 
     vision_config: dict | PreTrainedConfig | None = None
@@ -162,7 +164,10 @@ class FoveatedVLMConfig(PreTrainedConfig):
             "query_attention_top_k": (self.query_attention_top_k >= 0, ">= 0"),
             "target_channels": (self.target_channels > 0, "positive"),
             "target_downsample": (self.target_downsample > 0, "positive"),
-            "film_channels": (len(self.film_channels) > 0 and min(self.film_channels) > 0, "non-empty, positive"),
+            "film_channels": (
+                len(self.film_channels) > 0 and min(self.film_channels) > 0,
+                "non-empty, positive",
+            ),
             "previous_target_dropout": (0.0 <= self.previous_target_dropout < 1.0, "in [0, 1)"),
             "lambda_coarse": (self.lambda_coarse >= 0, ">= 0"),
         }

@@ -347,6 +347,14 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
     def gradient_checkpointing_disable(self) -> None:
         self._set_gradient_checkpointing(False)
 
+    def stream(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """Open a frame-by-frame streaming session over a prompt (see ``streaming_foveated.FoveatedStream``)."""
+        try:
+            from .streaming_foveated import FoveatedStream
+        except ImportError:  # imported as a top-level module from a checkout of the repository
+            from streaming_foveated import FoveatedStream
+        return FoveatedStream(self, input_ids, attention_mask, **kwargs)
+
     # ----------------------------------------------------------------------------------------- vision
     def encode_frames(self, frames: torch.Tensor) -> PatchCache:
         """Patch pass over valid frames ``[N, 3, H, W]`` (one batched pass, K/V cached)."""

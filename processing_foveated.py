@@ -32,15 +32,20 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+
 def add_video_tokens(tokenizer) -> dict[str, int]:
     """Add the frame, video-start and video-end tokens to ``tokenizer`` (idempotent); returns their ids."""
     missing = [token for token in VIDEO_TOKENS if token not in tokenizer.get_vocab()]
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": missing}, replace_extra_special_tokens=False
+        )
     return {token: tokenizer.convert_tokens_to_ids(token) for token in VIDEO_TOKENS}
 
 
-def load_video(path: str | os.PathLike, num_frames: int | None = None, fps: float | None = None) -> np.ndarray:
+def load_video(
+    path: str | os.PathLike, num_frames: int | None = None, fps: float | None = None
+) -> np.ndarray:
     """Decode a video file with PyAV into ``[T, H, W, 3]`` uint8 frames.
 
     Args:
@@ -62,7 +67,9 @@ def load_video(path: str | os.PathLike, num_frames: int | None = None, fps: floa
             frames, times = [], []
             for frame in container.decode(stream):
                 frames.append(frame.to_ndarray(format="rgb24"))
-                times.append(float(frame.time) if frame.time is not None else len(times) / float(stream.average_rate))
+                times.append(
+                    float(frame.time) if frame.time is not None else len(times) / float(stream.average_rate)
+                )
     except av.error.FFmpegError as error:
         raise ValueError(f"cannot decode video {path}: {error}") from error
     if not frames:
@@ -98,7 +105,9 @@ def video_to_array(video, num_frames: int | None = None, fps: float | None = Non
         raise ValueError(f"a video must have rank 4 [T, H, W, 3], got shape {tuple(tensor.shape)}")
     if tensor.shape[-1] != 3:
         hint = " (channels first? use [T, H, W, 3])" if tensor.shape[1] == 3 else ""
-        raise ValueError(f"a video must have 3 channels last [T, H, W, 3], got shape {tuple(tensor.shape)}{hint}")
+        raise ValueError(
+            f"a video must have 3 channels last [T, H, W, 3], got shape {tuple(tensor.shape)}{hint}"
+        )
     if tensor.shape[0] == 0:
         raise ValueError("video has zero frames")
     if tensor.shape[1] == 0 or tensor.shape[2] == 0:
@@ -121,7 +130,9 @@ def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
     scale = size / min(height, width)
     new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
     if (new_h, new_w) != (height, width):
-        frames = F.interpolate(frames, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+        frames = F.interpolate(
+            frames, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+        )
     top, left = (new_h - size) // 2, (new_w - size) // 2
     return frames[..., top : top + size, left : left + size].clamp(0, 1)
 
@@ -159,7 +170,9 @@ class FoveatedVLMProcessor(ProcessorMixin):
         self.max_sequence_length = max_sequence_length
         self.system_prompt = system_prompt
         if image_size % target_downsample:
-            raise ValueError(f"image_size {image_size} is not divisible by target_downsample {target_downsample}")
+            raise ValueError(
+                f"image_size {image_size} is not divisible by target_downsample {target_downsample}"
+            )
         super().__init__(tokenizer, chat_template=chat_template or getattr(tokenizer, "chat_template", None))
         self.video_token_ids = add_video_tokens(tokenizer)
         if tokenizer.pad_token is None:
@@ -208,15 +221,22 @@ class FoveatedVLMProcessor(ProcessorMixin):
         messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
         messages.append({"role": "user", "content": f"{prompt}\n{self.video_block(num_frames)}"})
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, chat_template=self.chat_template or CHATML_TEMPLATE
+            messages,
+            tokenize=False,
+            add_generation_prompt=True,
+            chat_template=self.chat_template or CHATML_TEMPLATE,
         )
 
     def frames_that_fit(self, prompt_tokens: int) -> int:
         """How many frames fit in the context after ``prompt_tokens`` text tokens."""
         return max(0, (self.max_sequence_length - prompt_tokens) // self.tokens_per_frame)
 
-    def _tokenize_sample(self, prompt: str, num_frames: int, caption: str | None) -> tuple[list[int], list[int]]:
-        prompt_ids = self.tokenizer(self.format_prompt(prompt, num_frames), add_special_tokens=False)["input_ids"]
+    def _tokenize_sample(
+        self, prompt: str, num_frames: int, caption: str | None
+    ) -> tuple[list[int], list[int]]:
+        prompt_ids = self.tokenizer(self.format_prompt(prompt, num_frames), add_special_tokens=False)[
+            "input_ids"
+        ]
         labels = [IGNORE_INDEX] * len(prompt_ids)
         if caption is not None:
             caption_ids = self.tokenizer(caption + END_OF_TURN, add_special_tokens=False)["input_ids"]
@@ -301,12 +321,18 @@ class FoveatedVLMProcessor(ProcessorMixin):
 
     def _targets(self, resized, return_targets: bool, precomputed, vae) -> list[torch.Tensor] | None:
         if precomputed is not None:
-            targets = [precomputed] if isinstance(precomputed, torch.Tensor) and precomputed.dim() == 4 else precomputed
+            targets = (
+                [precomputed]
+                if isinstance(precomputed, torch.Tensor) and precomputed.dim() == 4
+                else precomputed
+            )
             if len(targets) != len(resized):
                 raise ValueError(f"got prediction_targets for {len(targets)} videos, expected {len(resized)}")
             for target, clip in zip(targets, resized):
                 if target.shape[0] != clip.shape[0]:
-                    raise ValueError(f"prediction_targets have {target.shape[0]} frames, the video {clip.shape[0]}")
+                    raise ValueError(
+                        f"prediction_targets have {target.shape[0]} frames, the video {clip.shape[0]}"
+                    )
             return [torch.as_tensor(t).float() for t in targets]
         if not return_targets:
             return None
@@ -314,7 +340,9 @@ class FoveatedVLMProcessor(ProcessorMixin):
             return [self.vae_targets(clip, vae) for clip in resized]
         return [self.downsampled_targets(clip) for clip in resized]
 
-    def _pad_text(self, samples: list[tuple[list[int], list[int]]], with_labels: bool) -> dict[str, torch.Tensor]:
+    def _pad_text(
+        self, samples: list[tuple[list[int], list[int]]], with_labels: bool
+    ) -> dict[str, torch.Tensor]:
         """Left-pad token ids (and labels) to the longest sample."""
         length = max(len(ids) for ids, _ in samples)
         pad = self.tokenizer.pad_token_id
@@ -349,11 +377,19 @@ class FoveatedVLMProcessor(ProcessorMixin):
 
     def decode_generated(self, generated: torch.Tensor, inputs: BatchFeature) -> list[str]:
         """Text written after the prompt by ``model.generate(**inputs)``, special tokens removed."""
-        return self.tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        return self.tokenizer.batch_decode(
+            generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "pixel_values_videos", "video_frame_mask", "prediction_targets"]
+        return [
+            "input_ids",
+            "attention_mask",
+            "pixel_values_videos",
+            "video_frame_mask",
+            "prediction_targets",
+        ]
 
 
 def _is_single_video(videos) -> bool:

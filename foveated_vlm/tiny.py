@@ -20,13 +20,23 @@ TINY_VOCAB_SIZE = 512
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "grey", "pink")
 SHAPES = ("square", "circle", "triangle", "star", "ball", "box")
 MOTIONS = (
-    "moves from left to right", "moves from right to left", "moves from top to bottom",
-    "moves from bottom to top", "bounces around", "stays still",
+    "moves from left to right",
+    "moves from right to left",
+    "moves from top to bottom",
+    "moves from bottom to top",
+    "bounces around",
+    "stays still",
 )
 PROMPTS = (
-    "What happens in the video?", "Describe the video.", "What does the object do?", "Describe the {c} {s}.",
-    "What does the {c} {s} do?", "Where does the {c} {s} go?", "What colour is the moving object?",
-    "What shape is the moving object?", "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+    "What happens in the video?",
+    "Describe the video.",
+    "What does the object do?",
+    "Describe the {c} {s}.",
+    "What does the {c} {s} do?",
+    "Where does the {c} {s} go?",
+    "What colour is the moving object?",
+    "What shape is the moving object?",
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
 )
 
 
@@ -70,27 +80,46 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -
     tokenizer = tokenizer or tiny_tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in VIDEO_TOKENS}
     vision = {
-        "image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "num_register_tokens": 2, "layerscale_value": 1.0,
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_register_tokens": 2,
+        "layerscale_value": 1.0,
     }
     text = {
-        "vocab_size": len(tokenizer), "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
-        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id, "initializer_range": 0.02,
+        "vocab_size": len(tokenizer),
+        "hidden_size": 48,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "initializer_range": 0.02,
     }
     vision.update(overrides.pop("vision", {}))
     text.update(overrides.pop("text", {}))
     settings = {
-        "query_dim": 24, "film_hidden_dim": 32, "film_channels": [8, 16], "target_downsample": 8,
-        "frame_token_id": ids[VIDEO_TOKENS[0]], "video_start_token_id": ids[VIDEO_TOKENS[1]],
+        "query_dim": 24,
+        "film_hidden_dim": 32,
+        "film_channels": [8, 16],
+        "target_downsample": 8,
+        "frame_token_id": ids[VIDEO_TOKENS[0]],
+        "video_start_token_id": ids[VIDEO_TOKENS[1]],
         "video_end_token_id": ids[VIDEO_TOKENS[2]],
     }
     settings.update(overrides)
     return FoveatedVLMConfig(vision_config=vision, text_config=text, **settings)
 
 
-def tiny_processor(config: FoveatedVLMConfig, tokenizer: PreTrainedTokenizerFast | None = None) -> FoveatedVLMProcessor:
+def tiny_processor(
+    config: FoveatedVLMConfig, tokenizer: PreTrainedTokenizerFast | None = None
+) -> FoveatedVLMProcessor:
     """The processor matching ``config`` (frame size, target factor, tokens per frame, context)."""
     return FoveatedVLMProcessor(
         tokenizer=tokenizer or tiny_tokenizer(),

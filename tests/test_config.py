@@ -1,0 +1,250 @@
+"""Every knob of FoveatedVLMConfig is documented, validated, and changes what it says it changes."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+
+import pytest
+import torch
+
+import configuration_foveated
+from configuration_foveated import FoveatedVLMConfig
+from modeling_foveated import attention_entropy
+
+from .test_modeling import _batch
+
+
+def _declared_fields() -> dict[str, bool]:
+    """Annotated fields of the config class -> whether a docstring follows each one."""
+    tree = ast.parse(inspect.getsource(configuration_foveated))
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "FoveatedVLMConfig").body
+    fields = {}
+    for index, node in enumerate(body):
+        if isinstance(node, ast.AnnAssign):
+            following = body[index + 1] if index + 1 < len(body) else None
+            documented = isinstance(following, ast.Expr) and isinstance(
+                getattr(following, "value", None), ast.Constant
+            )
+            fields[node.target.id] = documented
+    return fields
+
+
+def test_every_knob_has_a_docstring():
+    fields = _declared_fields()
+    assert len(fields) > 30
+    assert [name for name, documented in fields.items() if not documented] == []
+
+
+def test_defaults_are_the_full_size_model():
+    config = FoveatedVLMConfig()
+    vision, text = config.vision_config, config.text_config
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size) == (
+        384,
+        12,
+        16,
+        256,
+    )
+    assert vision.num_register_tokens == 4
+    assert (text.hidden_size, text.num_hidden_layers, text.max_position_embeddings) == (576, 30, 8192)
+    assert config.target_shape == (3, 32, 32) and config.num_patches == 256 and config.tokens_per_frame == 1
+    assert config.query_init_std == 1.0
+
+
+def test_partial_sub_config_overrides_keep_the_other_defaults():
+    config = FoveatedVLMConfig(vision_config={"image_size": 128})
+    assert config.vision_config.image_size == 128 and config.vision_config.num_register_tokens == 4
+    assert config.target_shape == (3, 16, 16)
+
+
+def test_config_round_trips_through_dict():
+    config = FoveatedVLMConfig(lambda_coarse=0.3, film_channels=[8, 16], query_attention_top_k=5)
+    again = FoveatedVLMConfig(**config.to_dict())
+    assert again.to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("foveation_mode", "sparse"),
+        ("inference_mode", "fine"),
+        ("target_source", "flow"),
+        ("query_dim", 0),
+        ("query_init_std", 0.0),
+        ("query_attention_temperature", -1.0),
+        ("query_attention_top_k", -2),
+        ("target_channels", 0),
+        ("film_channels", []),
+        ("previous_target_dropout", 1.0),
+        ("lambda_coarse", -1.0),
+        ("target_downsample", 0),
+    ],
+)
+def test_bad_values_raise_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        FoveatedVLMConfig(**{field: value})
+
+
+def test_bad_dense_grid_and_target_factor_raise():
+    with pytest.raises(ValueError, match="dense_tokens_per_frame"):
+        FoveatedVLMConfig(foveation_mode="dense", dense_tokens_per_frame=50)
+    with pytest.raises(ValueError, match="target_downsample"):
+        FoveatedVLMConfig(target_downsample=7)
+
+
+def _run(make_model, random_video, seed=0, **overrides):
+    model, processor = make_model(seed=seed, **overrides)
+    with torch.no_grad():
+        return model, model(**_batch(processor, random_video))
+
+
+def test_query_init_std_sets_the_scale_of_learned_queries(make_model):
+    for std in (1.0, 0.1):
+        model, _ = make_model(query_init_std=std, query_dim=512)
+        assert abs(model.fovea_static_query.std().item() - std) < 0.15 * std
+
+
+def test_temperature_sharpens_attention(make_model, random_video):
+    model, processor = make_model()
+    with torch.no_grad():
+        for layer in model.fovea_encoder.layers:  # random-init scores are near zero: give them a spread
+            layer.attention.q_proj.weight.mul_(10)
+        batch = _batch(processor, random_video)
+        entropies = []
+        for temperature in (1.0, 0.02):
+            model.config.query_attention_temperature = temperature
+            entropies.append(attention_entropy(model(**batch).attention_coarse).mean())
+    assert entropies[1] < entropies[0] - 0.1
+
+
+def test_top_k_limits_attended_patches(make_model, random_video):
+    _, out = _run(make_model, random_video, query_attention_top_k=1)
+    heads = 2
+    assert ((out.attention_coarse > 0).sum(-1) <= heads).all()
+    _, soft = _run(make_model, random_video)
+    _, all_patches = _run(make_model, random_video, query_attention_top_k=16)
+    torch.testing.assert_close(all_patches.attention_fine, soft.attention_fine)
+
+
+def test_attention_map_layer_selects_the_layer(make_model, random_video):
+    first = _run(make_model, random_video, attention_map_layer=0)[1].attention_coarse
+    last = _run(make_model, random_video, attention_map_layer=-1)[1].attention_coarse
+    assert not torch.allclose(first, last)
+
+
+def test_lambda_and_loss_weights_combine_the_terms(make_model, random_video):
+    _, out = _run(
+        make_model, random_video, lambda_coarse=0.5, prediction_loss_weight=2.0, caption_loss_weight=3.0
+    )
+    expected = 2.0 * (out.loss_fine + 0.5 * out.loss_coarse) + 3.0 * (
+        out.loss_caption + 0.5 * out.loss_caption_coarse
+    )
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_remedy_losses_appear_with_their_weights(make_model, random_video):
+    _, out = _run(
+        make_model, random_video, contrastive_loss_weight=0.1, entropy_loss_weight=0.2, entropy_margin=0.5
+    )
+    gap = attention_entropy(out.attention_fine) - attention_entropy(out.attention_coarse)
+    torch.testing.assert_close(out.loss_entropy, torch.relu(gap + 0.5).mean())
+    cosine = torch.nn.functional.cosine_similarity(out.visual_tokens_fine, out.visual_tokens_coarse, dim=-1)
+    torch.testing.assert_close(out.loss_contrastive, cosine.mean())
+    base = out.loss_fine + out.loss_coarse + out.loss_caption + out.loss_caption_coarse
+    torch.testing.assert_close(out.loss, base + 0.1 * out.loss_contrastive + 0.2 * out.loss_entropy)
+
+
+def test_predict_delta_adds_the_previous_target(make_model, random_video):
+    model, processor = make_model(predict_delta=True, delta_l1_weight=0.5)
+    batch = _batch(processor, random_video)
+    with torch.no_grad():
+        out = model(**batch)
+        targets = batch["prediction_targets"][batch["video_frame_mask"]]
+        first = (batch["video_frame_mask"].cumsum(1) == 1)[batch["video_frame_mask"]]
+        previous = model.previous_targets(targets, first)
+    delta = (out.predictions_fine - previous).abs().mean()
+    delta_coarse = (out.predictions_coarse - previous).abs().mean()
+    torch.testing.assert_close(out.loss_delta_l1, (delta + delta_coarse) / 2)
+
+
+def test_separate_heads_and_query_skip_change_the_predictions(make_model, random_video):
+    shared_model, shared = _run(make_model, random_video)
+    separate_model, separate = _run(make_model, random_video, separate_prediction_heads=True)
+    assert shared_model.fovea_coarse_prediction_head is None
+    assert separate_model.fovea_coarse_prediction_head is not None
+    assert not torch.allclose(shared.predictions_coarse, separate.predictions_coarse)
+    skip_model, skip = _run(make_model, random_video, query_skip_to_head=True)
+    assert skip_model.fovea_prediction_head.query_skip is not None
+    assert not torch.allclose(shared.predictions_fine, skip.predictions_fine)
+
+
+def test_previous_target_dropout_only_in_training(make_model, random_video):
+    model, processor = make_model(previous_target_dropout=0.9)
+    batch = _batch(processor, random_video)
+    with torch.no_grad():
+        evaluated = [model(**batch).predictions_fine for _ in range(2)]
+        model.train()
+        trained = [model(**batch).predictions_fine for _ in range(2)]
+    torch.testing.assert_close(evaluated[0], evaluated[1])
+    assert not torch.allclose(trained[0], trained[1])
+
+
+def test_visual_token_scale_multiplies_the_projection(make_model):
+    model, _ = make_model(visual_token_scale=3.0)
+    tokens = torch.randn(2, model.config.vision_config.hidden_size)
+    torch.testing.assert_close(
+        model.project_visual_tokens(tokens), 3.0 * model.fovea_visual_projection(tokens)
+    )
+
+
+def test_film_widths_shape_the_head(make_model):
+    model, _ = make_model(film_channels=[4, 8, 12], film_hidden_dim=20)
+    head = model.fovea_prediction_head
+    assert head.film[0].out_features == 20 and head.film[-1].out_features == 2 * 12
+    assert [m.out_channels for m in head.target_encoder if isinstance(m, torch.nn.Conv2d)] == [4, 8, 12]
+
+
+def test_target_channels_and_downsample_set_the_target_shape(make_model):
+    model, _ = make_model(target_channels=4, target_downsample=4)
+    assert model.config.target_shape == (4, 8, 8)
+    assert model.fovea_initial_target.shape == (4, 8, 8)
+
+
+def test_inference_mode_coarse_reads_only_with_the_static_query(make_model, random_video):
+    model, processor = make_model(inference_mode="coarse")
+    inputs = processor(text="x", videos=random_video(3))
+    with torch.no_grad():
+        out = model(**inputs)
+        two_pass = model(**inputs, inference_mode="two_pass")
+    assert out.queries is None and out.attention_fine is None and two_pass.queries is not None
+    assert not torch.allclose(out.logits, two_pass.logits)
+
+
+def test_dense_mode_feeds_pooled_patch_tokens(make_model, random_video):
+    model, processor = make_model(foveation_mode="dense", dense_tokens_per_frame=4)
+    assert processor.tokens_per_frame == 4 and not hasattr(model, "fovea_query_head")
+    batch = _batch(processor, random_video)
+    assert (batch["input_ids"] == model.config.frame_token_id).sum() == 4 * 8
+    with torch.no_grad():
+        out = model(**batch)
+    assert out.predictions_fine.shape == (8, *model.config.target_shape) and out.loss_coarse is None
+    generated = model.generate(
+        **processor(text="x", videos=random_video(2)), max_new_tokens=3, do_sample=False
+    )
+    assert generated.shape[1] > 3
+
+
+def test_special_token_ids_are_used(make_model, random_video):
+    model, processor = make_model()
+    batch = processor(text="x", videos=random_video(2))
+    ids = batch["input_ids"][0].tolist()
+    config = model.config
+    assert ids.count(config.frame_token_id) == 2
+    assert ids.count(config.video_start_token_id) == 1 and ids.count(config.video_end_token_id) == 1
+    with torch.no_grad():
+        embeds = model.embed_sequence(batch["input_ids"], torch.zeros(2, 48), mode=0)
+    start = ids.index(config.video_start_token_id)
+    torch.testing.assert_close(embeds[0, start], model.fovea_mode_embeddings[0])
+    torch.testing.assert_close(
+        embeds[0, ids.index(config.video_end_token_id)], model.fovea_video_end_embedding
+    )

@@ -1,0 +1,217 @@
+"""The foveated encoder, the two passes, the losses and generate, on tiny configs built in code."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTModel
+
+from modeling_foveated import FoveatedVLMOutput
+
+CAPTIONS = ["the red square moves from left to right.", "the blue circle bounces around."]
+PROMPTS = ["Describe the video.", "What does the blue circle do?"]
+
+
+def _batch(processor, random_video, lengths=(5, 3), **kwargs):
+    videos = [random_video(length, seed=index) for index, length in enumerate(lengths)]
+    count = len(lengths)
+    return processor(
+        text=PROMPTS[:count], videos=videos, captions=CAPTIONS[:count], return_targets=True, **kwargs
+    )
+
+
+def _masked_reference(vit: DINOv3ViTModel, pixels: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
+    """The proposal's formulation: the ViT over [CLS, registers, query, patches] with an asymmetric mask."""
+    states = vit.embeddings(pixels)
+    prefix = 1 + vit.config.num_register_tokens
+    states = torch.cat([states[:, :prefix], query_tokens[:, None], states[:, prefix:]], dim=1)
+    size = states.shape[1]
+    mask = torch.zeros(size, size)
+    mask[:, prefix] = float("-inf")  # nobody sees the query ...
+    mask[prefix, :] = 0.0  # ... except the query itself, which sees everything
+    position = vit.rope_embeddings(pixels)
+    for layer in vit.model.layer:
+        states = layer(
+            states, attention_mask=mask.expand(len(pixels), 1, size, size), position_embeddings=position
+        )
+    return vit.norm(states)[:, prefix]
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_query_pass_equals_masked_self_attention(make_model, implementation):
+    model, _ = make_model()
+    vit = model.fovea_encoder.vision_model
+    vit.config._attn_implementation = implementation
+    pixels = torch.randn(6, 3, 32, 32)
+    queries = torch.randn(6, model.config.query_dim)
+    tokens, attention = model.read_frames(queries, model.encode_frames(pixels))
+    reference = _masked_reference(vit, pixels, model.fovea_query_input_projection(queries))
+    torch.testing.assert_close(tokens, reference, atol=1e-5, rtol=1e-4)
+    assert attention.shape == (6, model.config.num_patches)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(6))
+
+
+def test_patch_states_equal_plain_forward_and_ignore_the_query(make_model):
+    model, _ = make_model()
+    pixels = torch.randn(4, 3, 32, 32)
+    cache = model.encode_frames(pixels)
+    plain = model.fovea_encoder.vision_model(pixels).last_hidden_state
+    torch.testing.assert_close(cache.patch_states, plain, atol=1e-5, rtol=1e-4)
+    model.read_frames(torch.randn(4, model.config.query_dim), cache)
+    torch.testing.assert_close(cache.patch_states, plain, atol=1e-5, rtol=1e-4)
+
+
+def test_patch_keys_and_values_are_computed_once(make_model, random_video):
+    """k_proj sees each frame's S tokens once (patch pass) plus one row per query read (2 passes)."""
+    model, processor = make_model()
+    batch = _batch(processor, random_video)
+    rows = []
+    hooks = [
+        layer.attention.k_proj.register_forward_hook(
+            lambda _m, args, _o: rows.append(args[0].shape[:-1].numel())
+        )
+        for layer in model.fovea_encoder.layers
+    ]
+    model(**batch)
+    for hook in hooks:
+        hook.remove()
+    frames = int(batch["video_frame_mask"].sum())
+    tokens_per_frame = 1 + model.config.vision_config.num_register_tokens + model.config.num_patches
+    layers = len(model.fovea_encoder.layers)
+    assert sum(rows) == layers * (frames * tokens_per_frame + 2 * frames)
+
+
+def test_output_shapes(make_model, random_video):
+    model, processor = make_model()
+    batch = _batch(processor, random_video)
+    out = model(**batch)
+    frames = int(batch["video_frame_mask"].sum())
+    config = model.config
+    assert isinstance(out, FoveatedVLMOutput)
+    assert out.logits.shape == (*batch["input_ids"].shape, config.text_config.vocab_size)
+    for name in ("predictions_fine", "predictions_coarse"):
+        assert out[name].shape == (frames, *config.target_shape)
+    assert out.queries.shape == (frames, config.query_dim)
+    for name in ("attention_fine", "attention_coarse"):
+        assert out[name].shape == (frames, config.num_patches)
+    for name in ("visual_tokens_fine", "visual_tokens_coarse"):
+        assert out[name].shape == (frames, config.vision_config.hidden_size)
+    for name in ("loss", "loss_fine", "loss_coarse", "loss_caption", "loss_caption_coarse"):
+        assert out[name].dim() == 0 and torch.isfinite(out[name])
+    expected = out.loss_fine + out.loss_coarse + out.loss_caption + out.loss_caption_coarse
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_first_frame_is_read_by_the_initial_query_and_later_frames_by_planned_ones(make_model, random_video):
+    model, processor = make_model()
+    batch = _batch(processor, random_video)
+    out = model(**batch)
+    first = torch.tensor([True, False, False, False, False, True, False, False])
+    torch.testing.assert_close(out.queries[first], model.fovea_initial_query.expand(2, -1))
+    assert not torch.isclose(out.queries[~first], model.fovea_initial_query).all(-1).any()
+
+
+def test_gradients_reach_static_query_through_both_paths(make_model, random_video):
+    model, processor = make_model()
+    model.train()
+    out = model(**_batch(processor, random_video))
+    for term in ("loss_coarse", "loss_fine", "loss_caption"):
+        (gradient,) = torch.autograd.grad(out[term], model.fovea_static_query, retain_graph=True)
+        assert gradient.abs().sum() > 0, f"{term} does not reach q_static"
+    (gradient,) = torch.autograd.grad(out.loss_fine, model.fovea_initial_query, retain_graph=True)
+    assert gradient.abs().sum() > 0
+    (gradient,) = torch.autograd.grad(out.loss_coarse, model.fovea_query_head.weight, allow_unused=True)
+    assert gradient is None, "the coarse loss must not depend on the planned queries"
+
+
+def test_padded_batch_matches_unpadded_runs(make_model, random_video):
+    model, processor = make_model()
+    batch = _batch(processor, random_video)
+    out = model(**batch)
+    singles = [_batch(processor, random_video, lengths=(5,)), None]
+    singles[1] = processor(
+        text=PROMPTS[1:2], videos=[random_video(3, seed=1)], captions=CAPTIONS[1:2], return_targets=True
+    )
+    results = [model(**single) for single in singles]
+    torch.testing.assert_close(out.predictions_fine[:5], results[0].predictions_fine, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.predictions_fine[5:], results[1].predictions_fine, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.queries[5:], results[1].queries, atol=1e-5, rtol=1e-4)
+    for row, (single, result) in enumerate(zip(singles, results)):
+        length = single["input_ids"].shape[1]
+        torch.testing.assert_close(out.logits[row, -length:], result.logits[0], atol=1e-4, rtol=1e-4)
+    frame_weights = torch.tensor([5.0, 3.0])
+    token_weights = torch.tensor([float((s["labels"] != -100).sum()) for s in singles])
+    for name, weights in (
+        ("loss_fine", frame_weights),
+        ("loss_coarse", frame_weights),
+        ("loss_caption", token_weights),
+    ):
+        combined = (torch.stack([r[name] for r in results]) * weights).sum() / weights.sum()
+        torch.testing.assert_close(out[name], combined, atol=1e-5, rtol=1e-4)
+
+
+def test_padded_frames_never_reach_the_model(make_model, random_video):
+    """Garbage in padded frame slots changes nothing."""
+    model, processor = make_model()
+    batch = _batch(processor, random_video)
+    reference = model(**batch)
+    batch["pixel_values_videos"][1, 3:] = 1e6
+    batch["prediction_targets"][1, 3:] = float("nan")
+    out = model(**batch)
+    torch.testing.assert_close(out.loss, reference.loss)
+
+
+def test_generate_greedy_sampling_and_coarse_mode(make_model, random_video):
+    model, processor = make_model()
+    inputs = processor(text=PROMPTS, videos=[random_video(4), random_video(2, seed=3)])
+    greedy = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    again = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert greedy.shape == (2, inputs["input_ids"].shape[1] + 6)
+    assert torch.equal(greedy, again)
+    torch.manual_seed(0)
+    sampled = model.generate(**inputs, max_new_tokens=6, do_sample=True, top_k=0, temperature=5.0)
+    assert sampled.shape == greedy.shape and not torch.equal(sampled, greedy)
+    coarse = model.generate(**inputs, max_new_tokens=6, do_sample=False, inference_mode="coarse")
+    assert coarse.shape == greedy.shape
+    # The first generated token equals the argmax of the forward's last logits in each mode.
+    for mode, generated in (("two_pass", greedy), ("coarse", coarse)):
+        logits = model(**inputs, inference_mode=mode).logits[:, -1]
+        assert torch.equal(generated[:, inputs["input_ids"].shape[1]], logits.argmax(-1))
+    assert processor.decode_generated(greedy, inputs)[0] == processor.decode(
+        greedy[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    )
+
+
+def test_generate_with_cache_equals_full_recompute(make_model, random_video):
+    model, processor = make_model()
+    inputs = processor(text=PROMPTS[:1], videos=[random_video(4)])
+    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    mask = torch.ones_like(generated)
+    video = {k: inputs[k] for k in ("pixel_values_videos", "video_frame_mask")}
+    logits = model(input_ids=generated, attention_mask=mask, **video).logits
+    start = inputs["input_ids"].shape[1]
+    assert torch.equal(logits[0, start - 1 : -1].argmax(-1), generated[0, start:])
+
+
+def test_text_only_forward_is_a_language_model(make_model, tokenizer):
+    model, _ = make_model()
+    ids = tokenizer("the red square", return_tensors="pt")["input_ids"]
+    out = model(input_ids=ids, labels=ids)
+    reference = model.language_model(input_ids=ids, labels=ids)
+    torch.testing.assert_close(out.logits, reference.logits)
+    torch.testing.assert_close(out.loss, reference.loss)
+
+
+def test_model_rejects_inconsistent_inputs(make_model, random_video):
+    model, processor = make_model()
+    batch = _batch(processor, random_video)
+    mask = batch["video_frame_mask"].clone()
+    mask[0, 4] = False
+    with pytest.raises(ValueError, match="frame tokens per sample"):
+        model(**{**batch, "video_frame_mask": mask})
+    with pytest.raises(ValueError, match=r"\[B, T, C, H, W\]"):
+        model(**{**batch, "pixel_values_videos": batch["pixel_values_videos"][0]})
+    with pytest.raises(ValueError, match="inference_mode"):
+        model(**batch, inference_mode="fovea")
+    with pytest.raises(ValueError, match="input_ids"):
+        model(inputs_embeds=torch.zeros(1, 3, 48))
