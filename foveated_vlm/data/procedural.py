@@ -881,7 +881,7 @@ def as_hf_dataset(split: str, num_clips: int, config: ProceduralVideoConfig | No
     ``Dataset.with_transform``, every access (``ds[i]``, ``ds[a:b]``, iteration) also returns frames
     (uint8 [T, H, W, 3] numpy arrays), boxes (float32 [T, K, 4]), visible (bool [T, K]), target_index,
     objects, qa and mcq, identical to ``ProceduralVideoDataset(split, num_clips, config)[i]``.
-    ``ds.with_format`` / ``ds.set_format`` replace the transform (``ds.with_transform(None)`` gives the
+    ``ds.with_format`` / ``ds.set_format`` replace the transform (``ds.with_format(None)`` gives the
     metadata columns alone).
     """
     import datasets  # imported lazily: the rest of this module does not need it
