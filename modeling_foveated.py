@@ -478,7 +478,7 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             raise ValueError(f"inference_mode must be 'two_pass' or 'coarse', got {mode!r}")
         use_cache = bool(use_cache) and not self.training
         if position_ids is None:
-            position_ids = self._default_position_ids(input_ids, attention_mask, past_key_values)
+            position_ids = self.default_position_ids(input_ids, attention_mask, past_key_values)
 
         if pixel_values_videos is None:
             hidden = self.run_language_model(
@@ -499,7 +499,8 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             return self._dense_forward(passes, cache, targets, labels, logits_to_keep)
         return self._foveated_forward(passes, cache, targets, labels, logits_to_keep, coarse_only=mode == "coarse")
 
-    def _default_position_ids(self, input_ids, attention_mask, past_key_values) -> torch.Tensor:
+    def default_position_ids(self, input_ids, attention_mask, past_key_values) -> torch.Tensor:
+        """Positions of ``input_ids [B, L]`` following the (left-padded) attention mask and the cache length."""
         past = 0 if past_key_values is None else past_key_values.get_seq_length()
         if attention_mask is None:
             return torch.arange(past, past + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
@@ -581,10 +582,14 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         previous = self.previous_targets(targets, passes.first_frame)
         if self.training and self.config.previous_target_dropout:
             previous = F.dropout(previous, p=self.config.previous_target_dropout)
+        return self.predict_next_targets(head, states, previous, queries)
+
+    def predict_next_targets(
+        self, head: FiLMPredictionHead, states: torch.Tensor, previous: torch.Tensor, queries: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Next-frame targets ``[N, C, h, w]`` from LLM states ``[N, H]`` and previous targets (delta-aware)."""
         prediction = head(states, previous, queries)
-        if self.config.predict_delta:
-            prediction = prediction + previous
-        return prediction
+        return prediction + previous if self.config.predict_delta else prediction
 
     # ----------------------------------------------------------------------------------------- losses
     def _finish(

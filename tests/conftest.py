@@ -10,6 +10,15 @@ from foveated_vlm.tiny import tiny_config, tiny_processor, tiny_tokenizer
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads; on a loaded 2-core machine two threads are many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return tiny_tokenizer()
