@@ -44,6 +44,7 @@ SMOLLM2_135M_SHAPES = {
 FOVEATION_MODES = ("foveated", "dense")
 INFERENCE_MODES = ("two_pass", "coarse")
 TARGET_SOURCES = ("downsampled_frames", "vae")
+COARSE_READINGS = ("static_query", "mean_pool")
 
 
 class FoveatedVLMConfig(PreTrainedConfig):
@@ -82,6 +83,9 @@ class FoveatedVLMConfig(PreTrainedConfig):
 
     query_dim: int = 384
     """Width of the query vectors the LLM predicts (and of ``q_static``/``q_init``)."""
+    coarse_reading: str = "static_query"
+    """How pass 1 reads a frame: ``"static_query"`` (the learned ``q_static``) or ``"mean_pool"`` (the average of
+    the final patch states: the proposal's ablation without spatial selection)."""
     query_init_std: float = 1.0
     """Std of the learned static and initial queries. Tiny queries (0.02) give identical attention maps."""
     query_attention_temperature: float = 1.0
@@ -158,6 +162,7 @@ class FoveatedVLMConfig(PreTrainedConfig):
             "foveation_mode": (self.foveation_mode in FOVEATION_MODES, f"one of {FOVEATION_MODES}"),
             "inference_mode": (self.inference_mode in INFERENCE_MODES, f"one of {INFERENCE_MODES}"),
             "target_source": (self.target_source in TARGET_SOURCES, f"one of {TARGET_SOURCES}"),
+            "coarse_reading": (self.coarse_reading in COARSE_READINGS, f"one of {COARSE_READINGS}"),
             "query_dim": (self.query_dim > 0, "positive"),
             "query_init_std": (self.query_init_std > 0, "positive"),
             "query_attention_temperature": (self.query_attention_temperature > 0, "positive"),

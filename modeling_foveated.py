@@ -379,6 +379,17 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         tokens = self.fovea_dense_projection(unshuffled) * self.config.visual_token_scale
         return tokens.reshape(-1, tokens.shape[-1])
 
+    def read_coarse(self, cache: PatchCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pass-1 reading of ``N`` cached frames: tokens ``[N, D]`` and attention ``[N, P]``.
+
+        ``coarse_reading="static_query"`` reads with the learned static query; ``"mean_pool"`` (the proposal's
+        ablation) averages the final patch states, i.e. uniform attention with no spatial selection.
+        """
+        if self.config.coarse_reading == "mean_pool":
+            patches = cache.patch_states[:, self.fovea_encoder.num_prefix_tokens :]
+            return patches.mean(1), patches.new_full(patches.shape[:2], 1.0 / patches.shape[1])
+        return self.read_frames(self.static_queries(cache.keys[0].shape[0]), cache)
+
     def static_queries(self, count: int) -> torch.Tensor:
         """The learned static query repeated ``[count, Q]``."""
         return self.fovea_static_query.unsqueeze(0).expand(count, -1)
@@ -509,7 +520,7 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
 
     def _foveated_forward(self, passes, cache, targets, labels, logits_to_keep, coarse_only: bool):
         static = self.static_queries(cache.keys[0].shape[0])
-        visual_coarse, attention_coarse = self.read_frames(static, cache)
+        visual_coarse, attention_coarse = self.read_coarse(cache)
         embeds_coarse = self.embed_sequence(passes.input_ids, self.project_visual_tokens(visual_coarse), COARSE)
         coarse = self.run_language_model(
             embeds_coarse,

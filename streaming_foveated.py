@@ -367,7 +367,7 @@ class FoveatedStream:
 
         patches = model.encode_frames(pixels)
         static = model.static_queries(pixels.shape[0])
-        visual_coarse, attention_coarse = model.read_frames(static, patches)
+        visual_coarse, attention_coarse = model.read_coarse(patches)
         hidden = self._run_llm(COARSE, new_ids, model.project_visual_tokens(visual_coarse))[valid]
         queries, attention, next_queries = static, attention_coarse, static
         if self.reading_mode == FINE:

@@ -84,8 +84,9 @@ def caption_pair(model, inputs, stream, mode: str, **generate_kwargs):
         (torch.float32, "two_pass", REMEDIES),
         (torch.float32, "coarse", REMEDIES),
         (torch.bfloat16, "coarse", {}),
+        (torch.float32, "two_pass", {"coarse_reading": "mean_pool"}),
     ],
-    ids=["fp32", "bf16", "fp32-remedies", "fp32-coarse-remedies", "bf16-coarse"],
+    ids=["fp32", "bf16", "fp32-remedies", "fp32-coarse-remedies", "bf16-coarse", "fp32-mean-pool"],
 )
 def test_stream_equals_parallel_forward(build, dtype, mode, overrides):
     model, processor = build(dtype, **overrides)
