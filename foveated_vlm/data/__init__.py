@@ -1,5 +1,7 @@
-"""Data sets of foveated-vlm: the procedural moving-shapes video data (built-in default and test bed)."""
+"""Data sets of foveated-vlm: the procedural moving-shapes video data (built-in default and test bed), real
+videos (folders, manifests, ``datasets`` repositories), the target cache and batch collation."""
 
+from .collate import VideoCaptionCollator
 from .procedural import (
     CAPTION_TEMPLATES,
     COLOUR_RGB,
@@ -23,8 +25,19 @@ from .procedural import (
     split_triples,
     triples_for_split,
 )
+from .targets import TargetCache, WithCachedTargets, build_target_cache, target_spec
+from .video_folder import VideoClipDataset, VideoRecord, scan_clips, split_records
 
 __all__ = [
+    "TargetCache",
+    "VideoCaptionCollator",
+    "VideoClipDataset",
+    "VideoRecord",
+    "WithCachedTargets",
+    "build_target_cache",
+    "scan_clips",
+    "split_records",
+    "target_spec",
     "CAPTION_TEMPLATES",
     "COLOUR_RGB",
     "COLOURS",

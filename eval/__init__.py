@@ -1,0 +1,12 @@
+"""Evaluation of the foveated VLM: one command per question, each writing ``OUT/report.md`` + ``report.json``.
+
+* ``python -m eval.intrinsic``  losses of both passes and their ratio (bootstrap CI), next-frame MSE / PSNR /
+  SSIM, attention entropy and coverage, query similarity (proposal §13.1).
+* ``python -m eval.fovea``      attention mass inside the named / moving object's box vs chance (procedural).
+* ``python -m eval.captioning`` BLEU, ROUGE-L, CIDEr-D and attribute accuracy on held-out combinations.
+* ``python -m eval.build_mcq``  a small multiple-choice video QA set from the procedural data.
+* ``python -m eval.mcq``        MVBench / Video-MME style multiple-choice QA by answer log-likelihood.
+* ``python -m eval.ablations``  train and evaluate each arm of §13.2 with the same data, steps and seed.
+* ``python -m eval.figures``    loss curves, attention heat maps, predicted vs real next frames (PNG + GIF).
+* ``python -m eval.benchmark``  GPU speed of foveated vs dense (see its own docstring).
+"""

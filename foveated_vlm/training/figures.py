@@ -1,0 +1,105 @@
+"""Small, self-contained figures of a training run: the loss curve and the query attention over frames."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+FIGURE_DPI = 120
+TRAIN_CURVES = ("loss_fine", "loss_coarse", "loss_caption")
+CURVE_STYLES = {"loss_fine": "-", "loss_coarse": "--", "loss_caption": "-"}
+MAX_ATTENTION_CLIPS = 4
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """Rows of a run's ``log.jsonl``."""
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _save(figure, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure atomically."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    figure.savefig(temporary, dpi=FIGURE_DPI, bbox_inches="tight")
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def plot_loss_curve(log_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
+    """Training and validation losses (fine, coarse, caption) against the step, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_log(log_path)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, split in zip(axes, ("train", "validation"), strict=True):
+        split_rows = [row for row in rows if row.get("split") == split]
+        for key in TRAIN_CURVES:
+            points = [(row["step"], row[key]) for row in split_rows if row.get(key) is not None]
+            if points:
+                steps, values = zip(*points, strict=True)
+                axis.plot(
+                    steps, values, CURVE_STYLES[key], marker="." if split == "validation" else None, label=key
+                )
+        axis.set_yscale("log")
+        axis.set_xlabel("step")
+        axis.set_title(f"{split} losses")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    _save(figure, out_path)
+
+
+def plot_attention_over_frames(
+    frames: list[np.ndarray],
+    attention_fine: list[np.ndarray],
+    attention_coarse: list[np.ndarray],
+    captions: list[str],
+    out_path: str | os.PathLike,
+) -> None:
+    """Per clip three rows: the frames, the fine (predicted-query) attention and the coarse (static) one.
+
+    Args:
+        frames: per clip ``[T, H, W, 3]`` uint8.
+        attention_fine / attention_coarse: per clip ``[T, g, g]`` attention over the patch grid.
+        captions: per clip a title (e.g. the reference and the generated caption).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clips = min(len(frames), MAX_ATTENTION_CLIPS)
+    num_frames = max(len(clip) for clip in frames[:clips])
+    figure, axes = plt.subplots(
+        3 * clips, num_frames, figsize=(1.6 * num_frames, 1.7 * 3 * clips), squeeze=False
+    )
+    for clip in range(clips):
+        rows = (frames[clip], attention_fine[clip], attention_coarse[clip])
+        for kind, (images, label) in enumerate(zip(rows, ("frame", "fine", "coarse"), strict=True)):
+            for t in range(num_frames):
+                axis = axes[3 * clip + kind, t]
+                axis.axis("off")
+                if t < len(images):
+                    extent = (0, frames[clip].shape[2], frames[clip].shape[1], 0)
+                    if kind == 0:
+                        axis.imshow(images[t])
+                    else:
+                        axis.imshow(frames[clip][t], alpha=0.35, extent=extent)
+                        axis.imshow(
+                            images[t], cmap="magma", alpha=0.75, extent=extent, interpolation="nearest"
+                        )
+                if t == 0:
+                    axis.text(-0.1, 0.5, label, transform=axis.transAxes, ha="right", va="center", fontsize=8)
+        axes[3 * clip, 0].set_title(captions[clip], loc="left", fontsize=8)
+    _save(figure, out_path)
+
+
+__all__ = ["plot_attention_over_frames", "plot_loss_curve", "read_log"]

@@ -1,0 +1,201 @@
+"""Model side of training: build model + processor from the config, LoRA, freezing, parameter groups.
+
+Parameter groups (each split into weight-decayed and not-decayed halves):
+
+* ``new``: the ``fovea_*`` modules and parameters (queries, projections, heads, mode embeddings), ``lr_new``;
+* ``encoder``: the DINOv3 ViT (``fovea_encoder.*``), ``lr_encoder``;
+* ``llm``: the language model (``language_model.*``, LoRA adapters included), ``lr_llm``.
+
+A trainable parameter that matches none of them raises a ``ValueError`` (a silently mis-grouped new module
+trained at the backbone's learning rate was one of the peer's bugs). Weight decay applies to the ``weight`` of
+linear and convolution layers only, never to biases, norms, embeddings or learned queries.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from modeling_foveated import FoveatedVLMForConditionalGeneration
+from processing_foveated import FoveatedVLMProcessor
+
+from .config import LoraSection, TrainingConfig
+
+GROUP_PREFIXES = (("encoder", "fovea_encoder."), ("llm", "language_model."), ("new", "fovea_"))
+PEFT_PREFIX = re.compile(r"^(base_model\.model\.)+")
+NEW_MODULE_PREFIX = "fovea_"
+ENCODER_PREFIX = "fovea_encoder."
+FULL_IMAGE_SIZE = 256
+
+
+def build_model_and_processor(config: TrainingConfig) -> tuple[FoveatedVLMForConditionalGeneration, Any]:
+    """The model and processor the config describes (random-init tiny, full-size from checkpoints, or saved)."""
+    section = config.model
+    if section.pretrained:
+        model = FoveatedVLMForConditionalGeneration.from_pretrained(section.pretrained, **section.overrides)
+        return model, FoveatedVLMProcessor.from_pretrained(section.pretrained)
+    if section.size == "tiny":
+        return _build_tiny(config)
+    from foveated_vlm.build import build_foveated_vlm  # imported only for full-size models
+
+    shapes = {key: value for key, value in section.vision.items() if key != "image_size"}
+    if shapes or section.text:
+        raise ValueError(
+            "model.vision/model.text shape overrides apply to size=tiny only (full-size shapes come "
+            f"from the checkpoints); got vision={shapes}, text={section.text}"
+        )
+    image_size = config.data.image_size or section.vision.get("image_size", FULL_IMAGE_SIZE)
+    return build_foveated_vlm(
+        vision=section.vision_name_or_path,
+        text=section.text_name_or_path,
+        vae=section.vae_name_or_path,
+        image_size=image_size,
+        system_prompt=section.system_prompt,
+        **section.overrides,
+    )
+
+
+def _build_tiny(config: TrainingConfig):
+    from foveated_vlm.tiny import tiny_config, tiny_processor, tiny_tokenizer
+
+    section = config.model
+    tokenizer = tiny_tokenizer()
+    vision = dict(section.vision)
+    if config.data.image_size:
+        vision["image_size"] = config.data.image_size
+    overrides = dict(section.overrides)
+    if section.vae_name_or_path:
+        overrides.setdefault("vae_name_or_path", section.vae_name_or_path)
+    model_config = tiny_config(tokenizer, vision=vision, text=dict(section.text), **overrides)
+    processor = tiny_processor(model_config, tokenizer)
+    processor.system_prompt = section.system_prompt
+    return FoveatedVLMForConditionalGeneration(model_config), processor
+
+
+def apply_lora(model: nn.Module, lora: LoraSection) -> nn.Module:
+    """Wrap ``model`` with PEFT LoRA on the LLM modules matched by ``lora.target_modules``.
+
+    PEFT freezes every base weight; the new ``fovea_*`` parameters are made trainable again (they are not part
+    of any pretrained model). The encoder stays as PEFT leaves it (frozen) unless the caller unfreezes it.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias="none",
+    )
+    wrapped = get_peft_model(model, peft_config)
+    adapted = [name for name, _ in wrapped.named_parameters() if "lora_" in name]
+    if not adapted:
+        raise ValueError(f"train.lora.target_modules={lora.target_modules!r} matched no module of the model")
+    for name, parameter in wrapped.named_parameters():
+        if _strip_peft(name).startswith(NEW_MODULE_PREFIX) and not _strip_peft(name).startswith(
+            ENCODER_PREFIX
+        ):
+            parameter.requires_grad_(True)
+    return wrapped
+
+
+def set_encoder_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze or unfreeze the DINOv3 ViT (queries still flow through it; only its weights stop learning)."""
+    for name, parameter in model.named_parameters():
+        if _strip_peft(name).startswith(ENCODER_PREFIX):
+            parameter.requires_grad_(trainable)
+
+
+def prepare_for_training(model: nn.Module, config: TrainingConfig) -> nn.Module:
+    """LoRA, encoder freezing and gradient checkpointing as configured; returns the (maybe wrapped) model."""
+    train = config.train
+    if train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if train.lora.enabled:
+        model = apply_lora(model, train.lora)
+    set_encoder_trainable(model, not train.freeze_encoder)
+    return model
+
+
+def _strip_peft(name: str) -> str:
+    return PEFT_PREFIX.sub("", name)
+
+
+def parameter_group_name(name: str) -> str:
+    """``"new"``, ``"encoder"`` or ``"llm"`` for a parameter name (PEFT prefixes ignored)."""
+    bare = _strip_peft(name)
+    for group, prefix in GROUP_PREFIXES:
+        if bare.startswith(prefix):
+            return group
+    raise ValueError(
+        f"parameter {name!r} belongs to no parameter group (expected a prefix of {GROUP_PREFIXES})"
+    )
+
+
+def uses_weight_decay(name: str, parameter: torch.Tensor) -> bool:
+    """Decay linear/conv weights only (not biases, norms, token embeddings, learned queries or tokens)."""
+    return parameter.ndim >= 2 and name.endswith(".weight") and "embed_tokens" not in name
+
+
+def parameter_groups(model: nn.Module, config: TrainingConfig) -> list[dict[str, Any]]:
+    """Optimizer groups of the trainable parameters: ``{"name", "params", "lr", "weight_decay"}`` each."""
+    train = config.train
+    rates = {"new": train.lr_new, "encoder": train.lr_encoder, "llm": train.lr_llm}
+    buckets: dict[tuple[str, bool], list[torch.Tensor]] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            key = (parameter_group_name(name), uses_weight_decay(name, parameter))
+            buckets.setdefault(key, []).append(parameter)
+    return [
+        {
+            "name": f"{group}{'' if decay else '_no_decay'}",
+            "params": params,
+            "lr": rates[group],
+            "weight_decay": train.weight_decay if decay else 0.0,
+        }
+        for (group, decay), params in sorted(buckets.items())
+    ]
+
+
+def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW over :func:`parameter_groups`."""
+    groups = parameter_groups(model, config)
+    if not groups:
+        raise ValueError("the model has no trainable parameter")
+    return torch.optim.AdamW(groups)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
+    """Linear warm-up then cosine decay (to ``min_lr_ratio``) or constant, over ``max_steps``."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+
+    train = config.train
+    if train.schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, train.warmup_steps)
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, train.warmup_steps, train.max_steps, min_lr_rate=train.min_lr_ratio
+    )
+
+
+def export_model(model: nn.Module) -> FoveatedVLMForConditionalGeneration:
+    """The plain model to save: LoRA merged into the LLM weights when present."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+__all__ = [
+    "apply_lora",
+    "build_model_and_processor",
+    "build_optimizer",
+    "build_scheduler",
+    "export_model",
+    "parameter_group_name",
+    "parameter_groups",
+    "prepare_for_training",
+    "set_encoder_trainable",
+    "uses_weight_decay",
+]

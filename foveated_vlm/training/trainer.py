@@ -1,0 +1,405 @@
+"""The training loop behind ``accelerate launch train_accelerate.py``.
+
+One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` clips on every process. Losses are
+accumulated on the device and read back (``.item()``) only every ``log_every`` steps. Every ``eval_every``
+steps the validation split is read once (sharded across processes) for loss_fine, loss_coarse, their ratio,
+loss_caption and the attention entropies; every ``save_every`` steps (and at the end) a resumable checkpoint
+is written. A resumed run restores model, optimizer, scheduler, RNG and data position and continues with
+the very losses an uninterrupted run would have logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from modeling_foveated import attention_entropy
+
+from ..data.collate import VideoCaptionCollator
+from ..data.targets import atomic_write_text
+from .checkpoint import read_trainer_state, resolve_resume, save_checkpoint
+from .config import TrainingConfig, flat_config
+from .data import build_datasets, eval_loader, train_loader
+from .figures import plot_loss_curve
+from .hub import push_to_hub, write_model_card
+from .modeling import (
+    build_model_and_processor,
+    build_optimizer,
+    build_scheduler,
+    export_model,
+    prepare_for_training,
+)
+
+logger = logging.getLogger(__name__)
+
+LOG_NAME = "log.jsonl"
+METRICS_NAME = "metrics.json"
+CONFIG_NAME = "training_config.yaml"
+FINAL_DIR = "final"
+TRACKER_PROJECT = "tensorboard"
+LOSS_KEYS = ("loss", "loss_fine", "loss_coarse", "loss_caption")
+VALIDATION_KEYS = (
+    "loss",
+    "loss_fine",
+    "loss_coarse",
+    "loss_caption",
+    "attention_entropy_fine",
+    "attention_entropy_coarse",
+)
+
+
+class JsonlLog:
+    """``log.jsonl`` of a run, written by the main process; a resumed run drops rows after its step."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path = path
+        self.enabled = enabled
+        if enabled and resume_step is not None and path.is_file():
+            with open(path, encoding="utf-8") as handle:
+                kept = [line for line in handle if line.strip() and json.loads(line)["step"] <= resume_step]
+            atomic_write_text(path, "".join(kept))
+        elif enabled:
+            atomic_write_text(path, "")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+def make_accelerator(config: TrainingConfig):
+    """The ``Accelerator`` for this run (precision, trackers, DDP settings).
+
+    Accelerate keeps its settings in a process-wide singleton; they are cleared first (the process group is
+    kept) so that ``train_accelerate.main`` can run several configs, e.g. different precisions, in one process.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    report_to = config.train.report_to
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),  # several CPU processes (torchrun without GPUs) form a gloo group
+        mixed_precision=config.train.mixed_precision,
+        log_with=report_to if report_to not in (None, "none", []) else None,
+        project_dir=config.output_dir,
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=config.train.ddp_find_unused_parameters)
+        ],
+    )
+
+
+def _step_losses(output) -> torch.Tensor:
+    """``[len(LOSS_KEYS)]`` detached losses of one micro-batch (NaN for a term the model did not compute)."""
+    values = [getattr(output, key) for key in LOSS_KEYS]
+    reference = output.loss
+    return torch.stack(
+        [
+            value.detach().float()
+            if value is not None
+            else torch.full((), float("nan"), device=reference.device)
+            for value in values
+        ]
+    )
+
+
+@torch.no_grad()
+def validate(model, loader, accelerator, max_batches: int | None) -> dict[str, float]:
+    """Mean validation figures over this process's share of the split, reduced over processes.
+
+    ``model`` is the unwrapped model: processes may read different numbers of batches, and a DDP forward
+    would synchronise buffers with its peers.
+
+    Returns loss, loss_fine, loss_coarse, loss_caption, ratio_coarse_fine (loss_coarse / loss_fine, > 1 when
+    the predicted queries help), and the mean attention entropy (nats) of the fine and coarse reads.
+    """
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(len(VALIDATION_KEYS) + 1, device=accelerator.device)
+    for index, batch in enumerate(loader):
+        if max_batches is not None and index >= max_batches:
+            break
+        batch = batch.to(accelerator.device)
+        with accelerator.autocast():
+            output = model(**batch)
+        size = batch["input_ids"].shape[0]
+        values = [getattr(output, key) for key in VALIDATION_KEYS[:4]]
+        values += [
+            attention_entropy(attention.float()).mean() if attention is not None else None
+            for attention in (output.attention_fine, output.attention_coarse)
+        ]
+        sums += size * torch.stack(
+            [
+                value.float()
+                if value is not None
+                else torch.full((), float("nan"), device=accelerator.device)
+                for value in values
+            ]
+            + [torch.ones((), device=accelerator.device)]
+        )
+    model.train(was_training)
+    totals = accelerator.reduce(sums, reduction="sum").tolist()
+    count = max(totals[-1], 1.0)
+    figures = {key: totals[i] / count for i, key in enumerate(VALIDATION_KEYS)}
+    figures["ratio_coarse_fine"] = (
+        figures["loss_coarse"] / figures["loss_fine"] if figures["loss_fine"] else None
+    )
+    return {key: (None if value != value else value) for key, value in figures.items()}
+
+
+def _learning_rates(optimizer) -> dict[str, float]:
+    """Current learning rate of each parameter group family (``lr_new``, ``lr_encoder``, ``lr_llm``)."""
+    rates = {}
+    for group in optimizer.param_groups:
+        rates.setdefault(f"lr_{group['name'].removesuffix('_no_decay')}", group["lr"])
+    return rates
+
+
+def _clean(values: dict[str, Any]) -> dict[str, Any]:
+    """Drop NaN/None figures (terms the model does not compute) before logging."""
+    return {key: value for key, value in values.items() if value is not None and value == value}
+
+
+@dataclass
+class _Run:
+    """Everything the loop of one run holds."""
+
+    config: TrainingConfig
+    accelerator: Any
+    model: Any
+    processor: Any
+    optimizer: Any
+    scheduler: Any
+    datasets: dict[str, Any]
+    log: JsonlLog
+    start_step: int
+    samples_per_step: int
+
+    @property
+    def train(self):
+        return self.config.train
+
+
+def _setup(config: TrainingConfig, resume: str | None) -> _Run:
+    """Accelerator, model, data, optimizer and schedule; restores a checkpoint when resuming."""
+    from accelerate.utils import set_seed
+
+    train = config.train
+    if train.torch_threads:
+        torch.set_num_threads(train.torch_threads)
+    output_dir = Path(config.output_dir)
+    accelerator = make_accelerator(config)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output_dir / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    set_seed(train.seed)
+    model, processor = build_model_and_processor(config)
+    datasets = build_datasets(config, processor, model.config, accelerator)
+    model = prepare_for_training(model, config)
+    model.train()
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    checkpoint = resolve_resume(resume, output_dir)
+    start_step = 0
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        start_step = read_trainer_state(checkpoint)["step"]
+        logger.info("resumed from %s at step %d", checkpoint, start_step)
+    log = JsonlLog(output_dir / LOG_NAME, accelerator.is_main_process, start_step if checkpoint else None)
+    if accelerator.log_with:
+        accelerator.init_trackers(TRACKER_PROJECT, config=flat_config(config))
+    samples_per_step = train.batch_size * train.grad_accum * accelerator.num_processes
+    return _Run(
+        config,
+        accelerator,
+        model,
+        processor,
+        optimizer,
+        scheduler,
+        datasets,
+        log,
+        start_step,
+        samples_per_step,
+    )
+
+
+def _loaders(run: _Run):
+    """The infinite training loader (positioned at the resume step) and the validation loader."""
+    accelerator, train = run.accelerator, run.train
+    collator = VideoCaptionCollator(run.processor)
+    training = train_loader(
+        run.datasets["train"],
+        collator,
+        train.batch_size,
+        accelerator.num_processes,
+        accelerator.process_index,
+        train.seed,
+        run.start_step * train.grad_accum,
+        train.num_workers,
+    )
+    validation = eval_loader(
+        run.datasets["validation"],
+        collator,
+        run.config.eval.batch_size,
+        accelerator.num_processes,
+        accelerator.process_index,
+        train.num_workers,
+    )
+    return training, validation
+
+
+def _optimizer_step(run: _Run, batches, running: torch.Tensor) -> None:
+    """One optimizer step over ``grad_accum`` micro-batches; adds their detached losses to ``running``."""
+    accelerator, train, model = run.accelerator, run.train, run.model
+    for micro in range(train.grad_accum):
+        batch = next(batches).to(accelerator.device)
+        last_micro = micro == train.grad_accum - 1
+        with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
+            output = model(**batch)
+            accelerator.backward(output.loss / train.grad_accum)
+        running += _step_losses(output)
+    if train.clip_grad:
+        accelerator.clip_grad_norm_(model.parameters(), train.clip_grad)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def _log_train(
+    run: _Run, step: int, running: torch.Tensor, micro_batches: int, window: tuple[float, int], started: float
+) -> dict[str, float]:
+    """Read the running losses back (the only host sync of the loop), log them; returns their means."""
+    means = (run.accelerator.reduce(running, reduction="mean") / micro_batches).tolist()
+    now = time.perf_counter()
+    figures = _clean(dict(zip(LOSS_KEYS, means, strict=True)))
+    row = {
+        "step": step,
+        "split": "train",
+        **figures,
+        **_learning_rates(run.optimizer),
+        "samples": step * run.samples_per_step,
+        "samples_per_second": window[1] * run.samples_per_step / max(now - window[0], 1e-9),
+        "elapsed_seconds": now - started,
+    }
+    run.log.write(row)
+    run.accelerator.log({f"train/{k}": v for k, v in row.items() if k not in ("step", "split")}, step=step)
+    return figures
+
+
+def _log_validation(run: _Run, step: int, loader, progress) -> dict[str, float]:
+    figures = _clean(
+        validate(
+            run.accelerator.unwrap_model(run.model),
+            loader,
+            run.accelerator,
+            run.config.eval.num_validation_batches,
+        )
+    )
+    run.log.write({"step": step, "split": "validation", **figures})
+    run.accelerator.log({f"validation/{k}": v for k, v in figures.items()}, step=step)
+    if run.accelerator.is_main_process:
+        progress.write(f"step {step} validation: " + ", ".join(f"{k}={v:.4f}" for k, v in figures.items()))
+    return figures
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
+
+
+def run_training(
+    config: TrainingConfig,
+    resume: str | None = None,
+    push_to_hub_repo: str | None = None,
+    hub_local_dir: str | None = None,
+) -> dict[str, Any]:
+    """Train as configured; returns the final metrics (also written to ``OUTPUT/metrics.json``)."""
+    from tqdm.auto import tqdm
+
+    run = _setup(config, resume)
+    train, accelerator = run.train, run.accelerator
+    training, validation = _loaders(run)
+    batches = iter(training)
+    state = {"config": config.to_dict(), "samples_per_step": run.samples_per_step}
+    running = torch.zeros(len(LOSS_KEYS), device=accelerator.device)
+    last_train: dict[str, float] = {}
+    last_validation: dict[str, float] = {}
+    started = time.perf_counter()
+    window = (started, 0)
+    progress = tqdm(
+        total=train.max_steps,
+        initial=run.start_step,
+        disable=not accelerator.is_main_process,
+        desc="training",
+        mininterval=1.0,
+    )
+    for step in range(run.start_step + 1, train.max_steps + 1):
+        _optimizer_step(run, batches, running)
+        window = (window[0], window[1] + 1)
+        progress.update(1)
+        if _due(step, train.log_every, train.max_steps):
+            last_train = _log_train(run, step, running, window[1] * train.grad_accum, window, started)
+            progress.set_postfix({k.removeprefix("loss_"): f"{v:.4f}" for k, v in last_train.items()})
+            running.zero_()
+            window = (time.perf_counter(), 0)
+        if _due(step, train.eval_every, train.max_steps):
+            last_validation = _log_validation(run, step, validation, progress)
+        if _due(step, train.save_every, train.max_steps):
+            save_checkpoint(accelerator, config.output_dir, step, state, train.keep_checkpoints)
+    progress.close()
+    metrics = {
+        "step": max(run.start_step, train.max_steps),
+        "train": last_train,
+        "validation": last_validation,
+        "wall_seconds": time.perf_counter() - started,
+        "num_processes": accelerator.num_processes,
+        "samples_per_step": run.samples_per_step,
+        "num_train_clips": len(run.datasets["train"]),
+        "num_validation_clips": len(run.datasets["validation"]),
+    }
+    final_dir = save_final(accelerator, run.model, run.processor, config, metrics, push_to_hub_repo)
+    if accelerator.is_main_process:
+        if push_to_hub_repo:
+            metrics["hub"] = push_to_hub(final_dir, push_to_hub_repo, hub_local_dir)
+        atomic_write_text(Path(config.output_dir) / METRICS_NAME, json.dumps(metrics, indent=2))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+def save_final(
+    accelerator, model, processor, config: TrainingConfig, metrics: dict[str, Any], repo_id: str | None = None
+) -> Path:
+    """Write ``OUTPUT/final``: the Hub-loadable model (LoRA merged), processor, loss curve and model card."""
+    output_dir = Path(config.output_dir)
+    final_dir = output_dir / FINAL_DIR
+    if accelerator.is_main_process:
+        temporary = output_dir / f".{FINAL_DIR}.tmp"
+        shutil.rmtree(temporary, ignore_errors=True)
+        exported = export_model(accelerator.unwrap_model(model))
+        exported.save_pretrained(temporary)
+        processor.save_pretrained(temporary)
+        log_path = output_dir / LOG_NAME
+        if log_path.is_file() and log_path.stat().st_size:
+            plot_loss_curve(log_path, temporary / "loss_curve.png")
+        write_model_card(temporary, config, metrics, repo_id)
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        os.replace(temporary, final_dir)
+    accelerator.wait_for_everyone()
+    return final_dir
+
+
+__all__ = ["JsonlLog", "run_training", "save_final", "validate"]

@@ -1,0 +1,71 @@
+"""The training data sets: deterministic, held-out split disjoint from training, batches built by the processor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from foveated_vlm.data.collate import VideoCaptionCollator
+from foveated_vlm.data.procedural import parse_caption
+from foveated_vlm.training.config import load_config
+from foveated_vlm.training.data import build_split, procedural_config
+from foveated_vlm.training.modeling import build_model_and_processor
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = load_config(
+        "configs/smoke.yaml",
+        [
+            "data.num_clips={train: 48, validation: 16, heldout: 48}",
+            "data.procedural={camera_pan_probability: 0.5}",
+        ],
+    )
+    _, processor = build_model_and_processor(config)
+    return config, processor
+
+
+def _triple(item) -> tuple:
+    parsed = parse_caption(item["caption"])
+    return parsed["colour"], parsed["shape"], parsed["motion"]
+
+
+def test_splits_are_deterministic(setup):
+    config, processor = setup
+    first, second = build_split(config, "train", processor), build_split(config, "train", processor)
+    for index in (0, 7, 47):
+        a, b = first[index], second[index]
+        assert a["caption"] == b["caption"] and a["prompt"] == b["prompt"]
+        np.testing.assert_array_equal(a["frames"], b["frames"])
+    assert procedural_config(config, processor.image_size).camera_pan_probability == 0.5
+
+
+def test_heldout_triples_never_occur_in_training(setup):
+    config, processor = setup
+    splits = {role: build_split(config, role, processor) for role in ("train", "validation", "heldout")}
+    triples = {role: {_triple(split[i]) for i in range(len(split))} for role, split in splits.items()}
+    assert triples["heldout"].isdisjoint(triples["train"] | triples["validation"])
+    clip_ids = {role: {split[i]["clip_id"] for i in range(len(split))} for role, split in splits.items()}
+    assert clip_ids["train"].isdisjoint(clip_ids["validation"])
+    assert splits["train"][0]["frames"].shape == (config.data.num_frames, 32, 32, 3)
+
+
+def test_collated_batch_holds_model_inputs(setup):
+    config, processor = setup
+    dataset = build_split(config, "train", processor)
+    batch = VideoCaptionCollator(processor)([dataset[i] for i in range(3)])
+    frames = config.data.num_frames
+    assert batch["pixel_values_videos"].shape == (3, frames, 3, 32, 32)
+    assert batch["prediction_targets"].shape == (3, frames, 3, 4, 4)
+    assert batch["video_frame_mask"].all()
+    assert (batch["labels"] != -100).sum() > 0
+    generation = VideoCaptionCollator(processor, with_captions=False, with_targets=False)([dataset[0]])
+    assert "labels" not in generation and "prediction_targets" not in generation
+    assert torch.equal(generation["pixel_values_videos"], batch["pixel_values_videos"][:1])
+
+
+def test_empty_batch_raises(setup):
+    _, processor = setup
+    with pytest.raises(ValueError, match="empty batch"):
+        VideoCaptionCollator(processor)([])
