@@ -13,7 +13,7 @@ S (encoder tokens per frame: CLS + registers + P patches), D (encoder width), H 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +21,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DINOv3ViTModel, GenerationMixin, LlamaForCausalLM, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
+from transformers.utils.deprecation import deprecate_kwarg
 
 try:
     from .configuration_foveated import FoveatedVLMConfig
+    from .layout_foveated import VideoLayout, caption_positions
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from configuration_foveated import FoveatedVLMConfig
+    from layout_foveated import VideoLayout, caption_positions
 
 COARSE, FINE = 0, 1  # rows of the learned mode embeddings
 KAIMING_SLOPE = 5**0.5  # torch.nn.Linear's own default initialisation
@@ -66,7 +69,7 @@ class FoveatedVLMOutput(ModelOutput):
         loss_caption_coarse: caption cross-entropy of the coarse pass.
         loss_contrastive, loss_entropy, loss_delta_l1: remedy terms (present when their weights are non-zero).
         logits: ``[B, L', V]`` next-token logits of the pass that feeds the cache (``L'`` per ``logits_to_keep``).
-        past_key_values: the LLM cache (fine stream, or coarse stream in coarse inference).
+        cache: the LLM cache (fine stream, or coarse stream in coarse inference).
         predictions_fine / predictions_coarse: ``[N, C, h, w]`` predicted next-frame targets of the valid frames.
         queries: ``[N, Q]`` queries that read each valid frame in the fine pass (``q_init`` for first frames).
         attention_fine / attention_coarse: ``[N, P]`` query attention over patches (mean over heads).
@@ -82,7 +85,7 @@ class FoveatedVLMOutput(ModelOutput):
     loss_entropy: torch.Tensor | None = None
     loss_delta_l1: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-    past_key_values: object | None = None
+    cache: object | None = None
     predictions_fine: torch.Tensor | None = None
     predictions_coarse: torch.Tensor | None = None
     queries: torch.Tensor | None = None
@@ -158,15 +161,19 @@ class FoveatedEncoder(nn.Module):
         keys, values = [], []
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
-                states, key, value = checkpoint(self._patch_layer, layer, states, cos, sin, use_reentrant=False)
+                states, key, value = checkpoint(
+                    self._patch_layer, layer, states, cos, sin, use_reentrant=False
+                )
             else:
                 states, key, value = self._patch_layer(layer, states, cos, sin)
             keys.append(key)
             values.append(value)
         return PatchCache(keys=keys, values=values, patch_states=vit.norm(states))
 
-    def _query_scores(self, query: torch.Tensor, cached_key: torch.Tensor, own_key: torch.Tensor, scale: float):
-        """Scores of a query token ``[N, heads, 1, d]`` over cached keys and its own key -> ``[N, heads, 1, S+1]``."""
+    def _query_scores(
+        self, query: torch.Tensor, cached_key: torch.Tensor, own_key: torch.Tensor, scale: float
+    ):
+        """Scores of query tokens ``[N, heads, k, d]`` over cached keys and their own key -> ``[N, heads, k, S+1]``."""
         cached = torch.matmul(query, cached_key.transpose(-1, -2)) * scale
         own = (query * own_key).sum(-1, keepdim=True) * scale
         scores = torch.cat([cached, own], dim=-1)
@@ -182,7 +189,10 @@ class FoveatedEncoder(nn.Module):
     def _query_layer(
         self, layer: nn.Module, states: torch.Tensor, cached_key: torch.Tensor, cached_value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One ViT layer for the query token ``[N, 1, D]``; returns new states and weights ``[N, heads, S+1]``."""
+        """One ViT layer for query tokens ``[N, k, D]``; returns new states and weights ``[N, heads, k, S+1]``.
+
+        Each of the k tokens attends to the cached patch K/V and to its own key only (never to the other tokens).
+        """
         attention = layer.attention
         normed = layer.norm1(states)
         query = self._split_heads(attention.q_proj(normed))
@@ -191,16 +201,21 @@ class FoveatedEncoder(nn.Module):
         scale = attention.scaling / self.config.query_attention_temperature
         weights = self._query_scores(query, cached_key, own_key, scale).float().softmax(-1).to(query.dtype)
         attended = torch.matmul(weights[..., :-1], cached_value) + weights[..., -1:] * own_value
-        return self._feed_forward(layer, states, self._merge_heads(attended)), weights.squeeze(2)
+        return self._feed_forward(layer, states, self._merge_heads(attended)), weights
 
     def query(self, query_tokens: torch.Tensor, cache: PatchCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query pass: ``[N, D]`` query tokens through all layers against the frames' cached K/V.
+        """Query pass: query tokens ``[N, D]`` (or ``[N, k, D]``) through all layers against the frames' cached K/V.
+
+        With k tokens per frame each one sees the patches and itself only, so one pass equals k separate passes
+        while each layer's K/V are read once.
 
         Returns:
-            visual tokens ``[N, D]`` (the normed encoder output at the query) and the query's attention over
-            patches ``[N, P]`` at ``config.attention_map_layer`` (mean over heads, renormalised over patches).
+            visual tokens ``[N, D]`` (``[N, k, D]``): the normed encoder output at each query, and each query's
+            attention over patches ``[N, P]`` (``[N, k, P]``) at ``config.attention_map_layer`` (mean over heads,
+            renormalised over patches).
         """
-        states = query_tokens.unsqueeze(1).to(cache.keys[0].dtype)
+        one_token = query_tokens.dim() == 2
+        states = (query_tokens.unsqueeze(1) if one_token else query_tokens).to(cache.keys[0].dtype)
         map_layer = self.config.attention_map_layer % len(self.layers)
         attention_map = None
         for index, layer in enumerate(self.layers):
@@ -208,7 +223,10 @@ class FoveatedEncoder(nn.Module):
             if index == map_layer:
                 patch_weights = weights[..., self.num_prefix_tokens : -1].mean(1)
                 attention_map = patch_weights / patch_weights.sum(-1, keepdim=True)
-        return self.vision_model.norm(states).squeeze(1), attention_map
+        visual_tokens = self.vision_model.norm(states)
+        if one_token:
+            return visual_tokens.squeeze(1), attention_map.squeeze(1)
+        return visual_tokens, attention_map
 
 
 class FiLMPredictionHead(nn.Module):
@@ -229,7 +247,9 @@ class FiLMPredictionHead(nn.Module):
         )
         self.target_encoder = self._conv_stack(channels)
         self.target_decoder = self._conv_stack(channels[::-1])
-        self.query_skip = nn.Linear(config.query_dim, width, bias=False) if config.query_skip_to_head else None
+        self.query_skip = (
+            nn.Linear(config.query_dim, width, bias=False) if config.query_skip_to_head else None
+        )
 
     @staticmethod
     def _conv_stack(channels: list[int]) -> nn.Sequential:
@@ -361,8 +381,11 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         return self.fovea_encoder.encode_patches(frames)
 
     def read_frames(self, queries: torch.Tensor, cache: PatchCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """Read frames with queries ``[N, Q]``: returns visual tokens ``[N, D]`` and attention ``[N, P]``."""
-        query_tokens = self.fovea_query_input_projection(queries.to(self.fovea_query_input_projection.weight.dtype))
+        """Read frames with queries ``[N, Q]`` (or k a frame, ``[N, k, Q]``, in one pass): returns visual tokens
+        ``[N, D]`` and attention ``[N, P]`` (``[N, k, D]``, ``[N, k, P]``)."""
+        query_tokens = self.fovea_query_input_projection(
+            queries.to(self.fovea_query_input_projection.weight.dtype)
+        )
         return self.fovea_encoder.query(query_tokens, cache)
 
     def project_visual_tokens(self, visual_tokens: torch.Tensor) -> torch.Tensor:
@@ -400,62 +423,110 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
 
     # ----------------------------------------------------------------------------------------- sequence
     def embed_sequence(
-        self, input_ids: torch.Tensor, visual_tokens: torch.Tensor | None, mode: int
+        self,
+        input_ids: torch.Tensor,
+        visual_tokens: torch.Tensor | None,
+        mode: int,
+        slot_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Text embeddings with frame placeholders, mode and end tokens replaced: ``[B, L]`` -> ``[B, L, H]``."""
+        """Text embeddings with frame placeholders, mode and end tokens replaced: ``[B, L]`` -> ``[B, L, H]``.
+
+        ``visual_tokens [N * k, H]`` fill the placeholders in order; ``slot_index [N * k]`` (flat positions, from a
+        :class:`VideoLayout`) places them without searching ``input_ids`` (no host synchronisation).
+        """
         config = self.config
         embeds = self.get_input_embeddings()(input_ids)
         start = (input_ids == config.video_start_token_id).unsqueeze(-1)
         end = (input_ids == config.video_end_token_id).unsqueeze(-1)
         embeds = torch.where(start, self.fovea_mode_embeddings[mode].to(embeds.dtype), embeds)
         embeds = torch.where(end, self.fovea_video_end_embedding.to(embeds.dtype), embeds)
-        if visual_tokens is not None:
-            frame_slots = (input_ids == config.frame_token_id).unsqueeze(-1).expand_as(embeds)
-            embeds = embeds.masked_scatter(frame_slots, visual_tokens.to(embeds.dtype))
-        return embeds
+        if visual_tokens is None:
+            return embeds
+        visual_tokens = visual_tokens.to(embeds.dtype)
+        if slot_index is not None:
+            return embeds.flatten(0, 1).index_copy(0, slot_index, visual_tokens).view_as(embeds)
+        frame_slots = (input_ids == config.frame_token_id).unsqueeze(-1).expand_as(embeds)
+        return embeds.masked_scatter(frame_slots, visual_tokens)
 
     def run_language_model(
         self,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor | None,
-        past_key_values=None,
+        cache=None,
         use_cache: bool = False,
     ):
-        """The LLM's decoder stack (no LM head): returns its ``BaseModelOutputWithPast``."""
+        """The LLM's decoder stack (no LM head): returns its ``BaseModelOutputWithPast``.
+
+        Without mask, positions and cache (an unpadded training batch) the layers run purely causal attention
+        directly: the decoder's own mask preparation would search the default positions for packed sequences,
+        a host synchronisation in eager mode and a materialised ``[B, 1, L, L]`` mask under tracing or capture.
+        """
+        if attention_mask is None and position_ids is None and cache is None and not use_cache:
+            return self._run_causal_decoder(inputs_embeds)
         return self.language_model.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
         )
 
-    def _validate_video_inputs(
-        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, frame_mask: torch.Tensor
-    ) -> None:
+    def _run_causal_decoder(self, inputs_embeds: torch.Tensor) -> BaseModelOutputWithPast:
+        """``[B, L, H]`` through every decoder layer with causal attention and positions ``0 .. L-1``."""
+        decoder = self.language_model.model
+        positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
+        position_embeddings = decoder.rotary_emb(inputs_embeds, positions)
+        hidden = inputs_embeds
+        for layer in decoder.layers[: decoder.config.num_hidden_layers]:
+            hidden = layer(
+                hidden, attention_mask=None, position_ids=positions, position_embeddings=position_embeddings
+            )
+        return BaseModelOutputWithPast(last_hidden_state=decoder.norm(hidden))
+
+    def resolve_video_layout(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        layout: VideoLayout | None = None,
+    ) -> VideoLayout:
+        """Check the video inputs; return ``layout`` (moved to the inputs' device) or the one they imply.
+
+        A given layout is only checked by shape (no host synchronisation); without one it is computed here.
+        """
         if pixel_values.dim() != 5:
-            raise ValueError(f"pixel_values_videos must be [B, T, C, H, W], got shape {tuple(pixel_values.shape)}")
-        if frame_mask.shape != pixel_values.shape[:2]:
+            raise ValueError(
+                f"pixel_values_videos must be [B, T, C, H, W], got shape {tuple(pixel_values.shape)}"
+            )
+        if frame_mask is not None and frame_mask.shape != pixel_values.shape[:2]:
             raise ValueError(
                 f"video_frame_mask {tuple(frame_mask.shape)} does not match pixel_values_videos "
                 f"{tuple(pixel_values.shape[:2])}"
             )
-        tokens = (input_ids == self.config.frame_token_id).sum(1)
-        expected = frame_mask.sum(1) * self.config.tokens_per_frame
-        if not torch.equal(tokens.cpu(), expected.cpu()):
-            raise ValueError(
-                f"input_ids hold {tokens.tolist()} frame tokens per sample but the videos need "
-                f"{expected.tolist()} ({self.config.tokens_per_frame} per valid frame)"
+        tokens_per_frame = self.config.tokens_per_frame
+        if layout is None:
+            if frame_mask is None:
+                frame_mask = torch.ones(pixel_values.shape[:2], dtype=torch.bool, device=input_ids.device)
+            return VideoLayout.from_inputs(
+                input_ids, frame_mask, self.config.frame_token_id, tokens_per_frame, attention_mask, labels
             )
+        layout.check(pixel_values.shape[0] * pixel_values.shape[1], input_ids.numel(), tokens_per_frame)
+        if labels is not None and layout.caption_index is None:
+            caption_index, caption_targets = caption_positions(labels)
+            layout = replace(layout, caption_index=caption_index, caption_targets=caption_targets)
+        return layout.to(input_ids.device, non_blocking=True)
 
     # ----------------------------------------------------------------------------------------- forward
+    @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         video_frame_mask: torch.Tensor | None = None,
@@ -464,6 +535,7 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         inference_mode: str | None = None,
+        video_layout: VideoLayout | None = None,
         **kwargs,
     ) -> FoveatedVLMOutput:
         """Two-pass forward (or one pass in coarse or dense mode).
@@ -471,6 +543,7 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         Args:
             input_ids: ``[B, L]`` token ids with frame placeholders (from the processor).
             attention_mask: ``[B, L]`` 1 for real tokens, 0 for padding.
+            cache: the LLM's KV cache (transformers' ``Cache``; ``past_key_values`` is its deprecated name).
             pixel_values_videos: ``[B, T, 3, H, W]`` normalised frames (padded frames ignored).
             video_frame_mask: ``[B, T]`` bool, True for real frames. Defaults to all True.
             prediction_targets: ``[B, T, C, h, w]`` next-frame targets of every frame (VAE latents or
@@ -479,54 +552,69 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             logits_to_keep: compute logits for the last this-many positions only (0 = all).
             inference_mode: ``"two_pass"`` or ``"coarse"``; defaults to ``config.inference_mode``. Training
                 always runs both passes.
+            video_layout: the batch's frame and caption positions (``processor(..., return_video_layout=True)``);
+                with it the forward needs no host synchronisation (computed from the inputs otherwise).
         """
         if inputs_embeds is not None:
-            raise ValueError("FoveatedVLMForConditionalGeneration builds its own inputs_embeds; pass input_ids")
+            raise ValueError(
+                "FoveatedVLMForConditionalGeneration builds its own inputs_embeds; pass input_ids"
+            )
         if input_ids is None:
             raise ValueError("input_ids are required")
         mode = inference_mode or self.config.inference_mode
         if mode not in ("two_pass", "coarse"):
             raise ValueError(f"inference_mode must be 'two_pass' or 'coarse', got {mode!r}")
         use_cache = bool(use_cache) and not self.training
-        if position_ids is None:
-            position_ids = self.default_position_ids(input_ids, attention_mask, past_key_values)
-
         if pixel_values_videos is None:
+            if position_ids is None:
+                position_ids = self.default_position_ids(input_ids, attention_mask, cache)
             hidden = self.run_language_model(
-                self.embed_sequence(input_ids, None, FINE), attention_mask, position_ids, past_key_values, use_cache
+                self.embed_sequence(input_ids, None, FINE),
+                attention_mask,
+                position_ids,
+                cache,
+                use_cache,
             )
             return self._text_output(hidden, labels, logits_to_keep)
 
-        if video_frame_mask is None:
-            video_frame_mask = torch.ones(pixel_values_videos.shape[:2], dtype=torch.bool, device=input_ids.device)
-        video_frame_mask = video_frame_mask.bool()
-        self._validate_video_inputs(input_ids, pixel_values_videos, video_frame_mask)
-        cache = self.encode_frames(pixel_values_videos[video_frame_mask])
-        first_frame = (video_frame_mask.cumsum(1) == 1)[video_frame_mask]
-        targets = None if prediction_targets is None else prediction_targets[video_frame_mask]
-        passes = _PassInputs(input_ids, attention_mask, position_ids, past_key_values, use_cache, first_frame)
+        layout = self.resolve_video_layout(
+            input_ids, pixel_values_videos, video_frame_mask, attention_mask, labels, video_layout
+        )
+        patches = self.encode_frames(_select_frames(pixel_values_videos, layout.frame_index))
+        targets = (
+            None if prediction_targets is None else _select_frames(prediction_targets, layout.frame_index)
+        )
+        if not layout.padded and cache is None and position_ids is None:
+            attention_mask = None  # no padding and default positions: purely causal attention, no mask at all
+        elif position_ids is None:
+            position_ids = self.default_position_ids(input_ids, attention_mask, cache)
+        passes = _PassInputs(input_ids, attention_mask, position_ids, cache, use_cache, layout)
 
         if self.config.foveation_mode == "dense":
-            return self._dense_forward(passes, cache, targets, labels, logits_to_keep)
-        return self._foveated_forward(passes, cache, targets, labels, logits_to_keep, coarse_only=mode == "coarse")
+            return self._dense_forward(passes, patches, targets, labels, logits_to_keep)
+        return self._foveated_forward(
+            passes, patches, targets, labels, logits_to_keep, coarse_only=mode == "coarse"
+        )
 
-    def default_position_ids(self, input_ids, attention_mask, past_key_values) -> torch.Tensor:
+    def default_position_ids(self, input_ids, attention_mask, cache) -> torch.Tensor:
         """Positions of ``input_ids [B, L]`` following the (left-padded) attention mask and the cache length."""
-        past = 0 if past_key_values is None else past_key_values.get_seq_length()
+        past = 0 if cache is None else cache.get_seq_length()
         if attention_mask is None:
             return torch.arange(past, past + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         return positions[:, -input_ids.shape[1] :]
 
-    def _foveated_forward(self, passes, cache, targets, labels, logits_to_keep, coarse_only: bool):
-        static = self.static_queries(cache.keys[0].shape[0])
-        visual_coarse, attention_coarse = self.read_coarse(cache)
-        embeds_coarse = self.embed_sequence(passes.input_ids, self.project_visual_tokens(visual_coarse), COARSE)
+    def _foveated_forward(self, passes, patches, targets, labels, logits_to_keep, coarse_only: bool):
+        static = self.static_queries(patches.keys[0].shape[0])
+        visual_coarse, attention_coarse = self.read_coarse(patches)
+        embeds_coarse = self.embed_sequence(
+            passes.input_ids, self.project_visual_tokens(visual_coarse), COARSE, passes.layout.slot_index
+        )
         coarse = self.run_language_model(
             embeds_coarse,
             passes.attention_mask,
             passes.position_ids,
-            passes.past_key_values if coarse_only else None,
+            passes.cache if coarse_only else None,
             use_cache=passes.use_cache and coarse_only,
         )
         coarse_head = self.fovea_coarse_prediction_head or self.fovea_prediction_head
@@ -538,15 +626,19 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         if coarse_only:
             return self._finish(output, coarse, passes, targets, labels, logits_to_keep, hidden_coarse=coarse)
 
-        frame_slots = passes.input_ids == self.config.frame_token_id
-        planned = self.next_queries(coarse.last_hidden_state[frame_slots])
+        layout = passes.layout
+        planned = self.next_queries(_gather_positions(coarse.last_hidden_state, layout.slot_index))
         queries = torch.where(
-            passes.first_frame.unsqueeze(-1), self.fovea_initial_query.to(planned.dtype), planned.roll(1, dims=0)
+            layout.first_frame.unsqueeze(-1),
+            self.fovea_initial_query.to(planned.dtype),
+            planned.roll(1, dims=0),
         )
-        visual_fine, attention_fine = self.read_frames(queries, cache)
-        embeds_fine = self.embed_sequence(passes.input_ids, self.project_visual_tokens(visual_fine), FINE)
+        visual_fine, attention_fine = self.read_frames(queries, patches)
+        embeds_fine = self.embed_sequence(
+            passes.input_ids, self.project_visual_tokens(visual_fine), FINE, layout.slot_index
+        )
         fine = self.run_language_model(
-            embeds_fine, passes.attention_mask, passes.position_ids, passes.past_key_values, passes.use_cache
+            embeds_fine, passes.attention_mask, passes.position_ids, passes.cache, passes.use_cache
         )
         output.queries = queries
         output.attention_fine = attention_fine
@@ -558,28 +650,19 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             output, fine, passes, targets, labels, logits_to_keep, hidden_fine=fine, hidden_coarse=coarse
         )
 
-    def _dense_forward(self, passes, cache, targets, labels, logits_to_keep):
-        embeds = self.embed_sequence(passes.input_ids, self.dense_tokens(cache), FINE)
+    def _dense_forward(self, passes, patches, targets, labels, logits_to_keep):
+        embeds = self.embed_sequence(
+            passes.input_ids, self.dense_tokens(patches), FINE, passes.layout.slot_index
+        )
         dense = self.run_language_model(
-            embeds, passes.attention_mask, passes.position_ids, passes.past_key_values, passes.use_cache
+            embeds, passes.attention_mask, passes.position_ids, passes.cache, passes.use_cache
         )
         output = FoveatedVLMOutput(
-            predictions_fine=self._predict(self.fovea_prediction_head, dense.last_hidden_state, passes, targets)
+            predictions_fine=self._predict(
+                self.fovea_prediction_head, dense.last_hidden_state, passes, targets
+            )
         )
         return self._finish(output, dense, passes, targets, labels, logits_to_keep, hidden_fine=dense)
-
-    def prediction_states(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """LLM states that predict each valid frame: the position just before the frame's first token.
-
-        ``hidden [B, L, H]`` -> ``[N, H]`` (the ``<video_start>`` state predicts frame 1, frame t's last token
-        predicts frame t+1).
-        """
-        frame_slots = input_ids == self.config.frame_token_id
-        offsets = (frame_slots.cumsum(1) - 1) % self.config.tokens_per_frame
-        frame_starts = frame_slots & (offsets == 0)
-        predictors = torch.zeros_like(frame_starts)
-        predictors[:, :-1] = frame_starts[:, 1:]
-        return hidden[predictors]
 
     def previous_targets(self, targets: torch.Tensor, first_frame: torch.Tensor) -> torch.Tensor:
         """Conditioning of each prediction: ``[z_init, target_1 .. target_{T-1}]`` per video, ``[N, C, h, w]``."""
@@ -589,14 +672,18 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
     def _predict(self, head, hidden, passes, targets, queries=None) -> torch.Tensor | None:
         if targets is None:
             return None
-        states = self.prediction_states(hidden, passes.input_ids)
-        previous = self.previous_targets(targets, passes.first_frame)
+        states = _gather_positions(hidden, passes.layout.predictor_index)
+        previous = self.previous_targets(targets, passes.layout.first_frame)
         if self.training and self.config.previous_target_dropout:
             previous = F.dropout(previous, p=self.config.previous_target_dropout)
         return self.predict_next_targets(head, states, previous, queries)
 
     def predict_next_targets(
-        self, head: FiLMPredictionHead, states: torch.Tensor, previous: torch.Tensor, queries: torch.Tensor | None
+        self,
+        head: FiLMPredictionHead,
+        states: torch.Tensor,
+        previous: torch.Tensor,
+        queries: torch.Tensor | None,
     ) -> torch.Tensor:
         """Next-frame targets ``[N, C, h, w]`` from LLM states ``[N, H]`` and previous targets (delta-aware)."""
         prediction = head(states, previous, queries)
@@ -604,12 +691,20 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
 
     # ----------------------------------------------------------------------------------------- losses
     def _finish(
-        self, output, cached_pass, passes, targets, labels, logits_to_keep, hidden_fine=None, hidden_coarse=None
+        self,
+        output,
+        cached_pass,
+        passes,
+        targets,
+        labels,
+        logits_to_keep,
+        hidden_fine=None,
+        hidden_coarse=None,
     ) -> FoveatedVLMOutput:
         """Logits of the pass that feeds the cache, every loss term, and their weighted total."""
         config = self.config
         states = cached_pass.last_hidden_state
-        output.past_key_values = cached_pass.past_key_values
+        output.cache = cached_pass.cache
         output.logits = self.language_model.lm_head(states[:, -logits_to_keep:] if logits_to_keep else states)
         terms: list[torch.Tensor] = []
         if targets is not None:
@@ -620,14 +715,15 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
                 output.loss_coarse = F.mse_loss(output.predictions_coarse.float(), targets.float())
                 terms.append(config.prediction_loss_weight * config.lambda_coarse * output.loss_coarse)
             if config.predict_delta and config.delta_l1_weight:
-                output.loss_delta_l1 = self._delta_l1(output, targets, passes.first_frame)
+                output.loss_delta_l1 = self._delta_l1(output, targets, passes.layout.first_frame)
                 terms.append(config.delta_l1_weight * output.loss_delta_l1)
         if labels is not None:
+            captions = (passes.layout.caption_index, passes.layout.caption_targets)
             if hidden_fine is not None:
-                output.loss_caption = self._caption_loss(hidden_fine.last_hidden_state, labels)
+                output.loss_caption = self._caption_loss(hidden_fine.last_hidden_state, *captions)
                 terms.append(config.caption_loss_weight * output.loss_caption)
             if hidden_coarse is not None:
-                output.loss_caption_coarse = self._caption_loss(hidden_coarse.last_hidden_state, labels)
+                output.loss_caption_coarse = self._caption_loss(hidden_coarse.last_hidden_state, *captions)
                 terms.append(config.caption_loss_weight * config.lambda_coarse * output.loss_caption_coarse)
         if output.visual_tokens_fine is not None and config.contrastive_loss_weight:
             output.loss_contrastive = F.cosine_similarity(
@@ -635,35 +731,37 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             ).mean()
             terms.append(config.contrastive_loss_weight * output.loss_contrastive)
         if output.attention_fine is not None and config.entropy_loss_weight:
-            gap = attention_entropy(output.attention_fine.float()) - attention_entropy(output.attention_coarse.float())
+            gap = attention_entropy(output.attention_fine.float()) - attention_entropy(
+                output.attention_coarse.float()
+            )
             output.loss_entropy = F.relu(gap + config.entropy_margin).mean()
             terms.append(config.entropy_loss_weight * output.loss_entropy)
         if terms:
             output.loss = torch.stack(terms).sum()
         return output
 
-    def _delta_l1(self, output: FoveatedVLMOutput, targets: torch.Tensor, first_frame: torch.Tensor) -> torch.Tensor:
+    def _delta_l1(
+        self, output: FoveatedVLMOutput, targets: torch.Tensor, first_frame: torch.Tensor
+    ) -> torch.Tensor:
         previous = self.previous_targets(targets, first_frame)
         predictions = [p for p in (output.predictions_fine, output.predictions_coarse) if p is not None]
         return torch.stack([(p.float() - previous.float()).abs().mean() for p in predictions]).mean()
 
-    def _caption_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of next-token prediction on supervised positions only (LM head on those rows)."""
-        shifted = F.pad(labels, (0, 1), value=-100)[:, 1:]
-        supervised = shifted != -100
-        if not supervised.any():
-            raise ValueError("labels supervise no token: every position is -100")
-        logits = self.language_model.lm_head(hidden[supervised]).float()
-        return F.cross_entropy(logits, shifted[supervised])
+    def _caption_loss(
+        self, hidden: torch.Tensor, caption_index: torch.Tensor, caption_targets: torch.Tensor
+    ) -> torch.Tensor:
+        """Next-token cross-entropy on the supervised positions ``[M]`` of ``hidden [B, L, H]`` (LM head on those)."""
+        logits = self.language_model.lm_head(_gather_positions(hidden, caption_index)).float()
+        return F.cross_entropy(logits, caption_targets)
 
     def _text_output(self, hidden, labels, logits_to_keep) -> FoveatedVLMOutput:
         states = hidden.last_hidden_state
         output = FoveatedVLMOutput(
             logits=self.language_model.lm_head(states[:, -logits_to_keep:] if logits_to_keep else states),
-            past_key_values=hidden.past_key_values,
+            cache=hidden.cache,
         )
         if labels is not None:
-            output.loss_caption = self._caption_loss(states, labels)
+            output.loss_caption = self._caption_loss(states, *caption_positions(labels))
             output.loss = self.config.caption_loss_weight * output.loss_caption
         return output
 
@@ -674,10 +772,20 @@ class _PassInputs:
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor | None
-    position_ids: torch.Tensor
-    past_key_values: object | None
+    position_ids: torch.Tensor | None
+    cache: object | None
     use_cache: bool
-    first_frame: torch.Tensor
+    layout: VideoLayout
+
+
+def _select_frames(frames: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
+    """Valid frames ``[N, ...]`` of ``frames [B, T, ...]`` at flat indices ``frame_index [N]``."""
+    return frames.flatten(0, 1).index_select(0, frame_index)
+
+
+def _gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows ``[M, H]`` of ``hidden [B, L, H]`` at flat positions ``positions [M]``."""
+    return hidden.flatten(0, 1).index_select(0, positions)
 
 
 __all__ = [

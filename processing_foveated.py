@@ -16,6 +16,11 @@ import torch.nn.functional as F
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+try:
+    from .layout_foveated import IGNORE_INDEX, VideoLayout
+except ImportError:  # imported as a top-level module from a checkout of the repository
+    from layout_foveated import IGNORE_INDEX, VideoLayout
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FRAME_TOKEN = "<|frame|>"
@@ -23,7 +28,6 @@ VIDEO_START_TOKEN = "<|video_start|>"
 VIDEO_END_TOKEN = "<|video_end|>"
 VIDEO_TOKENS = (FRAME_TOKEN, VIDEO_START_TOKEN, VIDEO_END_TOKEN)
 END_OF_TURN = "<|im_end|>"
-IGNORE_INDEX = -100
 # SmolLM2-Instruct's ChatML template (used when the tokenizer carries none); its default system prompt names it.
 CHATML_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -181,10 +185,15 @@ class FoveatedVLMProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------------------------------ frames
     def preprocess_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[T, H, W, 3]`` in [0, 1] -> normalised pixels ``[T, 3, S, S]`` and resized frames in [0, 1]."""
+        """``[T, H, W, 3]`` in [0, 1] (or uint8) -> normalised pixels ``[T, 3, S, S]`` and resized frames in [0, 1].
+
+        Runs on the frames' device: decoded uint8 frames moved to a GPU are resized and normalised there.
+        """
+        if frames.dtype == torch.uint8:
+            frames = frames.float() / 255.0
         resized = resize_frames(frames, self.image_size)
-        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std).view(1, 3, 1, 1)
+        mean = torch.tensor(self.image_mean, dtype=resized.dtype, device=resized.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std, dtype=resized.dtype, device=resized.device).view(1, 3, 1, 1)
         return (resized - mean) / std, resized
 
     def downsampled_targets(self, resized: torch.Tensor) -> torch.Tensor:
@@ -262,6 +271,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
         vae=None,
         num_frames: int | None = None,
         fps: float | None = None,
+        return_video_layout: bool = False,
         return_tensors: str = "pt",
         **kwargs,
     ) -> BatchFeature:
@@ -274,10 +284,14 @@ class FoveatedVLMProcessor(ProcessorMixin):
             return_targets: compute next-frame targets (VAE latents with ``vae``, else downsampled frames).
             prediction_targets: precomputed targets ``[T, C, h, w]`` per video instead.
             num_frames / fps: sampling of videos given as file paths.
+            return_video_layout: add ``video_layout``, the batch's frame and caption positions as index tensors
+                (:class:`VideoLayout`), so that the training forward runs without host synchronisation. Leave it
+                off for ``generate`` (it does not expand the layout for beams).
 
         Returns:
             ``input_ids``, ``attention_mask`` ``[B, L]`` (left-padded), ``pixel_values_videos [B, T, 3, S, S]``,
-            ``video_frame_mask [B, T]``, and ``labels`` / ``prediction_targets [B, T, C, h, w]`` on request.
+            ``video_frame_mask [B, T]``, and ``labels`` / ``prediction_targets [B, T, C, h, w]`` /
+            ``video_layout`` on request.
         """
         if return_tensors != "pt":
             raise ValueError(f"only return_tensors='pt' is supported, got {return_tensors!r}")
@@ -296,6 +310,15 @@ class FoveatedVLMProcessor(ProcessorMixin):
         targets = self._targets(resized, return_targets, prediction_targets, vae)
         if targets is not None:
             batch["prediction_targets"], _ = self._pad_frames(targets)
+        if return_video_layout:
+            batch["video_layout"] = VideoLayout.from_inputs(
+                batch["input_ids"],
+                batch["video_frame_mask"],
+                self.video_token_ids[FRAME_TOKEN],
+                self.tokens_per_frame,
+                batch["attention_mask"],
+                batch.get("labels"),
+            )
         return BatchFeature(batch, tensor_type=None)
 
     @staticmethod
@@ -389,6 +412,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
             "pixel_values_videos",
             "video_frame_mask",
             "prediction_targets",
+            "video_layout",
         ]
 
 

@@ -193,6 +193,23 @@ def test_generate_with_cache_equals_full_recompute(make_model, random_video):
     assert torch.equal(logits[0, start - 1 : -1].argmax(-1), generated[0, start:])
 
 
+def test_cache_continues_the_prompt_and_accepts_its_deprecated_name(make_model, random_video):
+    model, processor = make_model()
+    model.eval()
+    inputs = processor(text=PROMPTS[:1], videos=[random_video(4)])
+    prompt = model(**inputs, use_cache=True)
+    suffix = torch.tensor([[processor.tokenizer.eos_token_id]])
+    mask = torch.cat([inputs["attention_mask"], torch.ones_like(suffix)], dim=1)
+    full = model(
+        **{**inputs, "input_ids": torch.cat([inputs["input_ids"], suffix], 1), "attention_mask": mask}
+    )
+    continued = model(input_ids=suffix, attention_mask=mask, cache=prompt.cache, use_cache=True)
+    torch.testing.assert_close(continued.logits[:, -1], full.logits[:, -1], rtol=1e-4, atol=1e-4)
+    prompt.cache.crop(-suffix.shape[1])  # back to the prompt
+    renamed = model(input_ids=suffix, attention_mask=mask, past_key_values=prompt.cache, use_cache=True)
+    torch.testing.assert_close(renamed.logits, continued.logits)
+
+
 def test_text_only_forward_is_a_language_model(make_model, tokenizer):
     model, _ = make_model()
     ids = tokenizer("the red square", return_tensors="pt")["input_ids"]

@@ -54,6 +54,21 @@ def test_frames_are_resized_normalised_and_padded(processor, random_video):
     torch.testing.assert_close(batch["pixel_values_videos"][1, 0], (frame - mean) / std)
 
 
+def test_preprocess_frames_takes_uint8_and_stays_on_the_frames_device(processor, random_video):
+    """Decoded uint8 frames are normalised where they live (mean/std follow the device), like float frames."""
+    video = torch.from_numpy(random_video(3, 40, 56))
+    pixels, resized = processor.preprocess_frames(video)
+    expected, expected_resized = processor.preprocess_frames(video.float() / 255.0)
+    torch.testing.assert_close(pixels, expected)
+    torch.testing.assert_close(resized, expected_resized)
+    assert pixels.shape == (3, 3, 32, 32) and pixels.dtype == torch.float32
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        on_device, _ = processor.preprocess_frames(video.to(device))
+        assert on_device.device.type == device
+        torch.testing.assert_close(on_device.cpu(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_downsampled_targets_are_area_means_in_minus_one_one(processor):
     frames = torch.zeros(1, 32, 32, 3)
     frames[:, :8, :8] = 1.0

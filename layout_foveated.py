@@ -1,0 +1,132 @@
+"""Where the frames and captions of a batch sit, as index tensors: a forward with no host synchronisation.
+
+Finding the valid frames, the frame placeholders, the states that predict each frame and the supervised caption
+positions is data-dependent indexing (``tensor[mask]``): on a GPU every such step waits for the device, which
+keeps the CPU from running ahead and rules out capturing the training step in one CUDA graph. A
+:class:`VideoLayout` holds those positions as flat index tensors, computed once on the CPU (by the processor with
+``return_video_layout=True``, in the data loader's workers), so that the forward only runs ``index_select`` /
+``index_copy`` of static shape. Without one, the model computes the same layout from its inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def caption_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """States whose next token is supervised by ``labels [B, L]``: flat indices ``[M]`` and next tokens ``[M]``.
+
+    Raises:
+        ValueError: if the labels supervise no token.
+    """
+    next_tokens = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].flatten()
+    supervised = (next_tokens != IGNORE_INDEX).nonzero().flatten()
+    if supervised.numel() == 0:
+        raise ValueError("labels supervise no token: every position is -100")
+    return supervised, next_tokens[supervised]
+
+
+@dataclass
+class VideoLayout:
+    """Flat positions of a batch's frames and supervised tokens (``B`` videos, ``T`` frame slots, ``L`` tokens).
+
+    Args:
+        frame_index: ``[N]`` index into ``B * T`` of every valid frame, in (video, time) order.
+        first_frame: ``[N]`` bool, True for the first valid frame of each video.
+        slot_index: ``[N * k]`` index into ``B * L`` of every frame placeholder (``k`` tokens per frame), in order.
+        predictor_index: ``[N]`` index into ``B * L`` of the LLM state that predicts each valid frame (the
+            position just before the frame's first placeholder).
+        caption_index: ``[M]`` index into ``B * L`` of the states whose next token is supervised (with labels).
+        caption_targets: ``[M]`` those next tokens.
+        padded: whether any row of the text is padded; False lets the LLM run purely causal attention.
+    """
+
+    frame_index: torch.Tensor
+    first_frame: torch.Tensor
+    slot_index: torch.Tensor
+    predictor_index: torch.Tensor
+    caption_index: torch.Tensor | None = None
+    caption_targets: torch.Tensor | None = None
+    padded: bool = True
+
+    @classmethod
+    def from_inputs(
+        cls,
+        input_ids: torch.Tensor,
+        video_frame_mask: torch.Tensor,
+        frame_token_id: int,
+        tokens_per_frame: int,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> VideoLayout:
+        """The layout of ``input_ids [B, L]`` with frames ``video_frame_mask [B, T]`` (and ``labels [B, L]``).
+
+        Raises:
+            ValueError: if a video's placeholders do not match its valid frames, or the labels supervise no token.
+        """
+        frame_mask = video_frame_mask.bool()
+        slots = input_ids == frame_token_id
+        tokens = slots.sum(1)
+        expected = frame_mask.sum(1) * tokens_per_frame
+        if not torch.equal(tokens.cpu(), expected.cpu()):
+            raise ValueError(
+                f"input_ids hold {tokens.tolist()} frame tokens per sample but the videos need "
+                f"{expected.tolist()} ({tokens_per_frame} per valid frame)"
+            )
+        frame_starts = slots & ((slots.cumsum(1) - 1) % tokens_per_frame == 0)
+        predictors = torch.zeros_like(frame_starts)
+        predictors[:, :-1] = frame_starts[:, 1:]
+        layout = cls(
+            frame_index=frame_mask.flatten().nonzero().flatten(),
+            first_frame=(frame_mask.cumsum(1) == 1)[frame_mask],
+            slot_index=slots.flatten().nonzero().flatten(),
+            predictor_index=predictors.flatten().nonzero().flatten(),
+            padded=attention_mask is not None and not bool(attention_mask.bool().all()),
+        )
+        if labels is None:
+            return layout
+        caption_index, caption_targets = caption_positions(labels)
+        return replace(layout, caption_index=caption_index, caption_targets=caption_targets)
+
+    def check(self, num_frame_slots: int, num_positions: int, tokens_per_frame: int) -> None:
+        """Shape checks against a batch of ``num_frame_slots = B * T`` frames and ``B * L`` positions (no sync)."""
+        frames = self.frame_index.numel()
+        sizes = {
+            "first_frame": (self.first_frame.numel(), frames),
+            "predictor_index": (self.predictor_index.numel(), frames),
+            "slot_index": (self.slot_index.numel(), frames * tokens_per_frame),
+        }
+        for name, (size, expected) in sizes.items():
+            if size != expected:
+                raise ValueError(f"video_layout.{name} has {size} entries, expected {expected}")
+        if frames > num_frame_slots or self.slot_index.numel() > num_positions:
+            raise ValueError(
+                f"video_layout indexes {frames} frames and {self.slot_index.numel()} placeholders but the batch has "
+                f"{num_frame_slots} frame slots and {num_positions} positions: was it built for another batch?"
+            )
+        if (self.caption_index is None) != (self.caption_targets is None):
+            raise ValueError("video_layout needs both caption_index and caption_targets, or neither")
+
+    def _map(self, function) -> VideoLayout:
+        values = {
+            field.name: function(value)
+            if isinstance(value := getattr(self, field.name), torch.Tensor)
+            else value
+            for field in fields(self)
+        }
+        return VideoLayout(**values)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> VideoLayout:
+        """The layout on ``device`` (what ``BatchFeature.to`` / accelerate call)."""
+        return self._map(lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> VideoLayout:
+        """Page-locked copy (what ``DataLoader(pin_memory=True)`` calls)."""
+        return self._map(torch.Tensor.pin_memory)
+
+
+__all__ = ["IGNORE_INDEX", "VideoLayout", "caption_positions"]

@@ -1,0 +1,128 @@
+"""VideoLayout: precomputed frame/caption positions give the same forward with no host synchronisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layout_foveated import VideoLayout, caption_positions
+
+DENSE = {"foveation_mode": "dense", "dense_tokens_per_frame": 4}
+LOSSES = ("loss", "loss_fine", "loss_coarse", "loss_caption", "loss_caption_coarse")
+
+
+def _batch(processor, random_video, lengths=(3, 5), prompts=("hi", "describe the clip please")):
+    videos = [random_video(length, seed=index) for index, length in enumerate(lengths)]
+    return processor(
+        text=list(prompts),
+        videos=videos,
+        captions=["a red square", "it moves"],
+        return_targets=True,
+        return_video_layout=True,
+    )
+
+
+def _forward(model, batch, with_layout: bool):
+    inputs = dict(batch)
+    layout = inputs.pop("video_layout")
+    torch.manual_seed(0)
+    return model(**inputs, video_layout=layout if with_layout else None)
+
+
+@pytest.mark.parametrize("overrides", [{}, DENSE], ids=["foveated", "dense"])
+def test_forward_with_layout_equals_forward_without(make_model, random_video, overrides):
+    model, processor = make_model(**overrides)
+    model.train()
+    batch = _batch(processor, random_video)
+    assert batch["video_layout"].padded  # prompts and videos of different lengths: left padding
+    with_layout = _forward(model, batch, with_layout=True)
+    without = _forward(model, batch, with_layout=False)
+    for name in LOSSES:
+        ours, reference = getattr(with_layout, name), getattr(without, name)
+        assert (ours is None) == (reference is None), name
+        if ours is not None:
+            torch.testing.assert_close(ours, reference, msg=name)
+    torch.testing.assert_close(with_layout.predictions_fine, without.predictions_fine)
+
+
+def test_unpadded_batch_runs_causal_attention_and_matches_the_masked_forward(make_model, random_video):
+    model, processor = make_model()
+    batch = _batch(processor, random_video, lengths=(4, 4), prompts=("same", "same"))
+    layout = batch["video_layout"]
+    assert not layout.padded
+    masked = model(**{**batch, "video_layout": VideoLayout(**{**vars(layout), "padded": True})})
+    causal = model(**batch)
+    torch.testing.assert_close(causal.loss, masked.loss)
+    torch.testing.assert_close(causal.logits, masked.logits)
+
+
+def test_layout_indexes_the_same_positions_as_the_masks(make_model, random_video):
+    model, processor = make_model()
+    batch = _batch(processor, random_video)
+    layout = batch["video_layout"]
+    mask = batch["video_frame_mask"]
+    slots = (batch["input_ids"] == model.config.frame_token_id).flatten()
+    assert layout.frame_index.tolist() == mask.flatten().nonzero().flatten().tolist()
+    assert layout.slot_index.tolist() == slots.nonzero().flatten().tolist()
+    assert (
+        layout.predictor_index.tolist() == (layout.slot_index - 1).tolist()
+    )  # foveated: one token per frame
+    assert layout.first_frame.tolist() == [True, False, False, True, False, False, False, False]
+    labels = batch["labels"].flatten()
+    assert (labels[layout.caption_index + 1] == layout.caption_targets).all()
+    assert layout.caption_targets.numel() == int((batch["labels"] != -100).sum())
+
+
+def test_layout_moves_and_pins_with_the_batch(make_model, random_video):
+    _, processor = make_model()
+    layout = _batch(processor, random_video)["video_layout"]
+    moved = layout.to("cpu")
+    assert moved is not layout and moved.padded == layout.padded
+    assert torch.equal(moved.slot_index, layout.slot_index)
+    if torch.cuda.is_available():
+        assert layout.pin_memory().frame_index.is_pinned()
+
+
+def test_layout_of_another_batch_is_refused(make_model, random_video):
+    model, processor = make_model()
+    batch = _batch(processor, random_video)
+    other = _batch(processor, random_video, lengths=(6, 6))["video_layout"]
+    with pytest.raises(ValueError, match="video_layout indexes 12 frames"):
+        model(**{**batch, "video_layout": other})
+    broken = VideoLayout(
+        **{**vars(batch["video_layout"]), "predictor_index": torch.zeros(2, dtype=torch.long)}
+    )
+    with pytest.raises(ValueError, match="predictor_index has 2 entries, expected 8"):
+        model(**{**batch, "video_layout": broken})
+
+
+def test_layout_rejects_mismatched_placeholders_and_unsupervised_labels(make_model, random_video):
+    model, processor = make_model()
+    batch = _batch(processor, random_video)
+    with pytest.raises(ValueError, match="frame tokens per sample"):
+        VideoLayout.from_inputs(
+            batch["input_ids"], batch["video_frame_mask"][:, :2], model.config.frame_token_id, 1
+        )
+    with pytest.raises(ValueError, match="supervise no token"):
+        caption_positions(torch.full((2, 5), -100))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lengths"),
+    [({}, (3, 5)), (DENSE, (3, 5)), ({}, (4, 4))],
+    ids=["foveated-padded", "dense-padded", "foveated-unpadded"],
+)
+def test_training_forward_with_layout_traces_as_one_graph(make_model, random_video, overrides, lengths):
+    """``fullgraph=True`` fails on any host synchronisation (``.item()``, boolean-mask indexing, ``nonzero``)."""
+    model, processor = make_model(**overrides)
+    model.train()
+    prompts = ("same", "same") if lengths[0] == lengths[1] else ("hi", "describe the clip please")
+    batch = _batch(processor, random_video, lengths, prompts)
+    assert batch["video_layout"].padded == (lengths[0] != lengths[1])
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    compiled(**batch).loss.backward()
+    assert model.fovea_encoder.vision_model.embeddings.patch_embeddings.weight.grad is not None
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        torch.compile(model, backend="eager", fullgraph=True)(**{**batch, "video_layout": None})
+    torch._dynamo.reset()
