@@ -31,6 +31,20 @@ serve both passes), and one fine LLM prefill of the chunk. Compared with one par
 video this holds the encoder K/V of one chunk instead of all frames (17 GB in bf16 for 3,600 frames of ViT-S
 at 256 px) and runs the patch pass once per frame instead of twice (a coarse prefill over all frames would need
 the patch K/V again for the fine reads); the LLM work is the same, split into chunk-sized prefills.
+
+Fast path (``max_frames``): ``model.stream(..., max_frames=N)`` reserves static KV caches of prompt + N positions
+(transformers ``StaticCache``) and keeps the attention mask, positions, next query, frame and target in fixed
+buffers, so that :meth:`FoveatedStream.step` does the same work without allocating or synchronising: on CUDA the
+whole frame (patch pass, query passes, LLM steps, head) is one replayed CUDA graph (``cuda_graph``, on by default
+there), on the CPU it runs eagerly. By default (``fuse_passes``) the static and the planned query read the frame
+as one query pass of two tokens per frame (each token sees the cached patch K/V and its own key only, so this is
+the two separate passes), and the coarse and fine LLM steps run as one batch-2 call over one cache (row block 0
+coarse, 1 fine): both depend on frame t and the previous state only. ``torch_compile=True`` compiles the
+encoder's patch and query layers and the whole LLM decoder inside that graph. Results equal the general path
+(the tests check float32 to 1e-5). ``extend``, ``caption`` and the ``caches``/``input_ids``/``attention_mask``
+attributes see the static state (converted back on demand), and ``step`` after ``extend`` reloads it; reading
+more than ``max_frames`` frames raises a ``ValueError``. ``caption(static_cache=True)`` decodes greedily over a
+static cache, one CUDA graph replay per token, instead of ``generate``'s eager loop.
 """
 
 from __future__ import annotations
@@ -40,7 +54,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import BatchFeature, DynamicCache
+from transformers import BatchFeature, DynamicCache, StaticCache
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
@@ -53,6 +67,7 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
 
 DEFAULT_CHUNK_FRAMES = 128  # frames per encoder pass in extend(): bounds the patch K/V held at once
 DEFAULT_MAX_NEW_TOKENS = 64
+GRAPH_WARMUP_RUNS = 3  # eager runs on a side stream before a CUDA graph capture (PyTorch's recipe)
 INFERENCE_MODES = {"two_pass": (COARSE, FINE), "coarse": (COARSE,)}
 
 
@@ -128,6 +143,16 @@ class FoveatedStream:
         inference_mode: ``"two_pass"`` (coarse plans, fine reads) or ``"coarse"`` (one stream, static query);
             defaults to ``config.inference_mode``.
         chunk_frames: frames per encoder pass in :meth:`extend`.
+        max_frames: reserve static KV caches for this many frame slots (``step`` and ``extend`` together) and
+            run :meth:`step` on the fast path (see the module docstring). ``None``: growing ``DynamicCache``s.
+        cuda_graph: replay each fast step as one CUDA graph (needs ``max_frames``); default: when the model is on
+            CUDA. The first step captures it (3 eager warm-up runs, state rewound); a step with and one without
+            ``targets`` each get their own graph.
+        torch_compile: ``torch.compile`` the encoder's patch and query layers and the whole LLM decoder used by the
+            fast step (needs ``max_frames``; off by default: compiling takes tens of seconds). The model itself is
+            left as it was.
+        fuse_passes: on the fast path, read with both queries in one query pass and run both LLM steps as one
+            batch-2 call (same results, fewer and larger kernels).
 
     Attributes:
         input_ids, attention_mask: ``[B, L]`` everything the caches hold (frame placeholders included).
@@ -141,6 +166,9 @@ class FoveatedStream:
         >>> for pixels, target in zip(inputs["pixel_values_videos"][0], inputs["prediction_targets"][0]):
         ...     step = stream.step(pixels[None], targets=target[None])  # step.predictions: next frame's target
         >>> processor.batch_decode(stream.caption(max_new_tokens=32), skip_special_tokens=True)
+        >>> fast = model.stream(**stream_prompt_inputs(processor, "Describe the video."), max_frames=600)
+        >>> step = fast.step(pixels[None], targets=target[None])  # static caches, one CUDA graph per frame
+        >>> fast.caption(max_new_tokens=64, static_cache=True)  # greedy, one CUDA graph per token
     """
 
     def __init__(
@@ -151,6 +179,10 @@ class FoveatedStream:
         suffix_ids: torch.Tensor | Sequence[int] | None = None,
         inference_mode: str | None = None,
         chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        max_frames: int | None = None,
+        cuda_graph: bool | None = None,
+        torch_compile: bool = False,
+        fuse_passes: bool = True,
     ):
         config = model.config
         if config.foveation_mode != "foveated":
@@ -167,19 +199,39 @@ class FoveatedStream:
             raise ValueError(f"inference_mode must be one of {sorted(INFERENCE_MODES)}, got {mode!r}")
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        if max_frames is None and (cuda_graph or torch_compile):
+            raise ValueError("cuda_graph and torch_compile apply to the fast step: pass max_frames too")
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        if cuda_graph and model.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {model.device}")
         self.model = model
         self.modes = INFERENCE_MODES[mode]
         self.chunk_frames = chunk_frames
         device = model.device
         input_ids = torch.as_tensor(input_ids, device=device)
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        self.input_ids = input_ids
-        self.attention_mask = torch.as_tensor(attention_mask, device=device).long()
+        self._input_ids = input_ids
+        self._attention_mask = torch.as_tensor(attention_mask, device=device).long()
         self._validate_prompt()
         self.suffix_ids = None if suffix_ids is None else self._validate_suffix(suffix_ids)
         batch = input_ids.shape[0]
+        # updated in place by both paths (the fast step's graph holds their addresses)
         self.num_frames = torch.zeros(batch, dtype=torch.long, device=device)
         self.next_queries = self._start_queries(batch).detach().clone()
+        self._static: _StaticStepper | None = None
+        if max_frames is not None:
+            try:
+                self._check_context(torch.full_like(self.num_frames, max_frames))
+            except ValueError as error:
+                raise ValueError(f"max_frames={max_frames} does not fit: {error}") from None
+            self._static = _StaticStepper(
+                self,
+                max_frames,
+                cuda_graph=device.type == "cuda" if cuda_graph is None else cuda_graph,
+                torch_compile=torch_compile,
+                fuse_passes=fuse_passes,
+            )
         self.initial_prediction = self._open_streams()
 
     @property
@@ -189,13 +241,38 @@ class FoveatedStream:
 
     @property
     def batch_size(self) -> int:
-        return self.input_ids.shape[0]
+        return self._input_ids.shape[0]
 
     @property
     def frames_that_fit(self) -> int:
         """How many more frames every stream can read before prompt + frames + suffix exceed the context."""
-        free = self._max_positions - self.attention_mask.sum(1) - self._suffix_length
-        return max(0, int(free.min()) // self.model.config.tokens_per_frame)
+        self._sync_dynamic()
+        free = self._max_positions - self._attention_mask.sum(1) - self._suffix_length
+        fit = max(0, int(free.min()) // self.model.config.tokens_per_frame)
+        if self._static is not None:
+            fit = min(fit, self._static.total - self._attention_mask.shape[1])
+        return fit
+
+    # ---------------------------------------------------------------------------- state (both paths)
+    @property
+    def caches(self) -> dict[int, DynamicCache]:
+        self._sync_dynamic()
+        return self._caches
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        self._sync_dynamic()
+        return self._input_ids
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        self._sync_dynamic()
+        return self._attention_mask
+
+    def _sync_dynamic(self) -> None:
+        """Bring the dynamic caches, ids and mask up to date after fast steps (a copy; the fast state stays)."""
+        if self._static is not None and self._static.ahead:
+            self._static.export()
 
     # ------------------------------------------------------------------------------------------ set-up
     @property
@@ -208,7 +285,7 @@ class FoveatedStream:
 
     def _validate_prompt(self) -> None:
         config = self.model.config
-        ids, mask = self.input_ids, self.attention_mask
+        ids, mask = self._input_ids, self._attention_mask
         if ids.dim() != 2 or ids.shape[1] == 0:
             raise ValueError(f"input_ids must be [B, L] with L >= 1, got shape {tuple(ids.shape)}")
         if mask.shape != ids.shape:
@@ -231,7 +308,7 @@ class FoveatedStream:
             )
 
     def _validate_suffix(self, suffix_ids) -> torch.Tensor:
-        suffix = torch.as_tensor(suffix_ids, device=self.input_ids.device).flatten().long()
+        suffix = torch.as_tensor(suffix_ids, device=self._input_ids.device).flatten().long()
         if suffix.numel() == 0 or suffix[0] != self.model.config.video_end_token_id:
             raise ValueError(
                 f"suffix_ids must start with <video_end> (id {self.model.config.video_end_token_id})"
@@ -250,12 +327,12 @@ class FoveatedStream:
 
         Returns the reading stream's prediction of frame 1 ``[B, C, h, w]``.
         """
-        self.caches = {self.reading_mode: DynamicCache(config=self.model.config.text_config)}
-        if self.input_ids.shape[1] > 1:
-            self._run_llm(self.reading_mode, self.input_ids[:, :-1], None)
+        self._caches = {self.reading_mode: DynamicCache(config=self.model.config.text_config)}
+        if self._input_ids.shape[1] > 1:
+            self._run_llm(self.reading_mode, self._input_ids[:, :-1], None)
         for mode in self.modes[:-1]:
-            self.caches[mode] = copy.deepcopy(self.caches[self.reading_mode])
-        hidden = {mode: self._run_llm(mode, self.input_ids[:, -1:], None)[:, -1] for mode in self.modes}
+            self._caches[mode] = copy.deepcopy(self._caches[self.reading_mode])
+        hidden = {mode: self._run_llm(mode, self._input_ids[:, -1:], None)[:, -1] for mode in self.modes}
         initial = self.model.fovea_initial_target.unsqueeze(0).expand(self.batch_size, -1, -1, -1)
         return self._predict(hidden[self.reading_mode], initial, self.next_queries)
 
@@ -264,6 +341,9 @@ class FoveatedStream:
         self, frames: torch.Tensor, active: torch.Tensor | None = None, targets: torch.Tensor | None = None
     ) -> StreamStep:
         """Read one frame per stream.
+
+        With ``max_frames`` this is the fast path (static caches, fixed buffers, one CUDA graph on CUDA): it never
+        synchronises with the host, and its outputs are copies (valid after later steps).
 
         Args:
             frames: ``[B, 3, H, W]`` normalised frames (``pixel_values_videos[:, t]``); inactive rows are ignored.
@@ -274,6 +354,11 @@ class FoveatedStream:
             :class:`StreamStep` without the frame axis (``attention [B, P]``, ``predictions [B, C, h, w]``, ...).
         """
         active = None if active is None else torch.as_tensor(active).unsqueeze(1)
+        if self._static is not None:
+            self._validate_frames(
+                frames.unsqueeze(1), active, None if targets is None else targets.unsqueeze(1)
+            )
+            return self._static.step(frames, None if active is None else active[:, 0], targets)
         output = self.extend(frames.unsqueeze(1), active, None if targets is None else targets.unsqueeze(1))
         for name, value in output.items():
             if name != "next_queries":
@@ -298,7 +383,11 @@ class FoveatedStream:
             progress: show a progress bar over the chunks.
         """
         frame_mask = self._validate_frames(frames, frame_mask, targets)
-        self._check_context(frame_mask.sum(1).to(self.attention_mask.device))
+        self._sync_dynamic()
+        self._check_context(frame_mask.sum(1).to(self._attention_mask.device))
+        if self._static is not None:
+            self._static.check_capacity(self._attention_mask.shape[1] + frames.shape[1])
+            self._static.current = False  # the dynamic caches move on: the next fast step reloads
         steps = []
         starts = range(0, frames.shape[1], self.chunk_frames)
         for start in logging.tqdm(starts, desc="frames", unit="chunk", disable=not progress):
@@ -338,7 +427,7 @@ class FoveatedStream:
     def _check_context(self, new_frames: torch.Tensor, suffix_length: int | None = None) -> None:
         """ValueError if ``new_frames [B]`` more frames (and the caption suffix) overflow any stream's context."""
         suffix_length = self._suffix_length if suffix_length is None else suffix_length
-        used = self.attention_mask.sum(1)
+        used = self._attention_mask.sum(1)
         needed = used + new_frames * self.model.config.tokens_per_frame + suffix_length
         over = (needed > self._max_positions).nonzero().flatten().tolist()
         if over:
@@ -357,12 +446,12 @@ class FoveatedStream:
     def _extend_chunk(self, frames, frame_mask, targets) -> dict[str, torch.Tensor]:
         """One encoder pass over a chunk's frames ``[B, c, 3, H, W]`` and one LLM prefill in each stream."""
         model = self.model
-        device = self.input_ids.device
+        device = self._input_ids.device
         valid = frame_mask.to(device)
         pixels = frames.to(device)[valid]
         new_ids = torch.where(valid, model.config.frame_token_id, model.config.text_config.pad_token_id)
-        self.input_ids = torch.cat([self.input_ids, new_ids], dim=1)
-        self.attention_mask = torch.cat([self.attention_mask, valid.long()], dim=1)
+        self._input_ids = torch.cat([self._input_ids, new_ids], dim=1)
+        self._attention_mask = torch.cat([self._attention_mask, valid.long()], dim=1)
         self.num_frames += valid.sum(1)
 
         patches = model.encode_frames(pixels)
@@ -391,8 +480,8 @@ class FoveatedStream:
 
     def _run_llm(self, mode: int, ids: torch.Tensor, visual_tokens: torch.Tensor | None) -> torch.Tensor:
         """Append ``ids [B, n]`` (frame slots filled with ``visual_tokens [M, H]``) to one stream: ``[B, n, H]``."""
-        cache = self.caches[mode]
-        mask = self.attention_mask[:, : cache.get_seq_length() + ids.shape[1]]
+        cache = self._caches[mode]
+        mask = self._attention_mask[:, : cache.get_seq_length() + ids.shape[1]]
         positions = self.model.default_position_ids(ids, mask, cache)
         embeds = self.model.embed_sequence(ids, visual_tokens, mode)
         return self.model.run_language_model(embeds, mask, positions, cache, use_cache=True).last_hidden_state
@@ -411,6 +500,7 @@ class FoveatedStream:
         self,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         suffix_ids: torch.Tensor | None = None,
+        static_cache: bool = False,
         **generate_kwargs,
     ):
         """Continue the reading stream after ``<video_end>`` with ``model.generate`` (greedy, sampling, beams).
@@ -421,29 +511,36 @@ class FoveatedStream:
         Args:
             max_new_tokens: tokens to generate at most.
             suffix_ids: override of the ids that close the video and open the answer (default: the stream's).
+            static_cache: greedy decoding over a static KV cache instead of ``generate``: the suffix is one
+                prefill, then every token is one replayed CUDA graph on CUDA (eager elsewhere). The same tokens
+                as ``generate(do_sample=False)``; only ``min_new_tokens`` is accepted besides.
             generate_kwargs: any ``generate`` argument (``do_sample``, ``temperature``, ``num_beams``, ...).
 
         Returns:
-            what ``generate`` returns, with ``sequences`` holding only the new tokens ``[B', new]``.
+            what ``generate`` returns, with ``sequences`` holding only the new tokens ``[B', new]``
+            (``static_cache``: the new tokens ``[B, new]``).
         """
         suffix = self.suffix_ids if suffix_ids is None else self._validate_suffix(suffix_ids)
         if suffix is None:
             raise ValueError(
                 "caption() needs suffix_ids: open the stream with stream_prompt_inputs() or pass them"
             )
+        self._sync_dynamic()
         self._check_context(torch.zeros_like(self.num_frames), suffix.numel())
-        input_ids = torch.cat([self.input_ids, suffix.expand(self.batch_size, -1)], dim=1)
+        if static_cache:
+            return self._greedy_static(suffix, max_new_tokens, **generate_kwargs)
+        input_ids = torch.cat([self._input_ids, suffix.expand(self.batch_size, -1)], dim=1)
         attention_mask = torch.cat(
-            [self.attention_mask, torch.ones_like(input_ids[:, self.input_ids.shape[1] :])], 1
+            [self._attention_mask, torch.ones_like(input_ids[:, self._input_ids.shape[1] :])], 1
         )
-        cache = copy.deepcopy(self.caches[self.reading_mode])
+        cache = copy.deepcopy(self._caches[self.reading_mode])
         expansion = self._generation_expansion(generate_kwargs)
         if expansion > 1:
             cache.batch_repeat_interleave(expansion)
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=cache,
+            cache=cache,
             max_new_tokens=max_new_tokens,
             **generate_kwargs,
         )
@@ -458,6 +555,409 @@ class FoveatedStream:
         beams = generate_kwargs.get("num_beams", config.num_beams) or 1
         sequences = generate_kwargs.get("num_return_sequences", config.num_return_sequences) or 1
         return max(beams, sequences)
+
+    def _greedy_static(
+        self, suffix: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0, **unsupported
+    ) -> torch.Tensor:
+        """``caption(static_cache=True)``: greedy tokens ``[B, new]``, as ``generate`` pads and stops them."""
+        if unsupported.pop("do_sample", False) or unsupported.pop("num_beams", 1) != 1 or unsupported:
+            raise ValueError(
+                "caption(static_cache=True) decodes greedily and takes only max_new_tokens, min_new_tokens and "
+                f"suffix_ids; drop static_cache for {sorted(unsupported) or 'sampling or beams'}"
+            )
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        config = self.model.generation_config
+        eos = (
+            config.eos_token_id
+            if config.eos_token_id is not None
+            else self.model.config.text_config.eos_token_id
+        )
+        eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=suffix.device)
+        pad = (
+            config.pad_token_id if config.pad_token_id is not None else (eos[0].item() if eos.numel() else 0)
+        )
+        decoder = _StaticDecoder(self, suffix, max_new_tokens, min_new_tokens, eos)
+        tokens = decoder.run()
+        if not eos.numel():
+            return tokens
+        ended = torch.isin(tokens, eos).long().cumsum(1)
+        tokens = tokens.masked_fill((ended - torch.isin(tokens, eos).long()) > 0, pad)  # after each row's end
+        if bool((ended[:, -1] > 0).all()):  # generate stops when every row has ended
+            tokens = tokens[:, : int((ended == 0).sum(1).max()) + 1]
+        return tokens
+
+
+class _GraphedRun:
+    """A function over fixed buffers, run eagerly or replayed from one CUDA graph captured at its first call.
+
+    ``state`` lists the tensors ``run`` advances in place: the warm-up runs that precede the capture rewind them,
+    so that every call (the capturing one included) is exactly one real run.
+    """
+
+    def __init__(self, run, state: list[torch.Tensor], cuda_graph: bool, pool=None):
+        self.run = run
+        self.state = state
+        self.cuda_graph = cuda_graph
+        self.pool = pool
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self) -> None:
+        if not self.cuda_graph:
+            self.run()
+            return
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+
+    def _capture(self) -> None:
+        saved = [tensor.clone() for tensor in self.state]
+        device = self.state[0].device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(GRAPH_WARMUP_RUNS):
+                self.run()
+                for tensor, value in zip(self.state, saved):
+                    tensor.copy_(value)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.run()  # recorded, not executed: the state is unchanged
+        self.graph = graph
+
+
+class _CompiledRegions:
+    """``torch.compile``d encoder patch/query layers and LLM decoder, installed only while a fast step runs."""
+
+    def __init__(self, model, enabled: bool):
+        encoder = model.fovea_encoder
+        self.encoder = encoder
+        self.language_model = model.language_model.model
+        self.layers = {}
+        if enabled:
+            self.language_model = torch.compile(self.language_model, dynamic=False)
+            self.layers = {
+                name: torch.compile(getattr(encoder, name), dynamic=False)
+                for name in ("_patch_layer", "_query_layer")
+            }
+
+    def __enter__(self):
+        self.saved = {name: self.encoder.__dict__.get(name) for name in self.layers}
+        self.encoder.__dict__.update(self.layers)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, previous in self.saved.items():
+            if previous is None:
+                del self.encoder.__dict__[name]
+            else:
+                self.encoder.__dict__[name] = previous
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool mask -> additive float mask (0 where allowed, the dtype's minimum elsewhere); SDPA and eager take it."""
+    return torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _static_cache(model, batch: int, length: int) -> StaticCache:
+    """An allocated ``StaticCache`` of ``length`` positions for ``batch`` rows of the model's LLM."""
+    text = model.config.text_config
+    cache = StaticCache(config=text, max_cache_len=length)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    cache.early_initialization(batch, text.num_key_value_heads, head_dim, model.dtype, model.device)
+    return cache
+
+
+def _load_cache(static: StaticCache, dynamic: DynamicCache, rows: slice) -> None:
+    """Copy ``dynamic``'s columns into rows ``rows`` of ``static`` (in place) and point it after them."""
+    for target, source in zip(static.layers, dynamic.layers):
+        length = source.keys.shape[-2]
+        target.keys[rows, :, :length].copy_(source.keys)
+        target.values[rows, :, :length].copy_(source.values)
+        target.cumulative_length.fill_(length)
+
+
+def _dynamic_copy(static: StaticCache, rows: slice, length: int, text_config) -> DynamicCache:
+    """A ``DynamicCache`` holding the first ``length`` columns of rows ``rows`` of ``static``."""
+    dynamic = DynamicCache(config=text_config)
+    for index, layer in enumerate(static.layers):
+        dynamic.update(layer.keys[rows, :, :length].clone(), layer.values[rows, :, :length].clone(), index)
+    return dynamic
+
+
+class _StaticStepper:
+    """The fast per-frame path of a :class:`FoveatedStream` (``max_frames``): static caches, fixed buffers.
+
+    ``total`` columns (prompt + max_frames) are reserved. With ``fuse_passes`` and two streams, one cache of 2B rows
+    holds both (rows ``[0, B)`` coarse, ``[B, 2B)`` fine) and the mask and positions have 2B rows. The stream's
+    ``next_queries`` and ``num_frames`` are advanced in place; its dynamic caches, ids and mask are brought up to
+    date by :meth:`export` when asked for, and reloaded by :meth:`load` after the dynamic path moved on.
+    """
+
+    def __init__(
+        self,
+        stream: FoveatedStream,
+        max_frames: int,
+        cuda_graph: bool,
+        torch_compile: bool,
+        fuse_passes: bool,
+    ):
+        model = stream.model
+        config = model.config
+        self.stream = stream
+        self.model = model
+        self.max_frames = max_frames
+        self.total = stream._input_ids.shape[1] + max_frames
+        total = self.total
+        batch = stream.batch_size
+        device = model.device
+        self.two_pass = stream.reading_mode == FINE
+        self.fuse = fuse_passes and self.two_pass
+        self.fused_read = self.fuse and config.coarse_reading == "static_query"
+        self.rows = batch * len(stream.modes) if self.fuse else batch
+        if self.fuse:
+            cache = _static_cache(model, self.rows, total)
+            self.caches = {mode: cache for mode in stream.modes}
+            self.cache_rows = {COARSE: slice(0, batch), FINE: slice(batch, 2 * batch)}
+        else:
+            self.caches = {mode: _static_cache(model, batch, total) for mode in stream.modes}
+            self.cache_rows = {mode: slice(None) for mode in stream.modes}
+        self.mask = torch.zeros(self.rows, 1, 1, total, dtype=model.dtype, device=device)
+        self.position = torch.zeros(self.rows, 1, dtype=torch.long, device=device)
+        self.column = torch.zeros(1, dtype=torch.long, device=device)
+        self.active = torch.ones(batch, dtype=torch.bool, device=device)
+        size = config.vision_config.image_size
+        self.frame = torch.zeros(batch, 3, size, size, dtype=model.dtype, device=device)
+        self.target: torch.Tensor | None = None  # allocated at the first step with targets, in their dtype
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.columns = 0  # host copy of ``column``: steps never read the device
+        self.current = False  # True while the static caches hold the stream's latest state
+        self.ahead = False  # True while the dynamic caches lag behind the static ones
+        self.regions = _CompiledRegions(model, torch_compile)
+        distinct = {id(cache): cache for cache in self.caches.values()}.values()
+        lengths = [layer.cumulative_length for cache in distinct for layer in cache.layers]
+        state = [self.mask, self.position, self.column, stream.next_queries, stream.num_frames, *lengths]
+        pool = torch.cuda.graph_pool_handle() if cuda_graph else None
+        self.runs = {
+            with_targets: _GraphedRun(lambda t=with_targets: self._frame(t), state, cuda_graph, pool)
+            for with_targets in (False, True)
+        }
+
+    # ---------------------------------------------------------------------------------- state transfer
+    def check_capacity(self, columns: int) -> None:
+        """ValueError (nothing consumed) if the stream would need more than the reserved ``total`` columns."""
+        if columns > self.total:
+            raise ValueError(
+                f"the stream was opened with max_frames={self.max_frames}: its static caches hold {self.total} "
+                f"columns (prompt + max_frames) and {columns} would be needed; open it with a larger max_frames "
+                "(frames_that_fit says how many more frames fit now)"
+            )
+
+    def load(self) -> None:
+        """Copy the stream's dynamic state into the static buffers (after ``extend`` or at the first step)."""
+        stream = self.stream
+        mask = stream._attention_mask
+        length = mask.shape[1]
+        for mode, cache in self.caches.items():
+            _load_cache(cache, stream._caches[mode], self.cache_rows[mode])
+        repeat = self.rows // stream.batch_size
+        self.mask.fill_(torch.finfo(self.mask.dtype).min)
+        self.mask[:, 0, 0, :length] = _additive(mask.bool().repeat(repeat, 1), self.mask.dtype)
+        self.position.copy_(mask.sum(1, keepdim=True).repeat(repeat, 1))
+        self.column.fill_(length)
+        self.columns = length
+        self.current = True
+
+    def export(self) -> None:
+        """Bring the stream's dynamic caches, ``input_ids`` and ``attention_mask`` up to the static state."""
+        stream = self.stream
+        text = self.model.config.text_config
+        batch = stream.batch_size
+        stream._caches = {
+            mode: _dynamic_copy(cache, self.cache_rows[mode], self.columns, text)
+            for mode, cache in self.caches.items()
+        }
+        old = stream._attention_mask.shape[1]
+        new = (self.mask[:batch, 0, 0, old : self.columns] == 0).long()
+        frame_id, pad_id = self.model.config.frame_token_id, text.pad_token_id
+        stream._attention_mask = torch.cat([stream._attention_mask, new], dim=1)
+        stream._input_ids = torch.cat([stream._input_ids, torch.where(new.bool(), frame_id, pad_id)], dim=1)
+        self.ahead = False
+
+    # ---------------------------------------------------------------------------------- the step
+    @torch.no_grad()
+    def step(
+        self, frames: torch.Tensor, active: torch.Tensor | None, targets: torch.Tensor | None
+    ) -> StreamStep:
+        if not self.current:
+            self.stream._sync_dynamic()
+            self.load()
+        self.check_capacity(self.columns + 1)
+        self.frame.copy_(frames)
+        if active is None:
+            self.active.fill_(True)
+        else:
+            self.active.copy_(active)
+        if targets is not None:
+            if self.target is None:
+                self.target = torch.empty(targets.shape, dtype=targets.dtype, device=self.frame.device)
+            self.target.copy_(targets)
+        with self.regions:
+            self.runs[targets is not None]()
+        self.columns += 1
+        self.ahead = True
+        names = ["queries", "attention", "attention_coarse", "frame_mask", "next_queries"]
+        if targets is not None:
+            names.insert(0, "predictions")
+        return StreamStep(**{name: self.outputs[name].clone() for name in names})
+
+    def _llm(self, cache: StaticCache, visual: torch.Tensor) -> torch.Tensor:
+        """One position per row from visual tokens ``[R, D]``: hidden states ``[R, H]``."""
+        model = self.model
+        embeds = model.project_visual_tokens(visual).unsqueeze(1)
+        embeds = embeds.to(model.get_input_embeddings().weight.dtype)
+        output = self.regions.language_model(
+            inputs_embeds=embeds,
+            attention_mask=self.mask,
+            position_ids=self.position,
+            cache=cache,
+            use_cache=True,
+        )
+        return output.last_hidden_state[:, -1]
+
+    def _frame(self, with_targets: bool) -> None:
+        """Read ``self.frame``: the stream's per-frame work, written into ``self.outputs`` and the state buffers."""
+        model, stream = self.model, self.stream
+        batch = stream.batch_size
+        active = self.active
+        row_active = active.repeat(self.rows // batch)
+        self.mask.index_copy_(3, self.column, _additive(row_active, self.mask.dtype).view(-1, 1, 1, 1))
+        patches = model.encode_frames(self.frame)
+        static = model.static_queries(batch)
+        query = stream.next_queries
+        if self.fused_read:
+            both = torch.stack([static, query.to(static.dtype)], dim=1)
+            visual, attention = model.read_frames(both, patches)  # one pass, two tokens a frame
+            (visual_coarse, visual_fine), (attention_coarse, attention_fine) = (
+                visual.unbind(1),
+                attention.unbind(1),
+            )
+        else:
+            visual_coarse, attention_coarse = model.read_coarse(patches)
+            if self.two_pass:
+                visual_fine, attention_fine = model.read_frames(query, patches)
+        if self.fuse:
+            hidden_coarse, hidden_fine = self._llm(
+                self.caches[COARSE], torch.cat([visual_coarse, visual_fine])
+            ).chunk(2)
+        else:
+            hidden_coarse = self._llm(self.caches[COARSE], visual_coarse)
+            if self.two_pass:
+                hidden_fine = self._llm(self.caches[FINE], visual_fine)
+        if self.two_pass:
+            planned = model.next_queries(hidden_coarse)
+            values = {"queries": query.to(planned.dtype), "attention": attention_fine, "hidden": hidden_fine}
+        else:
+            planned = static
+            values = {"queries": static, "attention": attention_coarse, "hidden": hidden_coarse}
+        values["attention_coarse"] = attention_coarse
+        if with_targets:
+            values["predictions"] = stream._predict(values["hidden"], self.target, planned)
+        del values["hidden"]
+        values = {
+            name: torch.where(
+                active.view(-1, *[1] * (value.dim() - 1)),
+                value,
+                torch.zeros((), dtype=value.dtype, device=value.device),
+            )
+            for name, value in values.items()
+        }
+        query.copy_(torch.where(active.unsqueeze(1), planned.to(query.dtype), query))
+        stream.num_frames.add_(active)
+        self.position.add_(row_active.unsqueeze(1))
+        self.column.add_(1)
+        values["next_queries"] = query
+        values["frame_mask"] = active
+        for name, value in values.items():
+            if name in self.outputs:
+                self.outputs[name].copy_(value)
+            else:
+                self.outputs[name] = value.clone()
+
+
+class _StaticDecoder:
+    """``caption(static_cache=True)``: the suffix as one prefill over a static cache, then one graph per token."""
+
+    def __init__(
+        self,
+        stream: FoveatedStream,
+        suffix: torch.Tensor,
+        max_new_tokens: int,
+        min_new_tokens: int,
+        eos: torch.Tensor,
+    ):
+        model = stream.model
+        self.stream, self.model = stream, model
+        self.max_new_tokens, self.min_new_tokens, self.eos = max_new_tokens, min_new_tokens, eos
+        batch = stream.batch_size
+        mask = stream._attention_mask
+        length, count = mask.shape[1], suffix.numel()
+        self.total = length + count + max_new_tokens
+        self.cache = _static_cache(model, batch, self.total)
+        _load_cache(self.cache, stream._caches[stream.reading_mode], slice(None))
+        device = mask.device
+        columns = torch.arange(self.total, device=device)
+        self.suffix_ids = suffix.expand(batch, -1)
+        # prefill: each suffix token sees the stream's columns and the suffix up to itself
+        allowed = torch.cat(
+            [mask.bool(), torch.ones(batch, self.total - length, dtype=torch.bool, device=device)], 1
+        )
+        causal = columns.view(1, -1) <= (length + torch.arange(count, device=device)).view(-1, 1)
+        self.prefill_mask = _additive(allowed[:, None, None, :] & causal[None, None], model.dtype)
+        self.prefill_positions = mask.sum(1, keepdim=True) + torch.arange(count, device=device)
+        # decoding buffers
+        self.mask = _additive(allowed & (columns < length + count), model.dtype)[:, None, None, :].clone()
+        self.position = self.prefill_positions[:, -1:] + 1
+        self.column = torch.tensor([length + count], device=device)
+        self.index = torch.zeros(1, dtype=torch.long, device=device)
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.tokens = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
+        state = [self.mask, self.position, self.column, self.index, self.token, self.tokens]
+        state += [layer.cumulative_length for layer in self.cache.layers]
+        self.graph = _GraphedRun(self._token, state, cuda_graph=device.type == "cuda")
+
+    def _next(self, hidden: torch.Tensor) -> None:
+        """Greedy token from the last states ``[B, H]`` into ``token`` and ``tokens[:, index]``."""
+        logits = self.model.language_model.lm_head(hidden).float()
+        if self.min_new_tokens and self.eos.numel():
+            early = self.index < self.min_new_tokens
+            logits[:, self.eos] = logits[:, self.eos].masked_fill(early, float("-inf"))
+        token = logits.argmax(-1, keepdim=True)
+        self.token.copy_(token)
+        self.tokens.index_copy_(1, self.index, token)
+        self.index.add_(1)
+
+    def _token(self) -> None:
+        model = self.model
+        self.mask.index_fill_(3, self.column, 0.0)
+        embeds = model.embed_sequence(self.token, None, FINE)
+        output = model.run_language_model(embeds, self.mask, self.position, self.cache, use_cache=True)
+        self._next(output.last_hidden_state[:, -1])
+        self.position.add_(1)
+        self.column.add_(1)
+
+    @torch.no_grad()
+    def run(self) -> torch.Tensor:
+        model = self.model
+        embeds = model.embed_sequence(self.suffix_ids, None, FINE)
+        output = model.run_language_model(
+            embeds, self.prefill_mask, self.prefill_positions, self.cache, use_cache=True
+        )
+        self._next(output.last_hidden_state[:, -1])
+        for _ in range(self.max_new_tokens - 1):
+            self.graph()
+        return self.tokens.clone()
 
 
 def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

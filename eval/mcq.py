@@ -169,7 +169,7 @@ def read_prefix(model, processor, prompts: list[str], videos: list[np.ndarray], 
     inputs = processor(text=prompts, videos=videos).to(model.device)
     if mode != "streaming":
         output = model(**inputs, use_cache=True, logits_to_keep=1, inference_mode=mode)
-        return output.past_key_values, inputs["attention_mask"], output.logits[:, -1]
+        return output.cache, inputs["attention_mask"], output.logits[:, -1]
     try:
         from streaming_foveated import stream_prompt_inputs
     except ImportError as error:
@@ -179,10 +179,8 @@ def read_prefix(model, processor, prompts: list[str], videos: list[np.ndarray], 
     suffix = stream.suffix_ids.expand(len(prompts), -1)
     mask = torch.cat([stream.attention_mask, torch.ones_like(suffix)], dim=1)
     cache = stream.caches[stream.reading_mode]
-    output = model(
-        input_ids=suffix, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1
-    )
-    return output.past_key_values, mask, output.logits[:, -1]
+    output = model(input_ids=suffix, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+    return output.cache, mask, output.logits[:, -1]
 
 
 @torch.no_grad()
@@ -211,7 +209,7 @@ def score_options(
     output = model(
         input_ids=input_ids,
         attention_mask=torch.cat([prefix_mask[rows], answer_mask], dim=1),
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
     )
     logits = torch.cat([last_logits[rows].unsqueeze(1), output.logits.to(last_logits.dtype)], dim=1)

@@ -299,3 +299,206 @@ def test_bad_inputs_are_value_errors(build):
     dense, _ = build(foveation_mode="dense", dense_tokens_per_frame=4)
     with pytest.raises(ValueError, match="no queries"):
         dense.eval().stream(**prompt)
+
+
+# ---------------------------------------------------------------------------------------------- fast path
+FAST_TOLERANCE = (
+    1e-5  # static caches + fixed buffers vs the DynamicCache path, float32: same ops, other shapes
+)
+FAST_FRAMES = 5
+FAST_CASES = {
+    "two-pass-fused": ("two_pass", {}, True),
+    "two-pass-unfused": ("two_pass", {}, False),
+    "fused-top-k-temperature": (
+        "two_pass",
+        {"query_attention_top_k": 5, "query_attention_temperature": 0.5},
+        True,
+    ),
+    "fused-remedies": ("two_pass", REMEDIES, True),
+    "fused-mean-pool": ("two_pass", {"coarse_reading": "mean_pool"}, True),
+    "coarse-remedies": ("coarse", REMEDIES, True),
+}
+
+
+def fast_clip(model, count: int = FAST_FRAMES):
+    """Frames, targets and an activity pattern with gaps (row 0 skips slot 1, row 1 ends after 3 frames)."""
+    generator = torch.Generator().manual_seed(3)
+    size = model.config.vision_config.image_size
+    frames = torch.randn(len(PROMPTS), count, 3, size, size, generator=generator)
+    targets = torch.randn(len(PROMPTS), count, *model.config.target_shape, generator=generator)
+    active = torch.ones(len(PROMPTS), count, dtype=torch.bool)
+    active[0, 1] = False
+    active[1, 3:] = False
+    return frames, targets, active
+
+
+def run_steps(stream, frames, targets, active, slots):
+    """``stream.step`` over ``slots``; targets on even slots only (a step with and one without targets)."""
+    return [stream.step(frames[:, t], active[:, t], targets[:, t] if t % 2 == 0 else None) for t in slots]
+
+
+@pytest.mark.parametrize(("mode", "overrides", "fuse"), list(FAST_CASES.values()), ids=list(FAST_CASES))
+def test_fast_step_equals_step(build, mode, overrides, fuse):
+    """max_frames (static caches, fixed buffers; eager on the CPU) gives FoveatedStream.step's outputs."""
+    model, processor = build(**overrides)
+    frames, targets, active = fast_clip(model)
+    prompt = stream_prompt_inputs(processor, list(PROMPTS))
+    reference = model.stream(**prompt, inference_mode=mode)
+    fast = model.stream(**prompt, inference_mode=mode, max_frames=FAST_FRAMES, fuse_passes=fuse)
+    expected = run_steps(reference, frames, targets, active, range(FAST_FRAMES))
+    # compared after the last step: the outputs of earlier steps are copies, not views of the reused buffers
+    steps = run_steps(fast, frames, targets, active, range(FAST_FRAMES))
+    for step, reference_step in zip(steps, expected):
+        assert list(step.keys()) == list(reference_step.keys())
+        assert torch.equal(step.frame_mask, reference_step.frame_mask)
+        for name in ("predictions", "queries", "attention", "attention_coarse", "next_queries"):
+            if name in reference_step:
+                assert relative_error(step[name], reference_step[name]) < FAST_TOLERANCE, name
+                assert step[name].dtype == reference_step[name].dtype, name
+    assert torch.equal(fast.num_frames, reference.num_frames)
+    assert torch.equal(fast.input_ids, reference.input_ids)
+    assert torch.equal(fast.attention_mask, reference.attention_mask)
+    valid = reference.attention_mask.bool()
+    for mode_id, cache in reference.caches.items():
+        keys = fast.caches[mode_id].layers[-1].keys.transpose(1, 2)[valid]  # masked columns may differ
+        assert relative_error(keys, cache.layers[-1].keys.transpose(1, 2)[valid]) < FAST_TOLERANCE
+    assert torch.equal(
+        fast.caption(max_new_tokens=CAPTION_TOKENS), reference.caption(max_new_tokens=CAPTION_TOKENS)
+    )
+
+
+def test_fast_steps_and_extend_interleave(build):
+    """Fast steps, then chunked extend (dynamic caches), then fast steps again: the general path's results."""
+    model, processor = build()
+    frames, targets, active = fast_clip(model, 6)
+    prompt = stream_prompt_inputs(processor, list(PROMPTS))
+    reference = model.stream(**prompt)
+    fast = model.stream(**prompt, max_frames=6)
+    expected = run_steps(reference, frames, targets, active, range(6))
+    steps = run_steps(fast, frames, targets, active, range(2))
+    extended = fast.extend(frames[:, 2:4], active[:, 2:4], targets[:, 2:4])
+    steps += [
+        {name: value[:, i] for name, value in extended.items() if name != "next_queries"} for i in range(2)
+    ]
+    steps += run_steps(fast, frames, targets, active, range(4, 6))
+    for step, reference_step in zip(steps, expected):
+        for name in ("predictions", "queries", "attention", "attention_coarse"):
+            if name in step and name in reference_step:  # extend had targets on every slot
+                assert relative_error(step[name], reference_step[name]) < FAST_TOLERANCE, name
+    assert relative_error(fast.next_queries, reference.next_queries) < FAST_TOLERANCE
+    assert torch.equal(fast.attention_mask, reference.attention_mask)
+    assert fast.caches[FINE].get_seq_length() == reference.caches[FINE].get_seq_length()
+
+
+def test_fused_query_pass_equals_two_reads(build):
+    """Two query tokens per frame in one pass (each sees the cached K/V and its own key) = two separate passes."""
+    model, _ = build(query_attention_top_k=5)
+    frames, _, _ = fast_clip(model)
+    with torch.no_grad():
+        patches = model.encode_frames(frames[:, 0])
+        queries = torch.randn(2, 2, model.config.query_dim, generator=torch.Generator().manual_seed(4))
+        tokens, attention = model.read_frames(queries, patches)
+        for k in range(2):
+            expected_tokens, expected_attention = model.read_frames(queries[:, k], patches)
+            assert relative_error(tokens[:, k], expected_tokens) < FAST_TOLERANCE
+            assert relative_error(attention[:, k], expected_attention) < FAST_TOLERANCE
+
+
+def test_fast_step_overflow_and_bad_options_are_value_errors(build):
+    model, processor = build()
+    frames, targets, _ = fast_clip(model)
+    prompt = stream_prompt_inputs(processor, list(PROMPTS))
+    stream = model.stream(**prompt, max_frames=2)
+    assert stream.frames_that_fit == 2
+    run_steps(stream, frames, targets, torch.ones(2, FAST_FRAMES, dtype=torch.bool), range(2))
+    assert stream.frames_that_fit == 0
+    with pytest.raises(ValueError, match="opened with max_frames=2"):
+        stream.step(frames[:, 2])
+    with pytest.raises(ValueError, match="opened with max_frames=2"):
+        stream.extend(frames[:, 2:3])
+    assert stream.num_frames.tolist() == [2, 2]  # nothing was consumed
+    assert stream.caches[FINE].get_seq_length() == prompt["input_ids"].shape[1] + 2
+    stream.caption(max_new_tokens=2)
+    context = model.config.text_config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"max_frames={context} does not fit: .* more frames fit"):
+        model.stream(**prompt, max_frames=context)
+    with pytest.raises(ValueError, match="pass max_frames too"):
+        model.stream(**prompt, torch_compile=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda_graph=True needs the model on a CUDA device"):
+            model.stream(**prompt, max_frames=2, cuda_graph=True)
+    with pytest.raises(ValueError, match="decodes greedily"):
+        stream.caption(max_new_tokens=2, static_cache=True, do_sample=True)
+
+
+def test_torch_compile_regions_are_used_and_removed(build, monkeypatch):
+    """torch_compile wraps the patch layer, the query layer and the LLM decoder, only while a fast step runs."""
+    model, processor = build()
+    compiled, calls = [], []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append(fn)
+
+        def wrapped(*args, **kw):
+            calls.append(fn)
+            return fn(*args, **kw)
+
+        return wrapped
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    frames, targets, active = fast_clip(model)
+    prompt = stream_prompt_inputs(processor, list(PROMPTS))
+    reference = run_steps(model.stream(**prompt), frames, targets, active, range(2))
+    steps = run_steps(
+        model.stream(**prompt, max_frames=2, torch_compile=True), frames, targets, active, range(2)
+    )
+    encoder = model.fovea_encoder
+    assert len(compiled) == 3 and model.language_model.model in compiled
+    assert {getattr(fn, "__name__", None) for fn in calls} >= {"_patch_layer", "_query_layer"}
+    assert model.language_model.model in calls
+    assert "_patch_layer" not in encoder.__dict__ and "_query_layer" not in encoder.__dict__
+    for step, reference_step in zip(steps, reference):
+        assert relative_error(step.attention, reference_step.attention) < FAST_TOLERANCE
+
+
+def test_static_caption_equals_greedy_generate(build):
+    """caption(static_cache=True) gives generate's greedy tokens, its EOS padding and stop, and min_new_tokens."""
+    model, processor = build()
+    frames, targets, active = fast_clip(model)
+    stream = model.stream(**stream_prompt_inputs(processor, list(PROMPTS)), max_frames=FAST_FRAMES)
+    run_steps(stream, frames, targets, active, range(FAST_FRAMES))
+    greedy = stream.caption(max_new_tokens=CAPTION_TOKENS, do_sample=False)
+    assert torch.equal(stream.caption(max_new_tokens=CAPTION_TOKENS, static_cache=True), greedy)
+    # make a token each row emits early the end of turn: generate pads after it and stops when all rows ended
+    config = model.generation_config
+    saved = config.eos_token_id
+    try:
+        config.eos_token_id = [int(greedy[0, 1]), int(greedy[1, 2])]
+        ended = stream.caption(max_new_tokens=CAPTION_TOKENS)
+        assert ended.shape[1] < CAPTION_TOKENS
+        assert torch.equal(stream.caption(max_new_tokens=CAPTION_TOKENS, static_cache=True), ended)
+        forced = stream.caption(max_new_tokens=CAPTION_TOKENS, min_new_tokens=3)
+        static = stream.caption(max_new_tokens=CAPTION_TOKENS, min_new_tokens=3, static_cache=True)
+        assert torch.equal(static, forced)
+    finally:
+        config.eos_token_id = saved
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fuse", [True, False])
+def test_cuda_graph_step_equals_eager_step(build, fuse):
+    """On CUDA the fast step (one replayed graph per frame) and the graphed caption equal the eager path."""
+    model, processor = build()
+    model.to("cuda")
+    frames, targets, active = (tensor.cuda() for tensor in fast_clip(model))
+    prompt = stream_prompt_inputs(processor, list(PROMPTS))
+    reference = model.stream(**prompt)
+    graphed = model.stream(**prompt, max_frames=FAST_FRAMES, fuse_passes=fuse)
+    assert graphed._static.runs[True].cuda_graph
+    expected = run_steps(reference, frames, targets, active, range(FAST_FRAMES))
+    steps = run_steps(graphed, frames, targets, active, range(FAST_FRAMES))
+    for step, reference_step in zip(steps, expected):
+        for name in reference_step.keys():
+            assert relative_error(step[name], reference_step[name]) < 1e-4, name
+    greedy = reference.caption(max_new_tokens=CAPTION_TOKENS, do_sample=False)
+    assert torch.equal(graphed.caption(max_new_tokens=CAPTION_TOKENS, static_cache=True), greedy)
