@@ -75,7 +75,9 @@ def tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast
 def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -> FoveatedVLMConfig:
     """A FoveatedVLMConfig of the real structure at toy size (32 px frames, 2-layer ViT and LLM).
 
-    ``overrides`` are FoveatedVLMConfig fields; ``vision``/``text`` dicts override the sub-config shapes.
+    ``overrides`` are FoveatedVLMConfig fields; ``vision``/``text`` dicts override the sub-config shapes. The
+    tiny encoder trains from scratch, so DINOv3's pretraining-time RoPE augmentation (random rescaling) is off:
+    a training step then draws no random numbers unless a dropout is configured.
     """
     tokenizer = tokenizer or tiny_tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in VIDEO_TOKENS}
@@ -88,6 +90,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -
         "num_attention_heads": 2,
         "num_register_tokens": 2,
         "layerscale_value": 1.0,
+        "pos_embed_rescale": None,  # DINOv3's random RoPE rescaling is a pretraining augmentation
     }
     text = {
         "vocab_size": len(tokenizer),

@@ -77,7 +77,8 @@ def test_config_round_trips_through_dict():
         ("film_channels", []),
         ("previous_target_dropout", 1.0),
         ("lambda_coarse", -1.0),
-        ("target_downsample", 0), ("coarse_reading", "max_pool"),
+        ("target_downsample", 0),
+        ("coarse_reading", "max_pool"),
     ],
 )
 def test_bad_values_raise_naming_the_field(field, value):
@@ -258,6 +259,8 @@ def test_mean_pool_coarse_reading_averages_the_patch_states(make_model, random_v
         frames = batch["pixel_values_videos"][batch["video_frame_mask"]]
         patches = model.encode_frames(frames).patch_states[:, model.fovea_encoder.num_prefix_tokens :]
     torch.testing.assert_close(out.visual_tokens_coarse, patches.mean(1))
-    torch.testing.assert_close(out.attention_coarse, torch.full_like(out.attention_coarse, 1 / patches.shape[1]))
+    torch.testing.assert_close(
+        out.attention_coarse, torch.full_like(out.attention_coarse, 1 / patches.shape[1])
+    )
     _, static = _run(make_model, random_video)
     assert not torch.allclose(static.visual_tokens_coarse, out.visual_tokens_coarse)

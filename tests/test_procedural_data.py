@@ -120,12 +120,18 @@ def test_heldout_triples_are_disjoint_and_cover_every_value() -> None:
     for position, vocabulary in enumerate((COLOURS, SHAPES, MOTIONS)):
         assert {triple[position] for triple in train} == set(vocabulary)
 
-    train_seen = {(text.colour, text.shape, text.motion) for text in
-                  (sample_text(CONFIG, "train", i) for i in range(500))}
-    validation_seen = {(text.colour, text.shape, text.motion) for text in
-                       (sample_text(CONFIG, "validation", i) for i in range(200))}
-    heldout_seen = {(text.colour, text.shape, text.motion) for text in
-                    (sample_text(CONFIG, "heldout", i) for i in range(200))}
+    train_seen = {
+        (text.colour, text.shape, text.motion)
+        for text in (sample_text(CONFIG, "train", i) for i in range(500))
+    }
+    validation_seen = {
+        (text.colour, text.shape, text.motion)
+        for text in (sample_text(CONFIG, "validation", i) for i in range(200))
+    }
+    heldout_seen = {
+        (text.colour, text.shape, text.motion)
+        for text in (sample_text(CONFIG, "heldout", i) for i in range(200))
+    }
     assert not train_seen & set(heldout)
     assert not validation_seen & set(heldout)
     assert heldout_seen <= set(heldout) and len(heldout_seen) > 1
@@ -210,8 +216,11 @@ def test_static_and_bouncing_motion() -> None:
 
 
 def test_camera_pan_shifts_static_objects() -> None:
-    clip = next(c for c in (make_clip(ProceduralVideoConfig(camera_pan_probability=1.0), "train", i)
-                            for i in range(20)) if any(o["motion"] == STATIC for o in c["objects"]))
+    clip = next(
+        c
+        for c in (make_clip(ProceduralVideoConfig(camera_pan_probability=1.0), "train", i) for i in range(20))
+        if any(o["motion"] == STATIC for o in c["objects"])
+    )
     assert clip["camera_pan"]
     k = next(i for i, obj in enumerate(clip["objects"]) if obj["motion"] == STATIC)
     assert not np.allclose(_centres(clip, k)[0], _centres(clip, k)[-1])
@@ -323,11 +332,15 @@ def test_mcq_options_distinct_and_answer_correct() -> None:
         clip = make_clip(CONFIG, "train", index)
         mcq, target = clip["mcq"], _target(clip)
         assert len(mcq["options"]) == 4 and len(set(mcq["options"])) == 4
-        correct = {"colour": target["colour"], "shape": target["shape"],
-                   "motion": MOTION_OPTIONS[target["motion"]]}[mcq["attribute"]]
+        correct = {
+            "colour": target["colour"],
+            "shape": target["shape"],
+            "motion": MOTION_OPTIONS[target["motion"]],
+        }[mcq["attribute"]]
         assert mcq["options"][mcq["answer_index"]] == correct
-        vocabulary = {"colour": COLOURS, "shape": SHAPES,
-                      "motion": tuple(MOTION_OPTIONS.values())}[mcq["attribute"]]
+        vocabulary = {"colour": COLOURS, "shape": SHAPES, "motion": tuple(MOTION_OPTIONS.values())}[
+            mcq["attribute"]
+        ]
         assert set(mcq["options"]) <= set(vocabulary)
         attributes.add(mcq["attribute"])
     assert attributes == {"colour", "shape", "motion"}

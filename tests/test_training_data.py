@@ -60,8 +60,12 @@ def test_collated_batch_holds_model_inputs(setup):
     assert batch["prediction_targets"].shape == (3, frames, 3, 4, 4)
     assert batch["video_frame_mask"].all()
     assert (batch["labels"] != -100).sum() > 0
-    generation = VideoCaptionCollator(processor, with_captions=False, with_targets=False)([dataset[0]])
-    assert "labels" not in generation and "prediction_targets" not in generation
+    assert batch["video_layout"].frame_index.tolist() == list(range(3 * frames))
+    assert batch["video_layout"].caption_targets.numel() == int((batch["labels"] != -100).sum())
+    generation = VideoCaptionCollator(processor, with_captions=False, with_targets=False, with_layout=False)(
+        [dataset[0]]
+    )
+    assert not {"labels", "prediction_targets", "video_layout"} & set(generation)
     assert torch.equal(generation["pixel_values_videos"], batch["pixel_values_videos"][:1])
 
 

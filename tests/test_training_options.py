@@ -102,3 +102,44 @@ def test_full_size_config_trains_a_step_on_cpu(tmp_path):
     )
     assert metrics["step"] == 1 and math.isfinite(metrics["train"]["loss"])
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+def _smoke_args(run, *settings: str) -> list[str]:
+    args = ["--config", "configs/smoke.yaml", "--output_dir", str(run), "--set", "train.report_to=null"]
+    for setting in settings:
+        args += ["--set", setting]
+    return args
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["train.grad_accum=2", "train.gradient_checkpointing=true"],
+    ids=["accumulation", "checkpointing"],
+)
+def test_cuda_graph_refuses_what_one_captured_step_cannot_hold(tmp_path, setting):
+    with pytest.raises(ValueError, match="train.cuda_graph captures one whole optimizer step"):
+        train_accelerate.main(_smoke_args(tmp_path / "run", "train.cuda_graph=true", setting))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_graph_needs_a_cuda_device(tmp_path):
+    with pytest.raises(ValueError, match="train.cuda_graph needs one CUDA process, got 1 process"):
+        train_accelerate.main(_smoke_args(tmp_path / "run", "train.cuda_graph=true", "train.max_steps=1"))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_and_compile_train_like_the_eager_loop(tmp_path):
+    """The captured step (and the compiled regions inside it) log the eager loop's losses step by step."""
+    common = ("train.max_steps=6", "train.eval_every=6", "train.save_every=6")
+
+    def losses(name: str, *settings: str) -> list[float]:
+        train_accelerate.main(_smoke_args(tmp_path / name, *common, *settings))
+        rows = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        return [row["loss"] for row in rows if row["split"] == "train"]
+
+    eager = losses("eager")
+    assert len(eager) == 6
+    torch.testing.assert_close(losses("graph", "train.cuda_graph=true"), eager, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        losses("compiled", "train.cuda_graph=true", "train.compile=true"), eager, rtol=2e-2, atol=1e-3
+    )

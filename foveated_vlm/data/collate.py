@@ -20,12 +20,17 @@ class VideoCaptionCollator:
         processor: the :class:`FoveatedVLMProcessor`.
         with_captions: add ``labels`` (training, validation); False for generation.
         with_targets: add ``prediction_targets [B, T, C, h, w]`` (cached ones when every item has them).
+        with_layout: add ``video_layout`` (frame and caption positions as index tensors, computed here in the
+            worker) so that the training forward runs without host synchronisation; False for ``generate``.
     """
 
-    def __init__(self, processor, with_captions: bool = True, with_targets: bool = True):
+    def __init__(
+        self, processor, with_captions: bool = True, with_targets: bool = True, with_layout: bool = True
+    ):
         self.processor = processor
         self.with_captions = with_captions
         self.with_targets = with_targets
+        self.with_layout = with_layout
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> BatchFeature:
         if not items:
@@ -39,7 +44,10 @@ class VideoCaptionCollator:
             else:
                 kwargs["return_targets"] = True
         return self.processor(
-            text=[item["prompt"] for item in items], videos=[item["frames"] for item in items], **kwargs
+            text=[item["prompt"] for item in items],
+            videos=[item["frames"] for item in items],
+            return_video_layout=self.with_layout,
+            **kwargs,
         )
 
 

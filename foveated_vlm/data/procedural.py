@@ -115,8 +115,19 @@ MOTION_OPTIONS: dict[str, str] = {
     BOUNCING: "it bounces around",
     STATIC: "it stays still",
 }
-NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
-                                 "nine", "ten")
+NUMBER_WORDS: tuple[str, ...] = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+)
 MCQ_NUM_OPTIONS = 4
 MCQ_GENERIC_ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "motion")
 
@@ -235,8 +246,9 @@ class ProceduralVideoConfig:
             _check_fraction(name, getattr(self, name), open_low=False, open_high=False)
         _check_fraction("heldout_fraction", self.heldout_fraction, open_low=True, open_high=True)
         _check_fraction("min_visible_fraction", self.min_visible_fraction, open_low=True, open_high=False)
-        _check_fraction("occluder_width_fraction", self.occluder_width_fraction, open_low=True,
-                        open_high=False)
+        _check_fraction(
+            "occluder_width_fraction", self.occluder_width_fraction, open_low=True, open_high=False
+        )
         _check_vocabulary("colours", self.colours, COLOURS)
         _check_vocabulary("shapes", self.shapes, SHAPES)
         _check_vocabulary("motions", self.motions, MOTIONS)
@@ -245,13 +257,17 @@ class ProceduralVideoConfig:
         max_objects = 1 + self.num_other_moving[1] + self.num_distractors[1]
         max_pairs = len(self.colours) * len(self.shapes)
         if max_objects > min(max_pairs, len(NUMBER_WORDS) - 1):
-            raise ValueError(f"num_distractors/num_other_moving allow {max_objects} objects per clip, more than "
-                             f"min({max_pairs} distinct (colour, shape) pairs, {len(NUMBER_WORDS) - 1})")
+            raise ValueError(
+                f"num_distractors/num_other_moving allow {max_objects} objects per clip, more than "
+                f"min({max_pairs} distinct (colour, shape) pairs, {len(NUMBER_WORDS) - 1})"
+            )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
 
 
-def _check_range(name: str, value: Any, low: float, high: float | None = None, open_low: bool = False) -> None:
+def _check_range(
+    name: str, value: Any, low: float, high: float | None = None, open_low: bool = False
+) -> None:
     """Raise ValueError unless ``value`` is a (min, max) pair with low <= min <= max <= high."""
     if not isinstance(value, tuple) or len(value) != 2:
         raise ValueError(f"{name} must be a (min, max) tuple, got {value!r}")
@@ -309,8 +325,11 @@ def parse_caption(text: str) -> dict[str, str | None]:
     words = normalized.split()
     colour = next((word for word in words if word in COLOUR_RGB), None)
     shape = next((word for word in words if word in SHAPES), None)
-    hits = [(match.start(), motion) for motion, pattern in _MOTION_PATTERNS
-            if (match := pattern.search(normalized)) is not None]
+    hits = [
+        (match.start(), motion)
+        for motion, pattern in _MOTION_PATTERNS
+        if (match := pattern.search(normalized)) is not None
+    ]
     motion = min(hits)[1] if hits else None
     return {"colour": colour, "shape": shape, "motion": motion}
 
@@ -342,8 +361,10 @@ def split_triples(config: ProceduralVideoConfig) -> tuple[tuple[Triple, ...], tu
             for position, value in enumerate(triple):
                 remaining[position][value] -= 1
     if len(heldout) < num_heldout:
-        raise ValueError(f"heldout_fraction={config.heldout_fraction} is too large: only {len(heldout)} of "
-                         f"{len(triples)} triples can be held out while every value stays in training")
+        raise ValueError(
+            f"heldout_fraction={config.heldout_fraction} is too large: only {len(heldout)} of "
+            f"{len(triples)} triples can be held out while every value stays in training"
+        )
     train = tuple(triple for triple in triples if triple not in heldout)
     return train, tuple(triple for triple in triples if triple in heldout)
 
@@ -382,8 +403,13 @@ class SceneObject:
 
     def as_dict(self) -> dict[str, Any]:
         """Public description: colour, shape, size ("small"/"large"), motion, side in pixels."""
-        return {"colour": self.colour, "shape": self.shape, "size": self.size, "motion": self.motion,
-                "side": float(self.side)}
+        return {
+            "colour": self.colour,
+            "shape": self.shape,
+            "size": self.size,
+            "motion": self.motion,
+            "side": float(self.side),
+        }
 
 
 @dataclass(frozen=True)
@@ -444,9 +470,18 @@ def sample_text(config: ProceduralVideoConfig, split: str, index: int) -> ClipTe
     triples = triples_for_split(config, split)
     colour, shape, motion = triples[int(rng.integers(len(triples)))]
     named = motion == STATIC or bool(rng.random() < config.named_object_fraction)
-    return ClipText(split=split, index=int(index), colour=colour, shape=shape, motion=motion,
-                    size=_pick(rng, SIZES), named=named, prompt=_sample_prompt(rng, named, colour, shape),
-                    caption=caption_for(colour, shape, motion), mcq=_multiple_choice(rng, colour, shape, motion, named))
+    return ClipText(
+        split=split,
+        index=int(index),
+        colour=colour,
+        shape=shape,
+        motion=motion,
+        size=_pick(rng, SIZES),
+        named=named,
+        prompt=_sample_prompt(rng, named, colour, shape),
+        caption=caption_for(colour, shape, motion),
+        mcq=_multiple_choice(rng, colour, shape, motion, named),
+    )
 
 
 def sample_scene(config: ProceduralVideoConfig, split: str, index: int) -> Scene:
@@ -454,22 +489,33 @@ def sample_scene(config: ProceduralVideoConfig, split: str, index: int) -> Scene
     text = sample_text(config, split, index)
     rng = clip_streams(config, split, index)[1]
     num_distractors = int(rng.integers(config.num_distractors[0], config.num_distractors[1] + 1))
-    num_other = int(rng.integers(config.num_other_moving[0], config.num_other_moving[1] + 1)) if text.named else 0
+    num_other = (
+        int(rng.integers(config.num_other_moving[0], config.num_other_moving[1] + 1)) if text.named else 0
+    )
     pairs = _sample_pairs(rng, config, (text.colour, text.shape), num_distractors + num_other)
     moving_motions = [m for m in config.motions if m != STATIC]
 
-    target = _make_object(rng, config, text.colour, text.shape, text.motion, layer=num_distractors + num_other,
-                          size=text.size)
-    others = [_make_object(rng, config, c, s, _pick(rng, moving_motions), layer=num_distractors + i)
-              for i, (c, s) in enumerate(pairs[num_distractors:])]
+    target = _make_object(
+        rng, config, text.colour, text.shape, text.motion, layer=num_distractors + num_other, size=text.size
+    )
+    others = [
+        _make_object(rng, config, c, s, _pick(rng, moving_motions), layer=num_distractors + i)
+        for i, (c, s) in enumerate(pairs[num_distractors:])
+    ]
     statics = _place_statics(rng, config, pairs[:num_distractors], avoid=[_swept_box(target)])
     objects = [*statics, *others, target]
     order = rng.permutation(len(objects))
     objects = [objects[i] for i in order]
     target_index = int(np.flatnonzero(order == len(order) - 1)[0])
-    return Scene(text=text, objects=tuple(objects), target_index=target_index,
-                 qa=_question_answers(target, objects, text.named), occluder=_sample_occluder(rng, config, target),
-                 camera=_sample_camera(rng, config, objects), background_seed=int(rng.integers(2**SEED_BITS)))
+    return Scene(
+        text=text,
+        objects=tuple(objects),
+        target_index=target_index,
+        qa=_question_answers(target, objects, text.named),
+        occluder=_sample_occluder(rng, config, target),
+        camera=_sample_camera(rng, config, objects),
+        background_seed=int(rng.integers(2**SEED_BITS)),
+    )
 
 
 def _pick(rng: np.random.Generator, values: tuple[str, ...] | list[str]) -> str:
@@ -477,21 +523,31 @@ def _pick(rng: np.random.Generator, values: tuple[str, ...] | list[str]) -> str:
     return values[int(rng.integers(len(values)))]
 
 
-def _sample_pairs(rng: np.random.Generator, config: ProceduralVideoConfig, target_pair: tuple[str, str],
-                  count: int) -> list[tuple[str, str]]:
+def _sample_pairs(
+    rng: np.random.Generator, config: ProceduralVideoConfig, target_pair: tuple[str, str], count: int
+) -> list[tuple[str, str]]:
     """``count`` distinct (colour, shape) pairs, none equal to the target's."""
     pairs = [pair for pair in itertools.product(config.colours, config.shapes) if pair != target_pair]
     chosen = rng.choice(len(pairs), size=count, replace=False)
     return [pairs[i] for i in chosen]
 
 
-def _make_object(rng: np.random.Generator, config: ProceduralVideoConfig, colour: str, shape: str,
-                 motion: str, layer: int, size: str | None = None) -> SceneObject:
+def _make_object(
+    rng: np.random.Generator,
+    config: ProceduralVideoConfig,
+    colour: str,
+    shape: str,
+    motion: str,
+    layer: int,
+    size: str | None = None,
+) -> SceneObject:
     """An object with the given (else a random) size and a path that realises ``motion``."""
     size = size if size is not None else _pick(rng, SIZES)
     side = _sample_side(rng, config, size)
     path = _sample_path(rng, config, motion, side)
-    return SceneObject(colour=colour, shape=shape, size=size, motion=motion, side=side, path=path, layer=layer)
+    return SceneObject(
+        colour=colour, shape=shape, size=size, motion=motion, side=side, path=path, layer=layer
+    )
 
 
 def _sample_side(rng: np.random.Generator, config: ProceduralVideoConfig, size: str) -> float:
@@ -500,8 +556,9 @@ def _sample_side(rng: np.random.Generator, config: ProceduralVideoConfig, size: 
     return max(MIN_OBJECT_PIXELS, float(rng.uniform(low, high)) * config.image_size)
 
 
-def _sample_path(rng: np.random.Generator, config: ProceduralVideoConfig, motion: str,
-                 side: float) -> np.ndarray:
+def _sample_path(
+    rng: np.random.Generator, config: ProceduralVideoConfig, motion: str, side: float
+) -> np.ndarray:
     """Top-left corner per frame, shape [T, 2] (x, y), inside the world frame [0, image_size - side]."""
     if motion in LINEAR_MOTIONS:
         return _linear_path(rng, config, motion, side)
@@ -511,8 +568,9 @@ def _sample_path(rng: np.random.Generator, config: ProceduralVideoConfig, motion
     return np.repeat(rng.uniform(0.0, room, size=(1, 2)), config.num_frames, axis=0)
 
 
-def _linear_path(rng: np.random.Generator, config: ProceduralVideoConfig, motion: str,
-                 side: float) -> np.ndarray:
+def _linear_path(
+    rng: np.random.Generator, config: ProceduralVideoConfig, motion: str, side: float
+) -> np.ndarray:
     """Constant-velocity path along one axis in the motion's direction; shape [T, 2]."""
     axis, sign = LINEAR_MOTIONS[motion]
     steps = config.num_frames - 1
@@ -555,8 +613,12 @@ def _boxes_overlap(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
 
 
-def _place_statics(rng: np.random.Generator, config: ProceduralVideoConfig, pairs: list[tuple[str, str]],
-                   avoid: list[np.ndarray]) -> list[SceneObject]:
+def _place_statics(
+    rng: np.random.Generator,
+    config: ProceduralVideoConfig,
+    pairs: list[tuple[str, str]],
+    avoid: list[np.ndarray],
+) -> list[SceneObject]:
     """Static distractors, placed (best effort) off the target's path and off each other."""
     occupied = list(avoid)
     objects = []
@@ -571,8 +633,9 @@ def _place_statics(rng: np.random.Generator, config: ProceduralVideoConfig, pair
     return objects
 
 
-def _sample_occluder(rng: np.random.Generator, config: ProceduralVideoConfig,
-                     target: SceneObject) -> np.ndarray | None:
+def _sample_occluder(
+    rng: np.random.Generator, config: ProceduralVideoConfig, target: SceneObject
+) -> np.ndarray | None:
     """With occlusion_probability, a full-length grey bar across the middle of a moving target's path:
     vertical for horizontal or bouncing motion, horizontal for vertical motion. World [x0, y0, x1, y1]."""
     if target.motion == STATIC or rng.random() >= config.occlusion_probability:
@@ -585,14 +648,17 @@ def _sample_occluder(rng: np.random.Generator, config: ProceduralVideoConfig,
     return box
 
 
-def _sample_camera(rng: np.random.Generator, config: ProceduralVideoConfig,
-                   objects: list[SceneObject]) -> np.ndarray:
+def _sample_camera(
+    rng: np.random.Generator, config: ProceduralVideoConfig, objects: list[SceneObject]
+) -> np.ndarray:
     """Camera offset per frame, shape [T, 2]: zero, or a constant-velocity pan in a random direction."""
     camera = np.zeros((config.num_frames, 2))
     if rng.random() >= config.camera_pan_probability:
         return camera
     speed = float(rng.uniform(*config.camera_pan_speed_range)) * config.image_size
-    linear_speeds = [np.abs(np.diff(obj.path, axis=0)).max() for obj in objects if obj.motion in LINEAR_MOTIONS]
+    linear_speeds = [
+        np.abs(np.diff(obj.path, axis=0)).max() for obj in objects if obj.motion in LINEAR_MOTIONS
+    ]
     if linear_speeds:
         speed = min(speed, MAX_PAN_TO_OBJECT_SPEED * float(min(linear_speeds)))
     angle = float(rng.uniform(0.0, 2.0 * math.pi))
@@ -607,7 +673,9 @@ def _sample_prompt(rng: np.random.Generator, named: bool, colour: str, shape: st
     return _pick(rng, NAMED_PROMPTS).format(colour=colour, shape=shape)
 
 
-def _question_answers(target: SceneObject, objects: list[SceneObject], named: bool) -> tuple[dict[str, str], ...]:
+def _question_answers(
+    target: SceneObject, objects: list[SceneObject], named: bool
+) -> tuple[dict[str, str], ...]:
     """Short-answer questions about the clip, each {"question", "answer"} (lower case)."""
     name = f"{target.colour} {target.shape}"
     num_moving = sum(obj.motion != STATIC for obj in objects)
@@ -619,13 +687,17 @@ def _question_answers(target: SceneObject, objects: list[SceneObject], named: bo
         {"question": "how many objects move?", "answer": NUMBER_WORDS[num_moving]},
     ]
     if not named:
-        qa = [{"question": "what colour is the moving object?", "answer": target.colour},
-              {"question": "what shape is the moving object?", "answer": target.shape}, *qa]
+        qa = [
+            {"question": "what colour is the moving object?", "answer": target.colour},
+            {"question": "what shape is the moving object?", "answer": target.shape},
+            *qa,
+        ]
     return tuple(qa)
 
 
-def _multiple_choice(rng: np.random.Generator, colour: str, shape: str, motion: str,
-                     named: bool) -> dict[str, Any]:
+def _multiple_choice(
+    rng: np.random.Generator, colour: str, shape: str, motion: str, named: bool
+) -> dict[str, Any]:
     """One MVBench-style question: {"question", "options" (4 distinct), "answer_index", "attribute"}.
 
     Generic clips ask about the moving object's colour, shape or motion; named clips about the named
@@ -643,8 +715,12 @@ def _multiple_choice(rng: np.random.Generator, colour: str, shape: str, motion: 
     options = [correct, *(wrong[i] for i in rng.choice(len(wrong), size=MCQ_NUM_OPTIONS - 1, replace=False))]
     order = rng.permutation(MCQ_NUM_OPTIONS)
     options = [options[i] for i in order]
-    return {"question": question, "options": options, "answer_index": int(np.flatnonzero(order == 0)[0]),
-            "attribute": attribute}
+    return {
+        "question": question,
+        "options": options,
+        "answer_index": int(np.flatnonzero(order == 0)[0]),
+        "attribute": attribute,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -678,8 +754,15 @@ def render_scene(scene: Scene, config: ProceduralVideoConfig) -> tuple[np.ndarra
     return frames, boxes, visible
 
 
-def _draw_object(frames: np.ndarray, labels: np.ndarray, shape: str, corners: np.ndarray, side: float,
-                 rgb: tuple[int, int, int], label: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+def _draw_object(
+    frames: np.ndarray,
+    labels: np.ndarray,
+    shape: str,
+    corners: np.ndarray,
+    side: float,
+    rgb: tuple[int, int, int],
+    label: int,
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """Paint one object in every frame at once.
 
     Args:
@@ -736,7 +819,7 @@ def _background_frames(seed: int, camera: np.ndarray, size: int) -> np.ndarray:
     offsets -= offsets.min(axis=0)
     extent = offsets.max(axis=0)
     texture = _background_texture(np.random.default_rng(seed), size + int(extent[1]), size + int(extent[0]))
-    return np.stack([texture[oy:oy + size, ox:ox + size] for ox, oy in offsets])
+    return np.stack([texture[oy : oy + size, ox : ox + size] for ox, oy in offsets])
 
 
 def _background_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -820,8 +903,9 @@ class ProceduralVideoDataset:
     DataLoader; note K (objects per clip) varies, so batch ``boxes``/``visible`` with a custom collate.
     """
 
-    def __init__(self, split: str = "train", num_clips: int = 1000,
-                 config: ProceduralVideoConfig | None = None) -> None:
+    def __init__(
+        self, split: str = "train", num_clips: int = 1000, config: ProceduralVideoConfig | None = None
+    ) -> None:
         _split_id(split)
         if not isinstance(num_clips, int) or num_clips < 0:
             raise ValueError(f"num_clips must be a non-negative int, got {num_clips!r}")
@@ -835,7 +919,9 @@ class ProceduralVideoDataset:
 
     def _check_index(self, index: int) -> int:
         if not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_clips:
-            raise ClipIndexError(f"clip index {index!r} out of range for {self.split} split of {self.num_clips}")
+            raise ClipIndexError(
+                f"clip index {index!r} out of range for {self.split} split of {self.num_clips}"
+            )
         return int(index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -850,25 +936,46 @@ class ProceduralVideoDataset:
 
 
 HF_METADATA_COLUMNS: dict[str, str] = {
-    "clip_id": "string", "split": "string", "index": "int64", "prompt": "string", "caption": "string",
-    "colour": "string", "shape": "string", "motion": "string", "size": "string", "named": "bool",
+    "clip_id": "string",
+    "split": "string",
+    "index": "int64",
+    "prompt": "string",
+    "caption": "string",
+    "colour": "string",
+    "shape": "string",
+    "motion": "string",
+    "size": "string",
+    "named": "bool",
 }
 """Stored columns of ``as_hf_dataset`` and their ``datasets.Value`` dtypes."""
 
 
 def _metadata_row(text: ClipText) -> dict[str, Any]:
     """The stored (non-pixel) columns of one clip in ``as_hf_dataset``."""
-    return {"clip_id": text.clip_id, "split": text.split, "index": text.index, "prompt": text.prompt,
-            "caption": text.caption, "colour": text.colour, "shape": text.shape, "motion": text.motion,
-            "size": text.size, "named": text.named}
+    return {
+        "clip_id": text.clip_id,
+        "split": text.split,
+        "index": text.index,
+        "prompt": text.prompt,
+        "caption": text.caption,
+        "colour": text.colour,
+        "shape": text.shape,
+        "motion": text.motion,
+        "size": text.size,
+        "named": text.named,
+    }
 
 
 def _render_batch(batch: dict[str, list[Any]], config: ProceduralVideoConfig) -> dict[str, list[Any]]:
     """``with_transform`` hook: add the rendered fields of every clip in a batch of metadata rows."""
-    clips = [make_clip(config, split, int(index)) for split, index in zip(batch["split"], batch["index"],
-                                                                          strict=True)]
-    rendered = {key: [clip[key] for clip in clips]
-                for key in ("frames", "boxes", "visible", "target_index", "objects", "qa", "mcq")}
+    clips = [
+        make_clip(config, split, int(index))
+        for split, index in zip(batch["split"], batch["index"], strict=True)
+    ]
+    rendered = {
+        key: [clip[key] for clip in clips]
+        for key in ("frames", "boxes", "visible", "target_index", "objects", "qa", "mcq")
+    }
     return {**batch, **rendered}
 
 

@@ -127,6 +127,11 @@ class TrainSection:
     clip_grad: float = 1.0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    compile: bool = False
+    """Regional ``torch.compile`` of the encoder layers, LLM decoder layers and prediction heads."""
+    cuda_graph: bool = False
+    """Replay each optimizer step as one CUDA graph per batch shape (CUDA, one process, ``grad_accum`` 1, no
+    gradient checkpointing); needs static batch shapes to pay off (fixed ``data.num_frames``)."""
     freeze_encoder: bool = False
     lora: LoraSection = field(default_factory=LoraSection)
     eval_every: int = 200
@@ -187,6 +192,11 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.train.warmup_steps < 0 or self.train.num_workers < 0 or self.train.clip_grad < 0:
             raise ValueError("train.warmup_steps, train.num_workers and train.clip_grad must be >= 0")
+        if self.train.cuda_graph and (self.train.grad_accum != 1 or self.train.gradient_checkpointing):
+            raise ValueError(
+                "train.cuda_graph captures one whole optimizer step: it needs train.grad_accum 1 and "
+                "train.gradient_checkpointing off"
+            )
         if self.data.kind != "procedural" and not self.data.path:
             raise ValueError(f"data.path is required for data.kind={self.data.kind!r}")
         if self.data.fps is not None and self.data.fps <= 0:

@@ -41,7 +41,7 @@ def caption_clips(model, processor, dataset, batch_size: int, max_new_tokens: in
     """Greedy captions of every clip: ``[{"clip_id", "prompt", "reference", "generated"}]``."""
     from tqdm.auto import tqdm
 
-    collator = VideoCaptionCollator(processor, with_captions=False, with_targets=False)
+    collator = VideoCaptionCollator(processor, with_captions=False, with_targets=False, with_layout=False)
     results = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="captioning held-out clips"):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]

@@ -161,11 +161,16 @@ def parameter_groups(model: nn.Module, config: TrainingConfig) -> list[dict[str,
 
 
 def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW over :func:`parameter_groups`."""
+    """AdamW over :func:`parameter_groups`: fused on a GPU; capturable with tensor learning rates for CUDA graphs."""
     groups = parameter_groups(model, config)
     if not groups:
         raise ValueError("the model has no trainable parameter")
-    return torch.optim.AdamW(groups)
+    device = groups[0]["params"][0].device
+    if config.train.cuda_graph:
+        for group in groups:
+            group["lr"] = torch.tensor(group["lr"], device=device)
+        return torch.optim.AdamW(groups, fused=True, capturable=True)
+    return torch.optim.AdamW(groups, fused=device.type == "cuda")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):

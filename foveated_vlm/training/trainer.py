@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from .modeling import (
     export_model,
     prepare_for_training,
 )
+from .speed import GraphedTrainStep, compile_regions
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def make_accelerator(config: TrainingConfig):
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import AutocastKwargs, DistributedDataParallelKwargs
 
     AcceleratorState._reset_state(reset_partial_state=False)
     report_to = config.train.report_to
@@ -95,7 +97,9 @@ def make_accelerator(config: TrainingConfig):
         log_with=report_to if report_to not in (None, "none", []) else None,
         project_dir=config.output_dir,
         kwargs_handlers=[
-            DistributedDataParallelKwargs(find_unused_parameters=config.train.ddp_find_unused_parameters)
+            DistributedDataParallelKwargs(find_unused_parameters=config.train.ddp_find_unused_parameters),
+            # CUDA graph capture cannot keep autocast's cache of cast weights across the captured region
+            AutocastKwargs(cache_enabled=not config.train.cuda_graph),
         ],
     )
 
@@ -162,7 +166,7 @@ def _learning_rates(optimizer) -> dict[str, float]:
     """Current learning rate of each parameter group family (``lr_new``, ``lr_encoder``, ``lr_llm``)."""
     rates = {}
     for group in optimizer.param_groups:
-        rates.setdefault(f"lr_{group['name'].removesuffix('_no_decay')}", group["lr"])
+        rates.setdefault(f"lr_{group['name'].removesuffix('_no_decay')}", float(group["lr"]))
     return rates
 
 
@@ -185,6 +189,7 @@ class _Run:
     log: JsonlLog
     start_step: int
     samples_per_step: int
+    graphed_step: GraphedTrainStep | None = None
 
     @property
     def train(self):
@@ -208,6 +213,10 @@ def _setup(config: TrainingConfig, resume: str | None) -> _Run:
     datasets = build_datasets(config, processor, model.config, accelerator)
     model = prepare_for_training(model, config)
     model.train()
+    _check_cuda_graph(config, accelerator)
+    model.to(accelerator.device)  # before the optimizer: fused AdamW needs its parameters on the GPU
+    if train.compile:
+        compile_regions(model)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -222,7 +231,7 @@ def _setup(config: TrainingConfig, resume: str | None) -> _Run:
     if accelerator.log_with:
         accelerator.init_trackers(TRACKER_PROJECT, config=flat_config(config))
     samples_per_step = train.batch_size * train.grad_accum * accelerator.num_processes
-    return _Run(
+    run = _Run(
         config,
         accelerator,
         model,
@@ -234,6 +243,17 @@ def _setup(config: TrainingConfig, resume: str | None) -> _Run:
         start_step,
         samples_per_step,
     )
+    if train.cuda_graph:
+        run.graphed_step = GraphedTrainStep(partial(_captured_step, run), accelerator.device)
+    return run
+
+
+def _check_cuda_graph(config: TrainingConfig, accelerator) -> None:
+    if config.train.cuda_graph and (accelerator.device.type != "cuda" or accelerator.num_processes != 1):
+        raise ValueError(
+            f"train.cuda_graph needs one CUDA process, got {accelerator.num_processes} process(es) on "
+            f"{accelerator.device.type}"
+        )
 
 
 def _loaders(run: _Run):
@@ -261,21 +281,41 @@ def _loaders(run: _Run):
     return training, validation
 
 
+def _forward_backward(run: _Run, batch, loss_scale: float) -> torch.Tensor:
+    """Forward (no logits beyond the last position: the losses never need them) and backward of one batch."""
+    output = run.model(**batch, logits_to_keep=1)
+    run.accelerator.backward(output.loss * loss_scale)
+    return _step_losses(output)
+
+
+def _update(run: _Run) -> None:
+    if run.train.clip_grad:
+        run.accelerator.clip_grad_norm_(run.model.parameters(), run.train.clip_grad)
+    run.optimizer.step()
+
+
+def _captured_step(run: _Run, batch) -> torch.Tensor:
+    """A whole optimizer step for :class:`GraphedTrainStep`: gradients zeroed in place, so they stay put."""
+    run.optimizer.zero_grad(set_to_none=False)
+    losses = _forward_backward(run, batch, 1.0)
+    _update(run)
+    return losses
+
+
 def _optimizer_step(run: _Run, batches, running: torch.Tensor) -> None:
     """One optimizer step over ``grad_accum`` micro-batches; adds their detached losses to ``running``."""
     accelerator, train, model = run.accelerator, run.train, run.model
-    for micro in range(train.grad_accum):
-        batch = next(batches).to(accelerator.device)
-        last_micro = micro == train.grad_accum - 1
-        with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
-            output = model(**batch)
-            accelerator.backward(output.loss / train.grad_accum)
-        running += _step_losses(output)
-    if train.clip_grad:
-        accelerator.clip_grad_norm_(model.parameters(), train.clip_grad)
-    run.optimizer.step()
+    if run.graphed_step is not None:
+        running += run.graphed_step(next(batches))
+    else:
+        for micro in range(train.grad_accum):
+            batch = next(batches).to(accelerator.device)
+            last_micro = micro == train.grad_accum - 1
+            with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
+                running += _forward_backward(run, batch, 1.0 / train.grad_accum)
+        _update(run)
+        run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
 
 
 def _log_train(

@@ -1,0 +1,83 @@
+"""Speed levers of the training step: batch signatures, static copies, and the captured step (GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from foveated_vlm.training.speed import GraphedTrainStep, batch_signature, clone_to
+from layout_foveated import VideoLayout
+
+
+def _layout(frames: int, padded: bool = False) -> VideoLayout:
+    index = torch.arange(frames)
+    return VideoLayout(index, index == 0, index + 3, index + 2, padded=padded)
+
+
+def _batch(frames: int = 4, padded: bool = False) -> dict:
+    return {
+        "input_ids": torch.zeros(1, frames + 5, dtype=torch.long),
+        "video_layout": _layout(frames, padded),
+    }
+
+
+def test_signature_changes_with_shapes_dtypes_and_flags_only():
+    assert batch_signature(_batch()) == batch_signature(_batch())
+    assert batch_signature(_batch()) != batch_signature(_batch(frames=5))
+    assert batch_signature(_batch()) != batch_signature(_batch(padded=True))
+    half = {**_batch(), "input_ids": torch.zeros(1, 9, dtype=torch.int32)}
+    assert batch_signature(_batch()) != batch_signature(half)
+
+
+def test_clone_to_copies_every_tensor_including_the_layout():
+    batch = _batch()
+    copy = clone_to(batch, torch.device("cpu"))
+    assert copy["input_ids"] is not batch["input_ids"]
+    assert copy["video_layout"].slot_index.data_ptr() != batch["video_layout"].slot_index.data_ptr()
+    assert torch.equal(copy["video_layout"].slot_index, batch["video_layout"].slot_index)
+    assert copy["video_layout"].padded is False
+
+
+def test_graphed_step_refuses_the_cpu():
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        GraphedTrainStep(lambda batch: torch.zeros(()), torch.device("cpu"))
+
+
+@pytest.mark.gpu
+def test_graphed_training_steps_equal_eager_steps(make_model, random_video):
+    """Same weights after the same steps, whether replayed from a CUDA graph or run eagerly."""
+    device = torch.device("cuda")
+
+    def train(graphed: bool) -> tuple[list[float], torch.Tensor]:
+        model, processor = make_model()
+        model.to(device).train()
+        assert model.config.previous_target_dropout == 0.0  # the tiny config draws no random numbers
+        assert model.config.vision_config.pos_embed_rescale is None
+        parameters = list(model.parameters())
+        optimizer = torch.optim.AdamW(
+            parameters, lr=torch.tensor(1e-3, device=device), capturable=True, fused=True
+        )
+        batch = processor(
+            text=["describe"],
+            videos=[random_video(4)],
+            captions=["a square"],
+            return_targets=True,
+            return_video_layout=True,
+        )
+        batch = {name: value.to(device) for name, value in batch.items()}
+
+        def step(inputs):
+            optimizer.zero_grad(set_to_none=False)
+            output = model(**inputs)
+            output.loss.backward()
+            optimizer.step()
+            return output.loss.detach()
+
+        runner = GraphedTrainStep(step, device, warmup_steps=2) if graphed else step
+        losses = [float(runner(batch)) for _ in range(6)]  # 2 eager, 1 captured, 3 replayed when graphed
+        return losses, torch.cat([p.detach().flatten() for p in parameters])
+
+    eager_losses, eager_weights = train(graphed=False)
+    graphed_losses, graphed_weights = train(graphed=True)
+    torch.testing.assert_close(graphed_losses, eager_losses, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(graphed_weights, eager_weights, rtol=1e-4, atol=1e-5)
