@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from eval import benchmark
 
 FLOP_TOLERANCE = 0.1  # analytic count vs torch's FLOP counter (elementwise work and input grads differ)
-AGREEMENT_TOLERANCE = 1e-4  # graphed streaming step vs FoveatedStream.step, float32 on the CPU
+AGREEMENT_TOLERANCE = 1e-5  # fast streaming step vs FoveatedStream.step, float32 on the CPU
 SUMMARY_ROWS = (
     "query pass vs re-encoding",
     "training, T = 4",
@@ -46,11 +47,29 @@ def test_tiny_run_reports_every_row(tiny_report):
     assert saved["long"]["new_tokens"] == benchmark.TINY_SETTINGS.new_tokens
 
 
-def test_graphed_stream_step_matches_library(tiny_report):
-    _, _, saved = tiny_report
-    errors = saved["stream"]["agreement_max_relative_error"]
-    assert set(errors) == {"predictions", "queries", "attention", "next_queries"}
-    assert max(errors.values()) < AGREEMENT_TOLERANCE, errors
+def test_fast_stream_step_matches_library(tiny_report):
+    _, markdown, saved = tiny_report
+    stream = saved["stream"]
+    for key in ("agreement_max_relative_error", "agreement_fused_max_relative_error"):
+        errors = stream[key]
+        assert set(errors) == {"predictions", "queries", "attention", "next_queries"}
+        assert max(errors.values()) < AGREEMENT_TOLERANCE, (key, errors)
+    assert not stream["errors"], stream["errors"]
+    variants = list(stream["variants"])
+    assert variants[0].startswith("library FoveatedStream.step (eager")
+    assert variants[1:] == list(benchmark.stream_variants(benchmark.TINY_SETTINGS, torch.device("cpu")))
+    assert len(variants) == 3 and "fused passes" in variants[2]
+    assert all(ms > 0 for ms in stream["variants"].values())
+    assert "| streaming | static caches, eager (CPU), fused passes" in markdown
+
+
+def test_long_video_captions_with_the_static_cache(tiny_report):
+    _, markdown, saved = tiny_report
+    long_video = saved["long"]
+    assert long_video["captions_equal"]  # float32 on the CPU: the static-cache greedy caption is generate's
+    assert long_video["caption_seconds"] > 0 and long_video["caption_generate_seconds"] > 0
+    assert long_video["seconds"] == pytest.approx(long_video["watch_seconds"] + long_video["caption_seconds"])
+    assert "static cache + CUDA graph per token; generate:" in markdown
 
 
 def test_dense_long_video_context_verdict():
@@ -78,8 +97,18 @@ def test_training_flops_match_flop_counter(tokenizer, mode):
     assert abs(benchmark.training_step_flops(config, batch, 1) / counted - 1) < FLOP_TOLERANCE
 
 
-def test_preprocess_on_device_matches_processor(tokenizer):
-    processor = benchmark.tiny_processor(benchmark.benchmark_config(tokenizer, True, "foveated"), tokenizer)
-    frames = torch.randint(0, 256, (3, 40, 56, 3), dtype=torch.uint8)
-    expected, _ = processor.preprocess_frames(frames.float() / 255.0)
-    torch.testing.assert_close(benchmark.preprocess_on_device(processor, frames), expected)
+def test_train_variant_filter_keeps_matching_rows_and_refuses_no_match():
+    cpu = torch.device("cpu")
+    every = benchmark.train_variants(benchmark.TINY_SETTINGS, cpu)
+    assert len(every) == 3  # the GPU-only levers are skipped on the CPU
+    kept = benchmark.train_variants(
+        dataclasses.replace(benchmark.TINY_SETTINGS, train_variants=("video_layout",)), cpu
+    )
+    assert [variant.name for variant in kept] == [every[-1].name]
+    gpu = benchmark.train_variants(benchmark.Settings(), torch.device("cuda"))
+    graphed = [variant.cuda_graph for variant in gpu]
+    region_graphs = [variant.compile_mode == "reduce-overhead" for variant in gpu]
+    assert any(graphed) and any(region_graphs)
+    assert max(i for i, g in enumerate(graphed) if g) < region_graphs.index(True)  # whole-step graphs first
+    with pytest.raises(ValueError, match="no training variant matches"):
+        benchmark.train_variants(dataclasses.replace(benchmark.TINY_SETTINGS, train_variants=("nope",)), cpu)
