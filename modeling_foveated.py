@@ -263,13 +263,18 @@ class FiLMPredictionHead(nn.Module):
     def forward(
         self, hidden: torch.Tensor, previous_target: torch.Tensor, query: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``hidden [N, H]``, ``previous_target [N, C, h, w]``, optional ``query [N, Q]`` -> ``[N, C, h, w]``."""
-        features = self.target_encoder(previous_target.to(hidden.dtype))
+        """``hidden [N, H]``, ``previous_target [N, C, h, w]``, optional ``query [N, Q]`` -> ``[N, C, h, w]``.
+
+        The convolutions run channels-last (the layout cuDNN's bf16 kernels use: no layout conversion of the
+        wide intermediate features); the prediction comes back contiguous.
+        """
+        previous = previous_target.to(hidden.dtype, memory_format=torch.channels_last)
+        features = self.target_encoder(previous)
         scale, shift = self.film(hidden).chunk(2, dim=-1)
         features = features * scale[..., None, None] + shift[..., None, None]
         if self.query_skip is not None and query is not None:
             features = features + self.query_skip(query.to(hidden.dtype))[..., None, None]
-        return self.target_decoder(features)
+        return self.target_decoder(features).contiguous()
 
 
 class FoveatedVLMPreTrainedModel(PreTrainedModel):

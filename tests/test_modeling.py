@@ -232,3 +232,16 @@ def test_model_rejects_inconsistent_inputs(make_model, random_video):
         model(**batch, inference_mode="fovea")
     with pytest.raises(ValueError, match="input_ids"):
         model(inputs_embeds=torch.zeros(1, 3, 48))
+
+
+def test_prediction_head_runs_channels_last_and_returns_a_contiguous_prediction(make_model):
+    model, _ = make_model()
+    head = model.fovea_prediction_head
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, model.config.text_config.hidden_size, generator=generator)
+    previous = torch.randn(3, model.config.target_channels, 8, 8, generator=generator)
+    scale, shift = head.film(hidden).chunk(2, dim=-1)
+    features = head.target_encoder(previous) * scale[..., None, None] + shift[..., None, None]
+    prediction = head(hidden, previous)
+    assert prediction.is_contiguous()
+    torch.testing.assert_close(prediction, head.target_decoder(features))
