@@ -30,6 +30,7 @@ import contextlib
 import gc
 import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -1114,7 +1115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(SEED)
     tokenizer = tiny_tokenizer()
     report: dict[str, Any] = {
-        "command": " ".join(["python -m eval.benchmark", *args.argv]),
+        "command": shlex.join(["python", "-m", "eval.benchmark", *args.argv]),
         "environment": environment(device),
         "settings": asdict(settings),
     }
