@@ -361,15 +361,28 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
         self.fovea_encoder.gradient_checkpointing = enable
         if enable:
-            self.language_model.gradient_checkpointing_enable({"use_reentrant": False})
+            self.language_model.activation_checkpointing_enable({"use_reentrant": False})
         else:
-            self.language_model.gradient_checkpointing_disable()
+            self.language_model.activation_checkpointing_disable()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
-        """Non-reentrant checkpointing of every encoder and LLM layer (reentrant + compile gives NaN)."""
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Non-reentrant checkpointing of every encoder and LLM layer (reentrant + compile gives NaN).
+
+        The layout is fixed: ``activation_checkpointing_kwargs`` other than ``use_reentrant=False``,
+        ``every_n_layers != 1`` and ``offload`` are refused rather than ignored.
+        """
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        if kwargs.pop("use_reentrant", False) or kwargs or every_n_layers != 1 or offload:
+            raise ValueError(
+                "FoveatedVLM checkpoints every encoder and LLM layer, non-reentrant, on the device; got "
+                f"activation_checkpointing_kwargs={activation_checkpointing_kwargs}, "
+                f"every_n_layers={every_n_layers}, offload={offload}"
+            )
         self._set_gradient_checkpointing(True)
 
-    def gradient_checkpointing_disable(self) -> None:
+    def activation_checkpointing_disable(self) -> None:
         self._set_gradient_checkpointing(False)
 
     def stream(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):

@@ -12,6 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from eval import benchmark
 
+pytestmark = pytest.mark.benchmark
+
 FLOP_TOLERANCE = 0.1  # analytic count vs torch's FLOP counter (elementwise work and input grads differ)
 AGREEMENT_TOLERANCE = 1e-5  # fast streaming step vs FoveatedStream.step, float32 on the CPU
 SUMMARY_ROWS = (

@@ -245,3 +245,18 @@ def test_prediction_head_runs_channels_last_and_returns_a_contiguous_prediction(
     prediction = head(hidden, previous)
     assert prediction.is_contiguous()
     torch.testing.assert_close(prediction, head.target_decoder(features))
+
+
+def test_activation_checkpointing_covers_both_models_and_refuses_other_layouts(make_model, random_video):
+    model, processor = make_model()
+    model.train().activation_checkpointing_enable()
+    assert model.fovea_encoder.gradient_checkpointing and model.language_model.is_activation_checkpointing
+    out = model(**_batch(processor, random_video))
+    out.loss.backward()
+    assert model.fovea_static_query.grad is not None
+    model.activation_checkpointing_disable()
+    assert not model.is_activation_checkpointing
+    with pytest.raises(ValueError, match="every_n_layers=2"):
+        model.activation_checkpointing_enable(every_n_layers=2)
+    with pytest.raises(ValueError, match="use_reentrant"):
+        model.activation_checkpointing_enable({"use_reentrant": True})

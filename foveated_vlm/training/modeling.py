@@ -113,7 +113,7 @@ def prepare_for_training(model: nn.Module, config: TrainingConfig) -> nn.Module:
     """LoRA, encoder freezing and gradient checkpointing as configured; returns the (maybe wrapped) model."""
     train = config.train
     if train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     if train.lora.enabled:
         model = apply_lora(model, train.lora)
     set_encoder_trainable(model, not train.freeze_encoder)
