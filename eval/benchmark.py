@@ -173,8 +173,9 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def count_host_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
-    """Host-device synchronisations during one call of ``fn`` (CUDA's sync debug mode); None on the CPU."""
+def host_sync_sites(fn: Callable[[], Any], device: torch.device) -> list[str] | None:
+    """``file:line`` of every host-device synchronisation during one call of ``fn`` (CUDA's sync debug mode);
+    None on the CPU."""
     if device.type != "cuda":
         return None
     _sync(device)
@@ -185,7 +186,9 @@ def count_host_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(warning.message) for warning in caught)
+    return [
+        f"{warning.filename}:{warning.lineno}" for warning in caught if "synchroniz" in str(warning.message)
+    ]
 
 
 def free_memory(device: torch.device) -> None:
@@ -611,7 +614,7 @@ def _run_train_variant(model, batch, variant, config, settings, device, peak_tfl
     optimizer = _optimizer(model, variant)
     step = train_step_fn(model, optimizer, batch, variant, device)
     times = time_calls(step, device, _warmup_steps(variant, settings), settings.train_repeats)
-    syncs = count_host_syncs(step, device)
+    syncs = host_sync_sites(step, device)
     loss = float(step())  # read back once, after timing
     step_ms = median(times)
     frames = int(batch["video_frame_mask"].sum())
@@ -624,7 +627,8 @@ def _run_train_variant(model, batch, variant, config, settings, device, peak_tfl
         "achieved_tflops": achieved,
         "mfu": achieved / peak_tflops if peak_tflops else None,
         "peak_memory_gib": peak_gib(device),
-        "host_syncs_per_step": syncs,
+        "host_syncs_per_step": None if syncs is None else len(syncs),
+        "host_sync_sites": syncs,
         "loss": loss,
     }
     del optimizer
