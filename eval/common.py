@@ -28,6 +28,7 @@ from foveated_vlm.data.targets import atomic_write_text, load_vae
 from foveated_vlm.metrics import bootstrap_ci, token_log_likelihoods
 from foveated_vlm.training.config import TrainingConfig, load_config
 from foveated_vlm.training.data import build_split
+from foveated_vlm.training.figures import save_figure
 from foveated_vlm.training.trainer import CONFIG_NAME, FINAL_DIR, LOG_NAME
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 from processing_foveated import FoveatedVLMProcessor
@@ -39,7 +40,6 @@ DEFAULT_SPLIT = "heldout"
 DEFAULT_BATCH_SIZE = 8
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DECIMALS = 4
-FIGURE_DPI = 120
 
 __all__ = [
     "CONFIG_NAME",
@@ -364,17 +364,6 @@ def write_report(out_dir: str | os.PathLike, report: dict[str, Any], markdown: s
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / REPORT_JSON, json.dumps(_json_safe(report), indent=2))
     atomic_write_text(out_dir / REPORT_MARKDOWN, markdown.rstrip() + "\n")
-
-
-def save_figure(figure, path: str | os.PathLike) -> None:
-    """Save a matplotlib figure atomically (PNG at ``FIGURE_DPI``) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    figure.savefig(temporary, dpi=FIGURE_DPI, bbox_inches="tight")
-    plt.close(figure)
-    os.replace(temporary, path)
 
 
 def pyplot():

@@ -20,8 +20,8 @@ def read_log(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def _save(figure, path: str | os.PathLike) -> None:
-    """Save a matplotlib figure atomically."""
+def save_figure(figure, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure atomically (PNG at ``FIGURE_DPI``) and close it."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
@@ -54,7 +54,7 @@ def plot_loss_curve(log_path: str | os.PathLike, out_path: str | os.PathLike) ->
         axis.set_title(f"{split} losses")
         axis.grid(alpha=0.3)
         axis.legend()
-    _save(figure, out_path)
+    save_figure(figure, out_path)
 
 
 def plot_attention_over_frames(
@@ -99,7 +99,7 @@ def plot_attention_over_frames(
                 if t == 0:
                     axis.text(-0.1, 0.5, label, transform=axis.transAxes, ha="right", va="center", fontsize=8)
         axes[3 * clip, 0].set_title(captions[clip], loc="left", fontsize=8)
-    _save(figure, out_path)
+    save_figure(figure, out_path)
 
 
-__all__ = ["plot_attention_over_frames", "plot_loss_curve", "read_log"]
+__all__ = ["plot_attention_over_frames", "plot_loss_curve", "read_log", "save_figure"]
