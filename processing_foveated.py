@@ -1,14 +1,17 @@
 """Processor of the foveated video-language model: chat-formatted text with one placeholder per frame, frames
 resized and normalised without torchvision, and next-frame prediction targets.
 
-A video is a ``[T, H, W, 3]`` uint8 array or tensor (or float in [0, 1]), a list of PIL images, or a path to a
-video file decoded with PyAV. Frames are resized (shorter side) and centre-cropped to ``image_size``.
+A video is a ``[T, H, W, 3]`` uint8 array or tensor (or float in [0, 1]), a list of PIL images, or an encoded
+video decoded with PyAV: a file path, the file's bytes, or a binary file object. Frames are resized (shorter
+side) and centre-cropped to ``image_size``.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -47,10 +50,24 @@ def add_video_tokens(tokenizer) -> dict[str, int]:
     return {token: tokenizer.convert_tokens_to_ids(token) for token in VIDEO_TOKENS}
 
 
+def is_encoded_video(video) -> bool:
+    """True for a video still to decode: a file path, encoded bytes or a binary file object (has ``read``)."""
+    return isinstance(video, (str, os.PathLike, bytes)) or hasattr(video, "read")
+
+
+def _video_name(source) -> str:
+    """How errors name an encoded video: its path, its file object's name, or its size in bytes."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes of video>"
+    return str(getattr(source, "name", "<binary file object>"))
+
+
 def load_video(
-    path: str | os.PathLike, num_frames: int | None = None, fps: float | None = None
+    source: str | os.PathLike | bytes | BinaryIO, num_frames: int | None = None, fps: float | None = None
 ) -> np.ndarray:
-    """Decode a video file with PyAV into ``[T, H, W, 3]`` uint8 frames.
+    """Decode a video (file path, encoded bytes or binary file object) with PyAV into ``[T, H, W, 3]`` uint8.
 
     Args:
         num_frames: sample this many frames uniformly over the whole video.
@@ -61,12 +78,19 @@ def load_video(
 
     if num_frames is not None and fps is not None:
         raise ValueError("give num_frames or fps, not both")
-    if not os.path.isfile(path):
-        raise ValueError(f"video file not found: {path}")
+    if not is_encoded_video(source):
+        raise ValueError(
+            f"load_video takes a path, bytes or a binary file object, got {type(source).__name__}"
+        )
+    name = _video_name(source)
+    if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
+        raise ValueError(f"video file not found: {name}")
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
     try:
-        with av.open(os.fspath(path)) as container:
+        with av.open(source if hasattr(source, "read") else os.fspath(source)) as container:
             if not container.streams.video:
-                raise ValueError(f"{path} has no video stream")
+                raise ValueError(f"{name} has no video stream")
             stream = container.streams.video[0]
             frames, times = [], []
             for frame in container.decode(stream):
@@ -75,9 +99,9 @@ def load_video(
                     float(frame.time) if frame.time is not None else len(times) / float(stream.average_rate)
                 )
     except av.error.FFmpegError as error:
-        raise ValueError(f"cannot decode video {path}: {error}") from error
+        raise ValueError(f"cannot decode video {name}: {error}") from error
     if not frames:
-        raise ValueError(f"video {path} holds no decodable frame")
+        raise ValueError(f"video {name} holds no decodable frame")
     return np.stack([frames[i] for i in sample_frame_indices(np.asarray(times), num_frames, fps)])
 
 
@@ -98,7 +122,7 @@ def sample_frame_indices(times: np.ndarray, num_frames: int | None, fps: float |
 
 def video_to_array(video, num_frames: int | None = None, fps: float | None = None) -> torch.Tensor:
     """Any supported video input -> ``[T, H, W, 3]`` float tensor in [0, 1], validated."""
-    if isinstance(video, (str, os.PathLike)):
+    if is_encoded_video(video):
         video = load_video(video, num_frames=num_frames, fps=fps)
     elif isinstance(video, (list, tuple)):
         if not video:
@@ -283,7 +307,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
             captions: optional answer per video; returned as ``labels`` (caption and end-of-turn supervised).
             return_targets: compute next-frame targets (VAE latents with ``vae``, else downsampled frames).
             prediction_targets: precomputed targets ``[T, C, h, w]`` per video instead.
-            num_frames / fps: sampling of videos given as file paths.
+            num_frames / fps: sampling of encoded videos (paths, bytes, file objects).
             return_video_layout: add ``video_layout``, the batch's frame and caption positions as index tensors
                 (:class:`VideoLayout`), so that the training forward runs without host synchronisation. Leave it
                 off for ``generate`` (it does not expand the layout for beams).
@@ -323,7 +347,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
 
     @staticmethod
     def _as_video_list(videos) -> list:
-        if isinstance(videos, (str, os.PathLike)) or _is_single_video(videos):
+        if is_encoded_video(videos) or _is_single_video(videos):
             return [videos]
         if isinstance(videos, (np.ndarray, torch.Tensor)):
             return list(videos)
@@ -423,6 +447,13 @@ def _is_single_video(videos) -> bool:
     return isinstance(videos, (list, tuple)) and bool(videos) and hasattr(videos[0], "convert")
 
 
-__all__ = ["FoveatedVLMProcessor", "add_video_tokens", "load_video", "sample_frame_indices", "video_to_array"]
+__all__ = [
+    "FoveatedVLMProcessor",
+    "add_video_tokens",
+    "is_encoded_video",
+    "load_video",
+    "sample_frame_indices",
+    "video_to_array",
+]
 
 FoveatedVLMProcessor.register_for_auto_class()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -127,6 +129,18 @@ def test_video_files_are_decoded_and_sampled(processor, tmp_path):
         load_video(corrupt)
     with pytest.raises(ValueError, match="not found"):
         load_video(tmp_path / "missing.mp4")
+    encoded = path.read_bytes()
+    with path.open("rb") as handle:
+        from_handle = load_video(handle, num_frames=5)
+    np.testing.assert_array_equal(from_handle, load_video(path, num_frames=5))
+    np.testing.assert_array_equal(load_video(encoded, fps=2), load_video(path, fps=2))
+    from_bytes = processor(text=["x", "y"], videos=[encoded, io.BytesIO(encoded)], num_frames=4)
+    torch.testing.assert_close(from_bytes["pixel_values_videos"][0], batch["pixel_values_videos"][0])
+    torch.testing.assert_close(from_bytes["pixel_values_videos"][1], batch["pixel_values_videos"][0])
+    with pytest.raises(ValueError, match="<1200 bytes of video>"):
+        load_video(corrupt.read_bytes())
+    with pytest.raises(ValueError, match="takes a path, bytes or a binary file object, got int"):
+        load_video(3)
 
 
 def test_frame_sampling_indices():
