@@ -73,3 +73,29 @@ def test_empty_batch_raises(setup):
     _, processor = setup
     with pytest.raises(ValueError, match="empty batch"):
         VideoCaptionCollator(processor)([])
+
+
+def test_drop_prompt_empties_every_prompt_and_keeps_the_rest(setup):
+    config, processor = setup
+    dropped = load_config(
+        "configs/smoke.yaml",
+        ["data.num_clips={train: 48, validation: 16, heldout: 48}", "data.drop_prompt=true"],
+    )
+    with_prompt = build_split(config, "heldout", processor)
+    without = build_split(dropped, "heldout", processor)
+    assert len(without) == len(with_prompt)
+    for index in (0, 5):
+        assert with_prompt[index]["prompt"] and without[index]["prompt"] == ""
+        assert without[index]["caption"] == with_prompt[index]["caption"]
+    batch = VideoCaptionCollator(processor)([without[i] for i in range(2)])
+    assert (
+        batch["input_ids"].shape[1]
+        < VideoCaptionCollator(processor)([with_prompt[i] for i in range(2)])["input_ids"].shape[1]
+    )
+
+
+def test_every_default_ablation_arm_is_a_valid_config():
+    from eval.ablations import DEFAULT_ARMS
+
+    for arm in DEFAULT_ARMS:
+        load_config("configs/smoke.yaml", arm.overrides)

@@ -75,6 +75,7 @@ class DataSection:
     (``path``: a ``datasets`` repository id, a local data directory or a ``save_to_disk`` directory).
     ``splits`` maps the roles ``train``/``validation``/``heldout`` to split names; for real data a role whose
     split does not exist is carved from ``train`` (``validation_fraction``, deterministic from ``seed``).
+    ``drop_prompt`` empties every clip's prompt in every role (the "no text conditioning" ablation).
     """
 
     kind: str = "procedural"
@@ -93,6 +94,7 @@ class DataSection:
     caption_column: str = "caption"
     prompt_column: str = "prompt"
     prompt: str = DEFAULT_PROMPT
+    drop_prompt: bool = False
     seed: int = 0
     procedural: dict[str, Any] = field(default_factory=dict)
     target_cache: bool | None = None

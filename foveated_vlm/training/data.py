@@ -57,6 +57,19 @@ def _clips_key(config: TrainingConfig, dataset, role: str) -> list[str]:
     return [f"{config.data.kind}:{config.data.path}:{role}", *(record.clip_id for record in dataset.records)]
 
 
+class WithoutPrompt(torch.utils.data.Dataset):
+    """A data set whose items have an empty ``prompt`` (``data.drop_prompt``: no text conditioning)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.dataset[index], "prompt": ""}
+
+
 def build_split(
     config: TrainingConfig,
     role: str,
@@ -68,8 +81,14 @@ def build_split(
     """The data set of one role (``train``, ``validation``, ``heldout``): items of frames, prompt, caption.
 
     Real data is decoded once by the target cache (or scanned, without one); unreadable clips are reported by
-    name with their count and left out. With the cache, items carry ``prediction_targets``.
+    name with their count and left out. With the cache, items carry ``prediction_targets``. With
+    ``data.drop_prompt`` every prompt is empty.
     """
+    dataset = _build_split(config, role, processor, target_source, accelerator, vae)
+    return WithoutPrompt(dataset) if config.data.drop_prompt else dataset
+
+
+def _build_split(config: TrainingConfig, role: str, processor, target_source: str, accelerator, vae):
     data = config.data
     split = data.splits.get(role, role)
     count = data.num_clips.get(role)
@@ -192,6 +211,7 @@ def eval_loader(dataset, collator, batch_size: int, num_replicas: int, rank: int
 
 __all__ = [
     "VideoCaptionCollator",
+    "WithoutPrompt",
     "build_datasets",
     "build_split",
     "eval_loader",
