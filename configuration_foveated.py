@@ -7,8 +7,20 @@ lives here, each documented where it is declared.
 
 from __future__ import annotations
 
-from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+import transformers
+from packaging.version import Version
+
+# The KV cache is passed and returned as ``cache`` (transformers 5.24 renamed ``past_key_values``): an older
+# LlamaModel would swallow the keyword and run without its cache, so refuse to load rather than decode wrongly.
+MIN_TRANSFORMERS_VERSION = "5.24.0"
+if Version(transformers.__version__) < Version(MIN_TRANSFORMERS_VERSION):
+    raise ImportError(
+        f"foveated-vlm needs transformers >= {MIN_TRANSFORMERS_VERSION}, found {transformers.__version__}: "
+        f"pip install -U 'transformers>={MIN_TRANSFORMERS_VERSION}'"
+    )
+
+from transformers import AutoConfig, PreTrainedConfig  # noqa: E402
+from transformers.configuration_utils import SubConfigSpec  # noqa: E402
 
 # Shapes of the public DINOv3 ViT-S/16 checkpoint, read at 256 px (16 x 16 = 256 patches).
 DINOV3_VITS16_SHAPES = {

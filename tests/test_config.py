@@ -264,3 +264,16 @@ def test_mean_pool_coarse_reading_averages_the_patch_states(make_model, random_v
     )
     _, static = _run(make_model, random_video)
     assert not torch.allclose(static.visual_tokens_coarse, out.visual_tokens_coarse)
+
+
+def test_transformers_older_than_the_cache_rename_is_refused_by_name(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "5.23.0")
+    path = Path(__file__).resolve().parents[1] / "configuration_foveated.py"
+    spec = importlib.util.spec_from_file_location("configuration_foveated_under_old_transformers", path)
+    with pytest.raises(ImportError, match=r"needs transformers >= 5\.24\.0, found 5\.23\.0"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
