@@ -114,3 +114,32 @@ def test_train_variant_filter_keeps_matching_rows_and_refuses_no_match():
     assert max(i for i, g in enumerate(graphed) if g) < region_graphs.index(True)  # whole-step graphs first
     with pytest.raises(ValueError, match="no training variant matches"):
         benchmark.train_variants(dataclasses.replace(benchmark.TINY_SETTINGS, train_variants=("nope",)), cpu)
+
+
+def test_frozen_encoder_diagnostic_trains_without_encoder_grads_and_is_never_the_headline(monkeypatch):
+    frozen = benchmark.TrainVariant("diagnostic: encoder frozen", fused_adamw=False, frozen_encoder=True)
+    plain = benchmark.TrainVariant("plain", fused_adamw=False)
+    monkeypatch.setattr(benchmark, "train_variants", lambda settings, device: [frozen, plain])
+    seen = []
+    real_step_fn = benchmark.train_step_fn
+
+    def recording_step_fn(model, optimizer, batch, variant, device):
+        step = real_step_fn(model, optimizer, batch, variant, device)
+        encoder = list(model.fovea_encoder.parameters())
+
+        def step_and_record():
+            loss = step()
+            seen.append((variant.name, all(not p.requires_grad for p in encoder)))
+            return loss
+
+        return step_and_record
+
+    monkeypatch.setattr(benchmark, "train_step_fn", recording_step_fn)
+    tokenizer = benchmark.tiny_tokenizer()
+    results = benchmark.bench_training(
+        "foveated", tokenizer, benchmark.TINY_SETTINGS, torch.device("cpu"), None, None
+    )
+    assert ("diagnostic: encoder frozen", True) in seen and ("plain", False) in seen
+    assert results["variants"]["diagnostic: encoder frozen"]["model_tflops_per_step"] is None
+    assert results["variants"]["plain"]["model_tflops_per_step"] > 0
+    assert results["best"]["name"] == "plain"
