@@ -34,6 +34,8 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
 
 COARSE, FINE = 0, 1  # rows of the learned mode embeddings
 KAIMING_SLOPE = 5**0.5  # torch.nn.Linear's own default initialisation
+# LLM attention kernels that attend causally when given no mask (eager and flex would attend both ways)
+CAUSAL_WITHOUT_MASK = ("sdpa", "flash_attention_2", "flash_attention_3")
 # Auto classes that resolve to this model when loaded with trust_remote_code.
 AUTO_MAP = {
     "AutoConfig": "configuration_foveated.FoveatedVLMConfig",
@@ -476,11 +478,19 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
     ):
         """The LLM's decoder stack (no LM head): returns its ``BaseModelOutputWithPast``.
 
-        Without mask, positions and cache (an unpadded training batch) the layers run purely causal attention
-        directly: the decoder's own mask preparation would search the default positions for packed sequences,
-        a host synchronisation in eager mode and a materialised ``[B, 1, L, L]`` mask under tracing or capture.
+        Without mask, positions and cache (an unpadded training batch), and with an attention kernel that is causal
+        without a mask (``CAUSAL_WITHOUT_MASK``), the layers run directly: the decoder's own mask preparation
+        would search the default positions for packed sequences, a host synchronisation in eager mode and a
+        materialised ``[B, 1, L, L]`` mask under tracing or capture.
         """
-        if attention_mask is None and position_ids is None and cache is None and not use_cache:
+        causal_kernel = self.language_model.config._attn_implementation in CAUSAL_WITHOUT_MASK
+        if (
+            attention_mask is None
+            and position_ids is None
+            and cache is None
+            and not use_cache
+            and causal_kernel
+        ):
             return self._run_causal_decoder(inputs_embeds)
         return self.language_model.model(
             inputs_embeds=inputs_embeds,

@@ -260,3 +260,18 @@ def test_activation_checkpointing_covers_both_models_and_refuses_other_layouts(m
         model.activation_checkpointing_enable(every_n_layers=2)
     with pytest.raises(ValueError, match="use_reentrant"):
         model.activation_checkpointing_enable({"use_reentrant": True})
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_unpadded_batch_attends_causally_with_every_attention_kernel(
+    make_model, random_video, implementation
+):
+    """The mask-free decoder path must equal the decoder's own masked path (eager attention needs the mask)."""
+    model, processor = make_model()
+    model.language_model.config._attn_implementation = implementation
+    inputs = processor(text=PROMPTS[:1], videos=[random_video(4)])
+    positions = torch.arange(inputs["input_ids"].shape[1]).unsqueeze(0)
+    with torch.no_grad():
+        direct = model(**inputs).logits
+        masked = model(**inputs, position_ids=positions).logits
+    torch.testing.assert_close(direct, masked)
