@@ -113,8 +113,8 @@ def _smoke_args(run, *settings: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "setting",
-    ["train.grad_accum=2", "train.gradient_checkpointing=true"],
-    ids=["accumulation", "checkpointing"],
+    ["train.grad_accum=2", "train.gradient_checkpointing=true", "train.mixed_precision=fp16"],
+    ids=["accumulation", "checkpointing", "fp16"],
 )
 def test_cuda_graph_refuses_what_one_captured_step_cannot_hold(tmp_path, setting):
     with pytest.raises(ValueError, match="train.cuda_graph captures one whole optimizer step"):

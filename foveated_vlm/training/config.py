@@ -133,7 +133,7 @@ class TrainSection:
     """Regional ``torch.compile`` of the encoder layers, LLM decoder layers and prediction heads."""
     cuda_graph: bool = False
     """Replay each optimizer step as one CUDA graph per batch shape (CUDA, one process, ``grad_accum`` 1, no
-    gradient checkpointing); needs static batch shapes to pay off (fixed ``data.num_frames``)."""
+    gradient checkpointing, no fp16 loss scaling); needs static batch shapes to pay off (fixed ``data.num_frames``)."""
     freeze_encoder: bool = False
     lora: LoraSection = field(default_factory=LoraSection)
     eval_every: int = 200
@@ -194,10 +194,15 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.train.warmup_steps < 0 or self.train.num_workers < 0 or self.train.clip_grad < 0:
             raise ValueError("train.warmup_steps, train.num_workers and train.clip_grad must be >= 0")
-        if self.train.cuda_graph and (self.train.grad_accum != 1 or self.train.gradient_checkpointing):
+        uncapturable = (
+            self.train.grad_accum != 1
+            or self.train.gradient_checkpointing
+            or self.train.mixed_precision == "fp16"  # the loss scaler reads its overflow flag on the host
+        )
+        if self.train.cuda_graph and uncapturable:
             raise ValueError(
-                "train.cuda_graph captures one whole optimizer step: it needs train.grad_accum 1 and "
-                "train.gradient_checkpointing off"
+                "train.cuda_graph captures one whole optimizer step: it needs train.grad_accum 1, "
+                "train.gradient_checkpointing off and train.mixed_precision no or bf16"
             )
         if self.data.kind != "procedural" and not self.data.path:
             raise ValueError(f"data.path is required for data.kind={self.data.kind!r}")
