@@ -245,12 +245,18 @@ class FoveatedStream:
 
     @property
     def frames_that_fit(self) -> int:
-        """How many more frames every stream can read before prompt + frames + suffix exceed the context."""
-        self._sync_dynamic()
-        free = self._max_positions - self._attention_mask.sum(1) - self._suffix_length
+        """How many more frames every stream can read before prompt + frames + suffix exceed the context.
+
+        After fast steps it reads the static state (positions per row, columns) instead of exporting the caches.
+        """
+        if self._static is not None and self._static.ahead:
+            used, columns = self._static.position[: self.batch_size, 0], self._static.columns
+        else:
+            used, columns = self._attention_mask.sum(1), self._attention_mask.shape[1]
+        free = self._max_positions - used - self._suffix_length
         fit = max(0, int(free.min()) // self.model.config.tokens_per_frame)
         if self._static is not None:
-            fit = min(fit, self._static.total - self._attention_mask.shape[1])
+            fit = min(fit, self._static.total - columns)
         return fit
 
     # ---------------------------------------------------------------------------- state (both paths)

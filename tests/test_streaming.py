@@ -404,6 +404,22 @@ def test_fused_query_pass_equals_two_reads(build):
             assert relative_error(attention[:, k], expected_attention) < FAST_TOLERANCE
 
 
+def test_fast_frames_that_fit_reads_the_static_state_without_exporting(build):
+    model, processor = build()
+    frames, targets, active = fast_clip(model)
+    prompt = stream_prompt_inputs(processor, list(PROMPTS))
+    fast = model.stream(**prompt, max_frames=FAST_FRAMES + 3)
+    reference = model.stream(**prompt)
+    for t in range(FAST_FRAMES - 1):
+        fast.step(frames[:, t], active[:, t])
+        reference.step(frames[:, t], active[:, t])
+        columns_left = FAST_FRAMES + 3 - (t + 1)
+        assert fast.frames_that_fit == min(reference.frames_that_fit, columns_left)
+        assert fast._static.ahead  # the dynamic caches were not rebuilt to answer
+        used = fast._static.position[: len(PROMPTS), 0]  # what the context part of the answer reads
+        assert torch.equal(used, reference.attention_mask.sum(1))
+
+
 def test_fast_step_overflow_and_bad_options_are_value_errors(build):
     model, processor = build()
     frames, targets, _ = fast_clip(model)
