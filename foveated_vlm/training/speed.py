@@ -28,22 +28,19 @@ GRAPH_WARMUP_STEPS = (
 MAX_GRAPHS = 8  # batch shapes kept as graphs; further shapes run eagerly (with a warning)
 
 
-def compile_regions(
-    model: nn.Module, whole_language_model: bool = False, mode: str = "default"
-) -> Callable[[], None]:
+def compile_regions(model: nn.Module, mode: str = "default") -> Callable[[], None]:
     """Regional ``torch.compile`` (static shapes) of the repeated blocks; returns a function that undoes it.
 
     The encoder's patch layer and query layer (the same code for all layers, the layer passed in), every
-    LLM decoder layer and the prediction heads. With a KV cache each decoder layer reads its own ``layer_idx``,
-    which would compile once per layer: ``whole_language_model`` compiles the decoder stack as one graph instead.
+    LLM decoder layer and the prediction heads (training has no KV cache, so the decoder layers share one graph;
+    the streaming fast path compiles its cached decoder as a whole instead, ``FoveatedStream(torch_compile=True)``).
     ``mode="reduce-overhead"`` also replays each compiled region as a CUDA graph (cudagraph trees); leave it at
     ``"default"`` under :class:`GraphedTrainStep`, which graphs the whole step.
     """
     encoder = model.fovea_encoder
     encoder._patch_layer = torch.compile(encoder._patch_layer, dynamic=False, mode=mode)
     encoder._query_layer = torch.compile(encoder._query_layer, dynamic=False, mode=mode)
-    decoder = model.language_model.model
-    modules: list[nn.Module] = [decoder] if whole_language_model else list(decoder.layers)
+    modules: list[nn.Module] = list(model.language_model.model.layers)
     modules += [head for head in (model.fovea_prediction_head, model.fovea_coarse_prediction_head) if head]
     for module in modules:
         module.compile(dynamic=False, mode=mode)
