@@ -134,6 +134,7 @@ class GraphedTrainStep:
         self.pool = torch.cuda.graph_pool_handle()
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, Any], torch.Tensor]] = {}
         self.warmups: dict[tuple, int] = {}
+        self.uncaptured: set[tuple] = set()
         self.side_stream = torch.cuda.Stream(self.device)
 
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -145,7 +146,8 @@ class GraphedTrainStep:
             graph.replay()
             return output.clone()
         if self.warmups.get(key, 0) < self.warmup_steps or len(self.graphs) >= self.max_graphs:
-            if len(self.graphs) >= self.max_graphs:
+            if len(self.graphs) >= self.max_graphs and key not in self.uncaptured:
+                self.uncaptured.add(key)  # warned once per shape, not at every step
                 logger.warning("more than %d batch shapes: shape %s runs eagerly", self.max_graphs, key)
             self.warmups[key] = self.warmups.get(key, 0) + 1
             return self._eager(batch)
