@@ -232,7 +232,7 @@ def caption_dense(model, processor, path: str, prompt: str, fps: float | None, g
 
 def _targets(processor, resized: torch.Tensor, vae) -> torch.Tensor:
     """Next-frame targets of resized frames ``[n, 3, S, S]``: VAE latents or downsampled frames."""
-    return processor.vae_targets(resized, vae) if vae is not None else processor.downsampled_targets(resized)
+    return processor.frame_targets(resized, vae)
 
 
 def _decode_caption(processor, new_tokens: torch.Tensor) -> str:

@@ -55,8 +55,12 @@ SMOLLM2_135M_SHAPES = {
 
 FOVEATION_MODES = ("foveated", "dense")
 INFERENCE_MODES = ("two_pass", "coarse")
-TARGET_SOURCES = ("downsampled_frames", "vae")
+TARGET_SOURCES = ("downsampled_frames", "vae", "motion")
+MOTION_TARGET_CHANNELS = 2
 COARSE_READINGS = ("static_query", "mean_pool")
+HARD_ATTENTION = ("soft", "straight_through", "gumbel")
+PREFIX_ATTENTION = ("attend", "ignore")
+MULTI_QUERY_OUTPUTS = ("mean", "tokens")
 
 
 class FoveatedVLMConfig(PreTrainedConfig):
@@ -103,7 +107,27 @@ class FoveatedVLMConfig(PreTrainedConfig):
     query_attention_temperature: float = 1.0
     """Softmax temperature of the query token's attention in every encoder layer (< 1 sharpens it)."""
     query_attention_top_k: int = 0
-    """If > 0, the query token attends only to its top-k patch keys per head (hard attention); 0 is soft."""
+    """If > 0, the query token attends only to its top-k patch keys per head (hard attention); 0 is soft. The
+    prefix keys (CLS, registers) and the query's own key are governed by ``query_attention_prefix``, never by
+    the top-k."""
+    query_attention_prefix: str = "attend"
+    """``"attend"``: the query also sees CLS, the registers and its own key (as in the ViT). ``"ignore"``: it sees
+    the patches only, so all of its attention mass lands on patches (with top-k: exactly on k patches)."""
+    query_attention_hard: str = "soft"
+    """``"soft"``: softmax attention. ``"straight_through"``: each head of the query attends one key (the argmax)
+    in the forward, with the softmax's gradient. ``"gumbel"``: the same with Gumbel noise on the scores during
+    training (``gumbel_temperature``); the argmax without noise at inference."""
+    gumbel_temperature: float = 1.0
+    """Temperature of the Gumbel-softmax relaxation behind ``query_attention_hard="gumbel"``."""
+    num_queries_per_frame: int = 1
+    """Multi-query reading: k queries read each frame through the same cached K/V in one pass (the LLM predicts
+    all k; ``q_static``/``q_init`` hold k vectors)."""
+    multi_query_output: str = "mean"
+    """With k > 1 queries: ``"mean"`` averages their outputs into one visual token per frame, ``"tokens"`` gives
+    the LLM k tokens per frame."""
+    glimpse_location: bool = False
+    """Add *where* each query looked (the mean and spread of its attention over the patch grid, 4 numbers) to its
+    visual token through a learned projection, as RAM's glimpse network combines what and where."""
     attention_map_layer: int = -1
     """Encoder layer whose query attention (mean over heads, over patches) is returned for visualisation."""
     visual_token_scale: float = 1.0
@@ -117,11 +141,15 @@ class FoveatedVLMConfig(PreTrainedConfig):
     """Token that closes the video; replaced by a learned embedding. Captions follow it."""
 
     target_source: str = "downsampled_frames"
-    """Next-frame target: ``"vae"`` (SD-VAE latent mean x scaling factor) or ``"downsampled_frames"``."""
+    """Next-frame target: ``"vae"`` (SD-VAE latent mean x scaling factor), ``"downsampled_frames"`` or ``"motion"``
+    (optical flow from the previous frame at the target resolution, 2 channels: the author's idea 11, a target
+    that only the place where something moves can predict)."""
     target_channels: int = 3
-    """Channels of one target (3 for downsampled RGB frames, 4 for an SD-VAE latent)."""
+    """Channels of one target (3 for downsampled RGB frames, 4 for an SD-VAE latent, 2 for motion)."""
     target_downsample: int = 8
     """Spatial factor between a frame and its target (the SD-VAE's 8; frames are area-downsampled by it)."""
+    motion_search_radius: int = 8
+    """Largest displacement (pixels per axis, at ``image_size``) that ``"motion"`` targets search for."""
     vae_name_or_path: str | None = None
     """Hub id or path of the ``diffusers.AutoencoderKL`` that makes (and decodes) ``vae`` targets."""
 
@@ -151,7 +179,12 @@ class FoveatedVLMConfig(PreTrainedConfig):
     entropy_loss_weight: float = 0.0
     """Remedy: weight of the hinge that asks fine attention to be ``entropy_margin`` nats sharper than coarse."""
     entropy_margin: float = 0.5
-    """Margin (nats) of the entropy hinge."""
+    """Margin (nats) of the entropy hinge. Entropies are taken over the full attention distribution (patches,
+    prefix keys and the query's own key), so the hinge cannot be met by moving mass onto CLS."""
+    attention_supervision_weight: float = 0.0
+    """Weight of ``-log`` (attention mass of the fine pass inside the box of the object the text is about), when
+    ``attention_targets`` are given (procedural data knows every box): an upper bound of what planning can
+    learn, and a warm-up for it."""
 
     inference_mode: str = "two_pass"
     """Default reading at inference: ``"two_pass"`` (coarse plans, fine reads) or ``"coarse"`` (static query)."""
@@ -179,8 +212,25 @@ class FoveatedVLMConfig(PreTrainedConfig):
             "query_init_std": (self.query_init_std > 0, "positive"),
             "query_attention_temperature": (self.query_attention_temperature > 0, "positive"),
             "query_attention_top_k": (self.query_attention_top_k >= 0, ">= 0"),
+            "query_attention_prefix": (
+                self.query_attention_prefix in PREFIX_ATTENTION,
+                f"one of {PREFIX_ATTENTION}",
+            ),
+            "query_attention_hard": (self.query_attention_hard in HARD_ATTENTION, f"one of {HARD_ATTENTION}"),
+            "gumbel_temperature": (self.gumbel_temperature > 0, "positive"),
+            "num_queries_per_frame": (self.num_queries_per_frame >= 1, ">= 1"),
+            "multi_query_output": (
+                self.multi_query_output in MULTI_QUERY_OUTPUTS,
+                f"one of {MULTI_QUERY_OUTPUTS}",
+            ),
+            "attention_supervision_weight": (self.attention_supervision_weight >= 0, ">= 0"),
+            "target_channels for target_source='motion'": (
+                self.target_source != "motion" or self.target_channels == MOTION_TARGET_CHANNELS,
+                f"{MOTION_TARGET_CHANNELS} (flow has two components)",
+            ),
             "target_channels": (self.target_channels > 0, "positive"),
             "target_downsample": (self.target_downsample > 0, "positive"),
+            "motion_search_radius": (self.motion_search_radius >= 1, ">= 1"),
             "film_channels": (
                 len(self.film_channels) > 0 and min(self.film_channels) > 0,
                 "non-empty, positive",
@@ -190,7 +240,8 @@ class FoveatedVLMConfig(PreTrainedConfig):
         }
         for name, (ok, expected) in checks.items():
             if not ok:
-                raise ValueError(f"FoveatedVLMConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+                field = name.split()[0]
+                raise ValueError(f"FoveatedVLMConfig.{name} must be {expected}, got {getattr(self, field)!r}")
         image_size = self.vision_config.image_size
         if image_size % self.target_downsample:
             raise ValueError(
@@ -219,8 +270,11 @@ class FoveatedVLMConfig(PreTrainedConfig):
 
     @property
     def tokens_per_frame(self) -> int:
-        """LLM tokens that stand for one frame (1 when foveated, ``dense_tokens_per_frame`` when dense)."""
-        return 1 if self.foveation_mode == "foveated" else self.dense_tokens_per_frame
+        """LLM tokens that stand for one frame: 1 when foveated (k with ``multi_query_output="tokens"``),
+        ``dense_tokens_per_frame`` when dense."""
+        if self.foveation_mode == "dense":
+            return self.dense_tokens_per_frame
+        return self.num_queries_per_frame if self.multi_query_output == "tokens" else 1
 
 
 __all__ = ["FoveatedVLMConfig"]

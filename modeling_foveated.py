@@ -33,6 +33,7 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
     from layout_foveated import VideoLayout, caption_positions
 
 COARSE, FINE = 0, 1  # rows of the learned mode embeddings
+GLIMPSE_LOCATION_FEATURES = 4  # mean x, mean y, std x, std y of a query's attention over the patch grid
 KAIMING_SLOPE = 5**0.5  # torch.nn.Linear's own default initialisation
 # LLM attention kernels that attend causally when given no mask (eager and flex would attend both ways)
 CAUSAL_WITHOUT_MASK = ("sdpa", "flash_attention_2", "flash_attention_3")
@@ -73,9 +74,14 @@ class FoveatedVLMOutput(ModelOutput):
         logits: ``[B, L', V]`` next-token logits of the pass that feeds the cache (``L'`` per ``logits_to_keep``).
         cache: the LLM cache (fine stream, or coarse stream in coarse inference).
         predictions_fine / predictions_coarse: ``[N, C, h, w]`` predicted next-frame targets of the valid frames.
-        queries: ``[N, Q]`` queries that read each valid frame in the fine pass (``q_init`` for first frames).
-        attention_fine / attention_coarse: ``[N, P]`` query attention over patches (mean over heads).
-        visual_tokens_fine / visual_tokens_coarse: ``[N, D]`` encoder outputs of the query token.
+        queries: ``[N, Q]`` (``[N, k, Q]``) queries that read each valid frame in the fine pass (``q_init`` for
+            first frames).
+        attention_fine / attention_coarse: ``[N, P]`` the query's attention over the patches (mean over heads and
+            over the k queries) as part of its full distribution: it sums to 1 minus the prefix mass.
+        attention_prefix_fine / attention_prefix_coarse: ``[N, 1 + R + 1]`` the rest of that distribution, on CLS,
+            the R registers and the query's own key.
+        visual_tokens_fine / visual_tokens_coarse: ``[N, D]`` (``[N, k, D]``) encoder outputs of the queries.
+        loss_attention: ``-log`` mass of the fine attention in the box of the object the text is about.
     """
 
     loss: torch.Tensor | None = None
@@ -86,6 +92,7 @@ class FoveatedVLMOutput(ModelOutput):
     loss_contrastive: torch.Tensor | None = None
     loss_entropy: torch.Tensor | None = None
     loss_delta_l1: torch.Tensor | None = None
+    loss_attention: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     cache: object | None = None
     predictions_fine: torch.Tensor | None = None
@@ -93,13 +100,38 @@ class FoveatedVLMOutput(ModelOutput):
     queries: torch.Tensor | None = None
     attention_fine: torch.Tensor | None = None
     attention_coarse: torch.Tensor | None = None
+    attention_prefix_fine: torch.Tensor | None = None
+    attention_prefix_coarse: torch.Tensor | None = None
     visual_tokens_fine: torch.Tensor | None = None
     visual_tokens_coarse: torch.Tensor | None = None
 
 
-def attention_entropy(attention: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of attention distributions ``[..., P]`` -> ``[...]``."""
+def attention_entropy(attention: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    """Entropy in nats of attention distributions ``[..., P]`` -> ``[...]``.
+
+    With ``prefix [..., R']`` (the mass on CLS, registers and the query's own key) the entropy is that of the full
+    distribution ``[patches, prefix]``, so mass parked on CLS is counted where it is.
+    """
+    if prefix is not None:
+        attention = torch.cat([attention, prefix.to(attention.dtype)], dim=-1)
     return -(attention * attention.clamp_min(torch.finfo(attention.dtype).tiny).log()).sum(-1)
+
+
+def glimpse_location(patch_attention: torch.Tensor) -> torch.Tensor:
+    """Where attention over a square patch grid looked: ``[..., P]`` -> ``[..., 4]`` (mean x, mean y, std x, std y).
+
+    Coordinates run from -1 (left, top) to 1 (right, bottom); the map is renormalised over the patches first.
+    """
+    side = round(patch_attention.shape[-1] ** 0.5)
+    weights = patch_attention.float() / patch_attention.float().sum(-1, keepdim=True).clamp_min(1e-12)
+    weights = weights.unflatten(-1, (side, side))  # (..., rows, cols)
+    axis = torch.linspace(-1.0, 1.0, side, device=weights.device)
+    marginal_x, marginal_y = weights.sum(-2), weights.sum(-1)  # (..., cols), (..., rows)
+    mean_x, mean_y = (marginal_x * axis).sum(-1), (marginal_y * axis).sum(-1)
+    var_x = (marginal_x * axis.square()).sum(-1) - mean_x.square()
+    var_y = (marginal_y * axis.square()).sum(-1) - mean_y.square()
+    spread = torch.stack([var_x, var_y], -1).clamp_min(0.0).add(1e-6).sqrt()
+    return torch.cat([torch.stack([mean_x, mean_y], -1), spread], -1)
 
 
 class FoveatedEncoder(nn.Module):
@@ -173,23 +205,62 @@ class FoveatedEncoder(nn.Module):
         return PatchCache(keys=keys, values=values, patch_states=vit.norm(states))
 
     def _query_scores(
-        self, query: torch.Tensor, cached_key: torch.Tensor, own_key: torch.Tensor, scale: float
-    ):
-        """Scores of query tokens ``[N, heads, k, d]`` over cached keys and their own key -> ``[N, heads, k, S+1]``."""
-        cached = torch.matmul(query, cached_key.transpose(-1, -2)) * scale
-        own = (query * own_key).sum(-1, keepdim=True) * scale
-        scores = torch.cat([cached, own], dim=-1)
-        top_k = self.config.query_attention_top_k
-        if top_k:
-            patch_scores = scores[..., self.num_prefix_tokens : -1]
-            threshold = patch_scores.topk(min(top_k, patch_scores.shape[-1]), dim=-1).values[..., -1:]
-            dropped = torch.zeros_like(scores, dtype=torch.bool)
-            dropped[..., self.num_prefix_tokens : -1] = patch_scores < threshold
-            scores = scores.masked_fill(dropped, torch.finfo(scores.dtype).min)
-        return scores
+        self,
+        query: torch.Tensor,
+        cached_key: torch.Tensor,
+        own_key: torch.Tensor,
+        scale: float,
+        patch_bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Scores of query tokens ``[N, heads, k, d]`` over cached keys and their own key -> ``[N, heads, k, S+1]``.
+
+        Key order is ``[CLS, registers, patches, own key]``. ``patch_bias [N, k, P]`` is added to the patch scores
+        (a probe's mask); top-k keeps the k best patches; ``query_attention_prefix="ignore"`` removes CLS, the
+        registers and the own key.
+        """
+        config = self.config
+        cached = torch.matmul(query, cached_key.transpose(-1, -2)) * scale  # (N, heads, k, S)
+        own = (query * own_key).sum(-1, keepdim=True) * scale  # (N, heads, k, 1)
+        prefix, patches = cached.split(
+            [self.num_prefix_tokens, cached.shape[-1] - self.num_prefix_tokens], -1
+        )
+        blocked = torch.finfo(cached.dtype).min
+        if patch_bias is not None:
+            patches = (patches + patch_bias.unsqueeze(1).to(patches.dtype)).clamp_min(blocked)
+        if config.query_attention_top_k:
+            top_k = min(config.query_attention_top_k, patches.shape[-1])
+            threshold = patches.topk(top_k, dim=-1).values[..., -1:]
+            patches = patches.masked_fill(patches < threshold, blocked)
+        if config.query_attention_prefix == "ignore":
+            prefix, own = prefix.new_full(prefix.shape, blocked), own.new_full(own.shape, blocked)
+        return torch.cat([prefix, patches, own], dim=-1)
+
+    def _attention_weights(self, scores: torch.Tensor) -> torch.Tensor:
+        """Softmax of scores ``[..., S+1]``, made one-hot per head in the forward for hard attention.
+
+        ``straight_through`` keeps the softmax's gradient under the argmax; ``gumbel`` perturbs the scores with
+        Gumbel noise while training (the Gumbel-softmax estimator at ``gumbel_temperature``).
+        """
+        config = self.config
+        scores = scores.float()
+        if config.query_attention_hard == "gumbel" and self.training:
+            uniform = torch.rand_like(scores).clamp(
+                torch.finfo(scores.dtype).tiny, 1.0 - torch.finfo(scores.dtype).eps
+            )
+            scores = (scores - (-uniform.log()).log()) / config.gumbel_temperature
+        soft = scores.softmax(-1)
+        if config.query_attention_hard == "soft":
+            return soft
+        hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
+        return hard + (soft - soft.detach())  # exactly one-hot forward, the softmax gradient backward
 
     def _query_layer(
-        self, layer: nn.Module, states: torch.Tensor, cached_key: torch.Tensor, cached_value: torch.Tensor
+        self,
+        layer: nn.Module,
+        states: torch.Tensor,
+        cached_key: torch.Tensor,
+        cached_value: torch.Tensor,
+        patch_bias: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One ViT layer for query tokens ``[N, k, D]``; returns new states and weights ``[N, heads, k, S+1]``.
 
@@ -197,34 +268,41 @@ class FoveatedEncoder(nn.Module):
         """
         attention = layer.attention
         normed = layer.norm1(states)
-        query = self._split_heads(attention.q_proj(normed))
+        query = self._split_heads(attention.q_proj(normed))  # (N, heads, k, d)
         own_key = self._split_heads(attention.k_proj(normed))
         own_value = self._split_heads(attention.v_proj(normed))
         scale = attention.scaling / self.config.query_attention_temperature
-        weights = self._query_scores(query, cached_key, own_key, scale).float().softmax(-1).to(query.dtype)
+        scores = self._query_scores(query, cached_key, own_key, scale, patch_bias)
+        weights = self._attention_weights(scores).to(query.dtype)  # (N, heads, k, S+1)
         attended = torch.matmul(weights[..., :-1], cached_value) + weights[..., -1:] * own_value
         return self._feed_forward(layer, states, self._merge_heads(attended)), weights
 
-    def query(self, query_tokens: torch.Tensor, cache: PatchCache) -> tuple[torch.Tensor, torch.Tensor]:
+    def query(
+        self, query_tokens: torch.Tensor, cache: PatchCache, patch_bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Query pass: query tokens ``[N, D]`` (or ``[N, k, D]``) through all layers against the frames' cached K/V.
 
         With k tokens per frame each one sees the patches and itself only, so one pass equals k separate passes
-        while each layer's K/V are read once.
+        while each layer's K/V are read once. ``patch_bias`` (``[N, P]``, or ``[N, k, P]``) is added to every
+        layer's patch scores: ``-inf`` outside a region confines the reading to it (test-time probes).
 
         Returns:
-            visual tokens ``[N, D]`` (``[N, k, D]``): the normed encoder output at each query, and each query's
-            attention over patches ``[N, P]`` (``[N, k, P]``) at ``config.attention_map_layer`` (mean over heads,
-            renormalised over patches).
+            visual tokens ``[N, D]`` (``[N, k, D]``): the normed encoder output at each query, and each query's full
+            attention distribution ``[N, S+1]`` (``[N, k, S+1]``) over ``[CLS, registers, patches, own key]`` at
+            ``config.attention_map_layer`` (mean over heads, sums to 1; :func:`split_attention` separates it).
         """
         one_token = query_tokens.dim() == 2
         states = (query_tokens.unsqueeze(1) if one_token else query_tokens).to(cache.keys[0].dtype)
+        if patch_bias is not None and patch_bias.dim() == 2:
+            patch_bias = patch_bias.unsqueeze(1)  # (N, 1, P): the same region for every token of a frame
         map_layer = self.config.attention_map_layer % len(self.layers)
         attention_map = None
         for index, layer in enumerate(self.layers):
-            states, weights = self._query_layer(layer, states, cache.keys[index], cache.values[index])
+            states, weights = self._query_layer(
+                layer, states, cache.keys[index], cache.values[index], patch_bias
+            )
             if index == map_layer:
-                patch_weights = weights[..., self.num_prefix_tokens : -1].mean(1)
-                attention_map = patch_weights / patch_weights.sum(-1, keepdim=True)
+                attention_map = weights.float().mean(1)  # (N, k, S+1)
         visual_tokens = self.vision_model.norm(states)
         if one_token:
             return visual_tokens.squeeze(1), attention_map.squeeze(1)
@@ -331,11 +409,16 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         if config.foveation_mode == "dense":
             self.fovea_dense_projection = nn.Linear(vision_width * self._dense_unshuffle**2, text_width)
         else:
+            queries = config.num_queries_per_frame
+            query_shape = (config.query_dim,) if queries == 1 else (queries, config.query_dim)
             self.fovea_visual_projection = nn.Linear(vision_width, text_width)
-            self.fovea_query_head = nn.Linear(text_width, config.query_dim)
+            self.fovea_location_projection = (
+                nn.Linear(GLIMPSE_LOCATION_FEATURES, text_width) if config.glimpse_location else None
+            )
+            self.fovea_query_head = nn.Linear(text_width, queries * config.query_dim)
             self.fovea_query_input_projection = nn.Linear(config.query_dim, vision_width, bias=False)
-            self.fovea_static_query = nn.Parameter(torch.empty(config.query_dim))
-            self.fovea_initial_query = nn.Parameter(torch.empty(config.query_dim))
+            self.fovea_static_query = nn.Parameter(torch.empty(query_shape))
+            self.fovea_initial_query = nn.Parameter(torch.empty(query_shape))
         self.fovea_mode_embeddings = nn.Parameter(torch.empty(2, text_width))
         self.fovea_video_end_embedding = nn.Parameter(torch.empty(text_width))
         self.fovea_initial_target = nn.Parameter(torch.empty(config.target_shape))
@@ -400,17 +483,45 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         """Patch pass over valid frames ``[N, 3, H, W]`` (one batched pass, K/V cached)."""
         return self.fovea_encoder.encode_patches(frames)
 
-    def read_frames(self, queries: torch.Tensor, cache: PatchCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """Read frames with queries ``[N, Q]`` (or k a frame, ``[N, k, Q]``, in one pass): returns visual tokens
-        ``[N, D]`` and attention ``[N, P]`` (``[N, k, D]``, ``[N, k, P]``)."""
+    def read_frames(
+        self, queries: torch.Tensor, cache: PatchCache, patch_bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read frames with queries ``[N, Q]`` (or k a frame, ``[N, k, Q]``, in one pass).
+
+        Returns visual tokens ``[N, D]`` (``[N, k, D]``) and each query's full attention distribution ``[N, S+1]``
+        (``[N, k, S+1]``) over ``[CLS, registers, patches, own key]``; ``patch_bias [N, P]`` confines it (probes).
+        """
         query_tokens = self.fovea_query_input_projection(
             queries.to(self.fovea_query_input_projection.weight.dtype)
         )
-        return self.fovea_encoder.query(query_tokens, cache)
+        return self.fovea_encoder.query(query_tokens, cache, patch_bias)
 
-    def project_visual_tokens(self, visual_tokens: torch.Tensor) -> torch.Tensor:
-        """Encoder outputs ``[N, D]`` -> LLM inputs ``[N, H]``."""
-        return self.fovea_visual_projection(visual_tokens) * self.config.visual_token_scale
+    def split_attention(self, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full distributions ``[..., S+1]`` -> patch part ``[..., P]`` and prefix part ``[..., 1 + R + 1]`` (CLS,
+        registers, own key); with k queries a frame (``[N, k, S+1]``) both are averaged over the k queries."""
+        if attention.dim() == 3:
+            attention = attention.mean(1)  # (N, S+1): where the frame's k queries looked, together
+        prefix_tokens = self.fovea_encoder.num_prefix_tokens
+        patches = attention[..., prefix_tokens:-1]
+        prefix = torch.cat([attention[..., :prefix_tokens], attention[..., -1:]], dim=-1)
+        return patches, prefix
+
+    def project_visual_tokens(self, visual_tokens: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs ``[N, D]`` (``[N, k, D]``) and their attention ``[N, S+1]`` (``[N, k, S+1]``) -> LLM
+        inputs ``[N * tokens_per_frame, H]``.
+
+        k tokens a frame are averaged (``multi_query_output="mean"``) or kept; ``glimpse_location`` adds where
+        each token looked.
+        """
+        if visual_tokens.dim() == 3 and self.config.multi_query_output == "mean":
+            visual_tokens, attention = visual_tokens.mean(1), attention.mean(1)  # (N, D), (N, S+1)
+        inputs = self.fovea_visual_projection(visual_tokens)
+        if self.fovea_location_projection is not None:
+            prefix_tokens = self.fovea_encoder.num_prefix_tokens
+            where = glimpse_location(attention[..., prefix_tokens:-1])  # (N[, k], 4)
+            inputs = inputs + self.fovea_location_projection(where.to(inputs.dtype))
+        inputs = inputs * self.config.visual_token_scale
+        return inputs.reshape(-1, inputs.shape[-1])  # (N * tokens_per_frame, H)
 
     def dense_tokens(self, cache: PatchCache) -> torch.Tensor:
         """Dense baseline: patch states pixel-unshuffled to ``[N * dense_tokens_per_frame, H]`` LLM inputs."""
@@ -423,23 +534,39 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         return tokens.reshape(-1, tokens.shape[-1])
 
     def read_coarse(self, cache: PatchCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pass-1 reading of ``N`` cached frames: tokens ``[N, D]`` and attention ``[N, P]``.
+        """Pass-1 reading of ``N`` cached frames: tokens ``[N, D]`` (``[N, k, D]``) and full attention ``[N, S+1]``.
 
         ``coarse_reading="static_query"`` reads with the learned static query; ``"mean_pool"`` (the proposal's
-        ablation) averages the final patch states, i.e. uniform attention with no spatial selection.
+        ablation) averages the final patch states, i.e. uniform attention over the patches, no spatial selection.
         """
         if self.config.coarse_reading == "mean_pool":
-            patches = cache.patch_states[:, self.fovea_encoder.num_prefix_tokens :]
-            return patches.mean(1), patches.new_full(patches.shape[:2], 1.0 / patches.shape[1])
+            states = cache.patch_states[:, self.fovea_encoder.num_prefix_tokens :]  # (N, P, D)
+            count, patches = states.shape[:2]
+            attention = states.new_zeros(count, cache.patch_states.shape[1] + 1, dtype=torch.float32)
+            attention[:, self.fovea_encoder.num_prefix_tokens : -1] = 1.0 / patches
+            return states.mean(1), attention
         return self.read_frames(self.static_queries(cache.keys[0].shape[0]), cache)
 
     def static_queries(self, count: int) -> torch.Tensor:
-        """The learned static query repeated ``[count, Q]``."""
-        return self.fovea_static_query.unsqueeze(0).expand(count, -1)
+        """The learned static query repeated ``[count, Q]`` (``[count, k, Q]`` with k queries a frame)."""
+        return self.fovea_static_query.expand(count, *self.fovea_static_query.shape)
+
+    def initial_queries(self, count: int) -> torch.Tensor:
+        """The learned query of every video's first frame, ``[count, Q]`` (``[count, k, Q]``)."""
+        return self.fovea_initial_query.expand(count, *self.fovea_initial_query.shape)
 
     def next_queries(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Query for the next frame from LLM states at frame positions: ``[N, H]`` -> ``[N, Q]``."""
-        return self.fovea_query_head(hidden)
+        """Queries for the next frame from the LLM state at each frame's last token: ``[N, H]`` -> ``[N, Q]``
+        (``[N, k, Q]``)."""
+        queries = self.fovea_query_head(hidden)
+        if self.config.num_queries_per_frame == 1:
+            return queries
+        return queries.unflatten(-1, (self.config.num_queries_per_frame, self.config.query_dim))
+
+    def planning_states(self, hidden: torch.Tensor, slot_index: torch.Tensor) -> torch.Tensor:
+        """LLM states ``[N, H]`` at the last token of each frame (``slot_index [N * k]``) of ``hidden [B, L, H]``."""
+        last_slots = slot_index.view(-1, self.config.tokens_per_frame)[:, -1]
+        return _gather_positions(hidden, last_slots)
 
     # ----------------------------------------------------------------------------------------- sequence
     def embed_sequence(
@@ -564,6 +691,9 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         logits_to_keep: int = 0,
         inference_mode: str | None = None,
         video_layout: VideoLayout | None = None,
+        attention_targets: torch.Tensor | None = None,
+        fine_queries: torch.Tensor | None = None,
+        fine_patch_bias: torch.Tensor | None = None,
         **kwargs,
     ) -> FoveatedVLMOutput:
         """Two-pass forward (or one pass in coarse or dense mode).
@@ -582,6 +712,12 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
                 always runs both passes.
             video_layout: the batch's frame and caption positions (``processor(..., return_video_layout=True)``);
                 with it the forward needs no host synchronisation (computed from the inputs otherwise).
+            attention_targets: ``[B, T, P]`` patch coverage (0..1) of the box of the object the text is about;
+                enables ``loss_attention`` when ``attention_supervision_weight > 0``.
+            fine_queries: ``[N, Q]`` (``[N, k, Q]``) queries that read the valid frames in the fine pass instead of
+                the planned ones (test-time probes: static, random, shuffled queries on the same weights).
+            fine_patch_bias: ``[N, P]`` added to the fine queries' patch scores in every encoder layer; ``-inf``
+                outside a region confines the reading to it (probes: a glimpse at the centre or at the object).
         """
         if inputs_embeds is not None:
             raise ValueError(
@@ -612,6 +748,7 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         targets = (
             None if prediction_targets is None else _select_frames(prediction_targets, layout.frame_index)
         )
+        boxes = None if attention_targets is None else _select_frames(attention_targets, layout.frame_index)
         if not layout.padded and cache is None and position_ids is None:
             attention_mask = None  # no padding and default positions: purely causal attention, no mask at all
         elif position_ids is None:
@@ -620,8 +757,9 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
 
         if self.config.foveation_mode == "dense":
             return self._dense_forward(passes, patches, targets, labels, logits_to_keep)
+        probe = _FineProbe(fine_queries, fine_patch_bias)
         return self._foveated_forward(
-            passes, patches, targets, labels, logits_to_keep, coarse_only=mode == "coarse"
+            passes, patches, targets, labels, logits_to_keep, mode == "coarse", boxes, probe
         )
 
     def default_position_ids(self, input_ids, attention_mask, cache) -> torch.Tensor:
@@ -632,11 +770,16 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         return positions[:, -input_ids.shape[1] :]
 
-    def _foveated_forward(self, passes, patches, targets, labels, logits_to_keep, coarse_only: bool):
+    def _foveated_forward(
+        self, passes, patches, targets, labels, logits_to_keep, coarse_only: bool, boxes, probe: _FineProbe
+    ):
         static = self.static_queries(patches.keys[0].shape[0])
         visual_coarse, attention_coarse = self.read_coarse(patches)
         embeds_coarse = self.embed_sequence(
-            passes.input_ids, self.project_visual_tokens(visual_coarse), COARSE, passes.layout.slot_index
+            passes.input_ids,
+            self.project_visual_tokens(visual_coarse, attention_coarse),
+            COARSE,
+            passes.layout.slot_index,
         )
         coarse = self.run_language_model(
             embeds_coarse,
@@ -646,8 +789,10 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             use_cache=passes.use_cache and coarse_only,
         )
         coarse_head = self.fovea_coarse_prediction_head or self.fovea_prediction_head
+        patch_coarse, prefix_coarse = self.split_attention(attention_coarse)
         output = FoveatedVLMOutput(
-            attention_coarse=attention_coarse,
+            attention_coarse=patch_coarse,
+            attention_prefix_coarse=prefix_coarse,
             visual_tokens_coarse=visual_coarse,
             predictions_coarse=self._predict(coarse_head, coarse.last_hidden_state, passes, targets, static),
         )
@@ -655,25 +800,31 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             return self._finish(output, coarse, passes, targets, labels, logits_to_keep, hidden_coarse=coarse)
 
         layout = passes.layout
-        planned = self.next_queries(_gather_positions(coarse.last_hidden_state, layout.slot_index))
-        queries = torch.where(
-            layout.first_frame.unsqueeze(-1),
-            self.fovea_initial_query.to(planned.dtype),
-            planned.roll(1, dims=0),
-        )
-        visual_fine, attention_fine = self.read_frames(queries, patches)
+        queries = probe.queries
+        if queries is None:
+            planned = self.next_queries(self.planning_states(coarse.last_hidden_state, layout.slot_index))
+            first = layout.first_frame.view(-1, *([1] * (planned.dim() - 1)))
+            queries = torch.where(
+                first, self.initial_queries(planned.shape[0]).to(planned.dtype), planned.roll(1, dims=0)
+            )
+        visual_fine, attention_fine = self.read_frames(queries, patches, probe.patch_bias)
         embeds_fine = self.embed_sequence(
-            passes.input_ids, self.project_visual_tokens(visual_fine), FINE, layout.slot_index
+            passes.input_ids,
+            self.project_visual_tokens(visual_fine, attention_fine),
+            FINE,
+            layout.slot_index,
         )
         fine = self.run_language_model(
             embeds_fine, passes.attention_mask, passes.position_ids, passes.cache, passes.use_cache
         )
         output.queries = queries
-        output.attention_fine = attention_fine
+        output.attention_fine, output.attention_prefix_fine = self.split_attention(attention_fine)
         output.visual_tokens_fine = visual_fine
         output.predictions_fine = self._predict(
             self.fovea_prediction_head, fine.last_hidden_state, passes, targets, queries
         )
+        if boxes is not None and self.config.attention_supervision_weight:
+            output.loss_attention = attention_box_loss(output.attention_fine, boxes)
         return self._finish(
             output, fine, passes, targets, labels, logits_to_keep, hidden_fine=fine, hidden_coarse=coarse
         )
@@ -702,9 +853,10 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             return None
         states = _gather_positions(hidden, passes.layout.predictor_index)
         previous = self.previous_targets(targets, passes.layout.first_frame)
+        conditioning = previous
         if self.training and self.config.previous_target_dropout:
-            previous = F.dropout(previous, p=self.config.previous_target_dropout)
-        return self.predict_next_targets(head, states, previous, queries)
+            conditioning = F.dropout(previous, p=self.config.previous_target_dropout)
+        return self.predict_next_targets(head, states, previous, queries, conditioning)
 
     def predict_next_targets(
         self,
@@ -712,9 +864,18 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         states: torch.Tensor,
         previous: torch.Tensor,
         queries: torch.Tensor | None,
+        conditioning: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next-frame targets ``[N, C, h, w]`` from LLM states ``[N, H]`` and previous targets (delta-aware)."""
-        prediction = head(states, previous, queries)
+        """Next-frame targets ``[N, C, h, w]`` from LLM states ``[N, H]`` and previous targets ``[N, C, h, w]``.
+
+        The head sees ``conditioning`` (the previous targets after ``previous_target_dropout``; the previous
+        targets themselves by default); with ``predict_delta`` its output is a change added to the clean previous
+        target, so the dropout never leaks back through the residual. k queries a frame are averaged for the
+        head's query skip.
+        """
+        if queries is not None and queries.dim() == 3:
+            queries = queries.mean(1)  # (N, Q)
+        prediction = head(states, previous if conditioning is None else conditioning, queries)
         return prediction + previous if self.config.predict_delta else prediction
 
     # ----------------------------------------------------------------------------------------- losses
@@ -759,11 +920,13 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             ).mean()
             terms.append(config.contrastive_loss_weight * output.loss_contrastive)
         if output.attention_fine is not None and config.entropy_loss_weight:
-            gap = attention_entropy(output.attention_fine.float()) - attention_entropy(
-                output.attention_coarse.float()
+            gap = attention_entropy(output.attention_fine, output.attention_prefix_fine) - attention_entropy(
+                output.attention_coarse, output.attention_prefix_coarse
             )
             output.loss_entropy = F.relu(gap + config.entropy_margin).mean()
             terms.append(config.entropy_loss_weight * output.loss_entropy)
+        if output.loss_attention is not None:
+            terms.append(config.attention_supervision_weight * output.loss_attention)
         if terms:
             output.loss = torch.stack(terms).sum()
         return output
@@ -806,6 +969,27 @@ class _PassInputs:
     layout: VideoLayout
 
 
+@dataclass
+class _FineProbe:
+    """Test-time replacements for the fine pass's reading (all None in normal use)."""
+
+    queries: torch.Tensor | None = None
+    patch_bias: torch.Tensor | None = None
+
+
+def attention_box_loss(patch_attention: torch.Tensor, box_coverage: torch.Tensor) -> torch.Tensor:
+    """``-log`` attention mass inside a box, mean over the frames where the box is in view.
+
+    ``patch_attention [N, P]`` is the patch part of the full distribution (mass on CLS, registers or the query's
+    own key counts as outside); ``box_coverage [N, P]`` is the fraction of each patch the box covers.
+    """
+    coverage = box_coverage.to(patch_attention.dtype)
+    mass = (patch_attention.float() * coverage.float()).sum(-1)
+    in_view = (coverage.sum(-1) > 0).float()
+    nll = -mass.clamp_min(torch.finfo(torch.float32).tiny).log()
+    return (nll * in_view).sum() / in_view.sum().clamp_min(1.0)
+
+
 def _select_frames(frames: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
     """Valid frames ``[N, ...]`` of ``frames [B, T, ...]`` at flat indices ``frame_index [N]``."""
     return frames.flatten(0, 1).index_select(0, frame_index)
@@ -823,7 +1007,9 @@ __all__ = [
     "FoveatedVLMOutput",
     "FoveatedVLMPreTrainedModel",
     "PatchCache",
+    "attention_box_loss",
     "attention_entropy",
+    "glimpse_location",
 ]
 
 FoveatedVLMConfig.register_for_auto_class()

@@ -31,6 +31,9 @@ VIDEO_START_TOKEN = "<|video_start|>"
 VIDEO_END_TOKEN = "<|video_end|>"
 VIDEO_TOKENS = (FRAME_TOKEN, VIDEO_START_TOKEN, VIDEO_END_TOKEN)
 END_OF_TURN = "<|im_end|>"
+PROCESSOR_TARGET_SOURCES = ("downsampled_frames", "motion")
+MOTION_ZERO_PREFERENCE = 1e-3
+"""Matching cost added per pixel of displacement: ties (flat regions) resolve to no motion."""
 # SmolLM2-Instruct's ChatML template (used when the tokenizer carries none); its default system prompt names it.
 CHATML_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -173,6 +176,9 @@ class FoveatedVLMProcessor(ProcessorMixin):
         image_size: side of the square frames the encoder reads.
         image_mean, image_std: per-channel normalisation (DINOv3 uses ImageNet's).
         target_downsample: factor between frames and their downsampled-frame targets (8, like the SD-VAE).
+        target_source: what ``return_targets`` computes without a VAE: ``"downsampled_frames"`` or ``"motion"``
+            (block-matched displacement from the previous frame, :func:`block_motion`).
+        motion_search_radius: largest displacement in pixels, per axis, that ``"motion"`` targets search.
         tokens_per_frame: placeholders per frame (1 foveated; ``dense_tokens_per_frame`` for the dense baseline).
         max_sequence_length: the LLM's context; longer inputs raise a ``ValueError`` saying how many frames fit.
         system_prompt: system message of the chat template; None keeps the template's default.
@@ -185,6 +191,8 @@ class FoveatedVLMProcessor(ProcessorMixin):
         image_mean: Sequence[float] = IMAGENET_MEAN,
         image_std: Sequence[float] = IMAGENET_STD,
         target_downsample: int = 8,
+        target_source: str = "downsampled_frames",
+        motion_search_radius: int = 8,
         tokens_per_frame: int = 1,
         max_sequence_length: int = 8192,
         system_prompt: str | None = None,
@@ -194,6 +202,12 @@ class FoveatedVLMProcessor(ProcessorMixin):
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
         self.target_downsample = target_downsample
+        if target_source not in PROCESSOR_TARGET_SOURCES:
+            raise ValueError(
+                f"target_source must be one of {PROCESSOR_TARGET_SOURCES}, got {target_source!r}"
+            )
+        self.target_source = target_source
+        self.motion_search_radius = motion_search_radius
         self.tokens_per_frame = tokens_per_frame
         self.max_sequence_length = max_sequence_length
         self.system_prompt = system_prompt
@@ -223,6 +237,20 @@ class FoveatedVLMProcessor(ProcessorMixin):
     def downsampled_targets(self, resized: torch.Tensor) -> torch.Tensor:
         """Area-downsampled frames in [-1, 1]: ``[T, 3, S, S]`` in [0, 1] -> ``[T, 3, S/f, S/f]``."""
         return F.avg_pool2d(resized * 2 - 1, self.target_downsample)
+
+    def motion_targets(self, resized: torch.Tensor) -> torch.Tensor:
+        """Motion targets: ``[T, 3, S, S]`` in [0, 1] -> ``[T, 2, S/f, S/f]`` displacement (x, y) of each target
+        cell's content since the previous frame, in target cells (zero for the first frame)."""
+        return block_motion(resized.mean(1), self.target_downsample, self.motion_search_radius)
+
+    def frame_targets(self, resized: torch.Tensor, vae=None) -> torch.Tensor:
+        """The prediction targets of one clip's resized frames ``[T, 3, S, S]``: VAE latents when ``vae`` is given,
+        else per ``target_source``."""
+        if vae is not None:
+            return self.vae_targets(resized, vae)
+        if self.target_source == "motion":
+            return self.motion_targets(resized)
+        return self.downsampled_targets(resized)
 
     @torch.no_grad()
     def vae_targets(self, resized: torch.Tensor, vae, batch_size: int = 16) -> torch.Tensor:
@@ -383,9 +411,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
             return [torch.as_tensor(t).float() for t in targets]
         if not return_targets:
             return None
-        if vae is not None:
-            return [self.vae_targets(clip, vae) for clip in resized]
-        return [self.downsampled_targets(clip) for clip in resized]
+        return [self.frame_targets(clip, vae) for clip in resized]
 
     def _pad_text(
         self, samples: list[tuple[list[int], list[int]]], with_labels: bool
@@ -438,6 +464,34 @@ class FoveatedVLMProcessor(ProcessorMixin):
             "prediction_targets",
             "video_layout",
         ]
+
+
+def block_motion(grey: torch.Tensor, block: int, radius: int) -> torch.Tensor:
+    """Block-matching motion of grey frames ``[T, S, S]``: ``[T, 2, S/block, S/block]`` (x, y), in blocks.
+
+    Each ``block x block`` cell of frame t is matched against the previous frame shifted by every displacement
+    up to ``radius`` pixels per axis (mean absolute difference, plus ``MOTION_ZERO_PREFERENCE`` per pixel of
+    displacement so that flat regions read as still); the best displacement, divided by ``block``, is the cell's
+    motion. Frame 1 has none. Works on any video, with no object annotations.
+    """
+    count, height, width = grey.shape
+    motion = grey.new_zeros(count, 2, height // block, width // block)
+    if count < 2:
+        return motion
+    previous = F.pad(grey[:-1].unsqueeze(1), (radius,) * 4, mode="replicate").squeeze(1)  # (T-1, S+2r, S+2r)
+    current = grey[1:]
+    best_cost = torch.full_like(motion[1:, 0], float("inf"))  # (T-1, h, w)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            # content now at (y, x) was at (y - dy, x - dx) in the previous frame
+            source = previous[:, radius - dy : radius - dy + height, radius - dx : radius - dx + width]
+            difference = (current - source).abs().unsqueeze(1)  # (T-1, 1, S, S)
+            cost = F.avg_pool2d(difference, block).squeeze(1) + MOTION_ZERO_PREFERENCE * (abs(dx) + abs(dy))
+            better = cost < best_cost
+            best_cost = torch.where(better, cost, best_cost)
+            motion[1:, 0] = torch.where(better, dx / block, motion[1:, 0])
+            motion[1:, 1] = torch.where(better, dy / block, motion[1:, 1])
+    return motion
 
 
 def _is_single_video(videos) -> bool:

@@ -190,6 +190,11 @@ class FoveatedStream:
                 f"streaming reads one query token per frame; foveation_mode={config.foveation_mode!r} has no queries: "
                 "use model.generate(**processor(text=..., videos=...))"
             )
+        if config.num_queries_per_frame != 1:
+            raise ValueError(
+                f"streaming reads one query per frame; num_queries_per_frame={config.num_queries_per_frame} runs "
+                "through model(...) and model.generate(...)"
+            )
         if model.training:
             raise ValueError(
                 "call model.eval() before streaming (training mode rescales the ViT's RoPE at random)"
@@ -325,7 +330,7 @@ class FoveatedStream:
         """``[count, Q]`` query that reads frame 1: ``q_init`` in two-pass mode, the static query in coarse mode."""
         if self.reading_mode == COARSE:
             return self.model.static_queries(count)
-        return self.model.fovea_initial_query.unsqueeze(0).expand(count, -1)
+        return self.model.initial_queries(count)
 
     @torch.no_grad()
     def _open_streams(self) -> torch.Tensor:
@@ -463,7 +468,9 @@ class FoveatedStream:
         patches = model.encode_frames(pixels)
         static = model.static_queries(pixels.shape[0])
         visual_coarse, attention_coarse = model.read_coarse(patches)
-        hidden = self._run_llm(COARSE, new_ids, model.project_visual_tokens(visual_coarse))[valid]
+        hidden = self._run_llm(COARSE, new_ids, model.project_visual_tokens(visual_coarse, attention_coarse))[
+            valid
+        ]
         queries, attention, next_queries = static, attention_coarse, static
         if self.reading_mode == FINE:
             next_queries = model.next_queries(hidden)
@@ -473,11 +480,15 @@ class FoveatedStream:
                 first, self.next_queries[rows].to(next_queries.dtype), next_queries.roll(1, 0)
             )
             visual_fine, attention = model.read_frames(queries, patches)
-            hidden = self._run_llm(FINE, new_ids, model.project_visual_tokens(visual_fine))[valid]
+            hidden = self._run_llm(FINE, new_ids, model.project_visual_tokens(visual_fine, attention))[valid]
         last = (valid & (valid.cumsum(1) == valid.sum(1, keepdim=True)))[valid]
         self.next_queries[valid.any(1)] = next_queries[last].to(self.next_queries.dtype)
 
-        outputs = {"queries": queries, "attention": attention, "attention_coarse": attention_coarse}
+        outputs = {
+            "queries": queries,
+            "attention": model.split_attention(attention)[0],
+            "attention_coarse": model.split_attention(attention_coarse)[0],
+        }
         if targets is not None:
             current = targets.to(device)[valid]
             outputs["predictions"] = self._predict(hidden, current, next_queries)
@@ -818,10 +829,10 @@ class _StaticStepper:
             names.insert(0, "predictions")
         return StreamStep(**{name: self.outputs[name].clone() for name in names})
 
-    def _llm(self, cache: StaticCache, visual: torch.Tensor) -> torch.Tensor:
-        """One position per row from visual tokens ``[R, D]``: hidden states ``[R, H]``."""
+    def _llm(self, cache: StaticCache, visual: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """One position per row from visual tokens ``[R, D]`` and their attention ``[R, S+1]``: states ``[R, H]``."""
         model = self.model
-        embeds = model.project_visual_tokens(visual).unsqueeze(1)
+        embeds = model.project_visual_tokens(visual, attention).unsqueeze(1)
         embeds = embeds.to(model.get_input_embeddings().weight.dtype)
         output = self.regions.language_model(
             inputs_embeds=embeds,
@@ -855,19 +866,22 @@ class _StaticStepper:
                 visual_fine, attention_fine = model.read_frames(query, patches)
         if self.fuse:
             hidden_coarse, hidden_fine = self._llm(
-                self.caches[COARSE], torch.cat([visual_coarse, visual_fine])
+                self.caches[COARSE],
+                torch.cat([visual_coarse, visual_fine]),
+                torch.cat([attention_coarse, attention_fine]),
             ).chunk(2)
         else:
-            hidden_coarse = self._llm(self.caches[COARSE], visual_coarse)
+            hidden_coarse = self._llm(self.caches[COARSE], visual_coarse, attention_coarse)
             if self.two_pass:
-                hidden_fine = self._llm(self.caches[FINE], visual_fine)
+                hidden_fine = self._llm(self.caches[FINE], visual_fine, attention_fine)
         if self.two_pass:
             planned = model.next_queries(hidden_coarse)
             values = {"queries": query.to(planned.dtype), "attention": attention_fine, "hidden": hidden_fine}
         else:
             planned = static
             values = {"queries": static, "attention": attention_coarse, "hidden": hidden_coarse}
-        values["attention_coarse"] = attention_coarse
+        values["attention"] = model.split_attention(values["attention"])[0]
+        values["attention_coarse"] = model.split_attention(attention_coarse)[0]
         if with_targets:
             values["predictions"] = stream._predict(values["hidden"], self.target, planned)
         del values["hidden"]

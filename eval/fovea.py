@@ -45,9 +45,8 @@ from eval.common import (  # noqa: E402
 from foveated_vlm.metrics import (  # noqa: E402
     attention_mass_in_box,
     bootstrap_ci,
-    box_patch_masks,
-    crop_boxes,
     ratio_of_means,
+    target_box_coverage,
 )
 
 PASSES = ("fine", "coarse")
@@ -56,20 +55,11 @@ PLOT_HEADROOM = 1.3
 SUBSETS = {"all": None, "named": True, "generic": False}
 
 
-def target_masks(item: dict[str, Any], image_size: int, patch_size: int) -> torch.Tensor:
-    """Patch coverage of the target's box in every frame ``[T, P]``, in the model's frame coordinates."""
-    frames = np.asarray(item["frames"])
-    boxes = np.asarray(item["boxes"])[:, item["target_index"]]
-    return box_patch_masks(
-        crop_boxes(boxes, frames.shape[1], frames.shape[2], image_size), image_size, patch_size
-    )
-
-
 def clip_record(
     item: dict[str, Any], outputs: ClipOutputs, image_size: int, patch_size: int
 ) -> dict[str, Any]:
     """Per-frame masses ``[T]`` of both passes, chance, peak-in-box hits and visibility of one clip."""
-    masks = target_masks(item, image_size, patch_size)
+    masks = target_box_coverage(item, image_size, patch_size)
     record: dict[str, Any] = {
         "clip_id": item["clip_id"],
         "named": bool(item["named"]),

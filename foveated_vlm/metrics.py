@@ -65,6 +65,7 @@ __all__ = [
     "ratio_of_means",
     "rouge_l",
     "ssim",
+    "target_box_coverage",
     "token_log_likelihoods",
     "tokenize_13a",
 ]
@@ -178,16 +179,27 @@ def box_patch_masks(boxes: np.ndarray, image_size: int, patch_size: int) -> torc
     return torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, grid)
 
 
+def target_box_coverage(item: dict[str, Any], image_size: int, patch_size: int) -> torch.Tensor:
+    """Patch coverage of a procedural clip's target box in every frame ``[T, P]``, in the model's frame coordinates
+    (the clip's boxes follow the processor's resize and centre crop)."""
+    frames = np.asarray(item["frames"])
+    boxes = np.asarray(item["boxes"])[:, item["target_index"]]
+    return box_patch_masks(
+        crop_boxes(boxes, frames.shape[1], frames.shape[2], image_size), image_size, patch_size
+    )
+
+
 def attention_mass_in_box(attention: torch.Tensor, box_masks: torch.Tensor) -> torch.Tensor:
     """Attention mass inside a box: ``[N, P]`` maps and ``[N, P]`` patch coverage fractions -> ``[N]``.
 
-    A patch the box covers partly counts with its covered fraction. The chance level (the mass a uniform map
-    puts in the box) is ``box_masks.mean(-1)``, the box's area fraction.
+    The maps are the patch part of the query's full attention distribution (the model's ``attention_fine``), not
+    renormalised: mass on CLS, registers or the query's own key counts as outside the box. A patch the box covers
+    partly counts with its covered fraction. The chance level (the mass a uniform map over the patches puts in the
+    box) is ``box_masks.mean(-1)``, the box's area fraction.
     """
     if attention.shape != box_masks.shape:
         raise ValueError(f"attention {tuple(attention.shape)} and box masks {tuple(box_masks.shape)} differ")
-    weights = attention.double() / attention.double().sum(-1, keepdim=True)
-    return (weights * box_masks.double()).sum(-1).float()
+    return (attention.double() * box_masks.double()).sum(-1).float()
 
 
 # ----------------------------------------------------------------------------------------------------

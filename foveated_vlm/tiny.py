@@ -128,6 +128,8 @@ def tiny_processor(
         tokenizer=tokenizer or tiny_tokenizer(),
         image_size=config.vision_config.image_size,
         target_downsample=config.target_downsample,
+        target_source="motion" if config.target_source == "motion" else "downsampled_frames",
+        motion_search_radius=config.motion_search_radius,
         tokens_per_frame=config.tokens_per_frame,
         max_sequence_length=config.text_config.max_position_embeddings,
     )

@@ -147,7 +147,9 @@ def test_remedy_losses_appear_with_their_weights(make_model, random_video):
     _, out = _run(
         make_model, random_video, contrastive_loss_weight=0.1, entropy_loss_weight=0.2, entropy_margin=0.5
     )
-    gap = attention_entropy(out.attention_fine) - attention_entropy(out.attention_coarse)
+    gap = attention_entropy(out.attention_fine, out.attention_prefix_fine) - attention_entropy(
+        out.attention_coarse, out.attention_prefix_coarse
+    )
     torch.testing.assert_close(out.loss_entropy, torch.relu(gap + 0.5).mean())
     cosine = torch.nn.functional.cosine_similarity(out.visual_tokens_fine, out.visual_tokens_coarse, dim=-1)
     torch.testing.assert_close(out.loss_contrastive, cosine.mean())
@@ -155,46 +157,14 @@ def test_remedy_losses_appear_with_their_weights(make_model, random_video):
     torch.testing.assert_close(out.loss, base + 0.1 * out.loss_contrastive + 0.2 * out.loss_entropy)
 
 
-def test_predict_delta_adds_the_previous_target(make_model, random_video):
-    model, processor = make_model(predict_delta=True, delta_l1_weight=0.5)
-    batch = _batch(processor, random_video)
-    with torch.no_grad():
-        out = model(**batch)
-        targets = batch["prediction_targets"][batch["video_frame_mask"]]
-        first = (batch["video_frame_mask"].cumsum(1) == 1)[batch["video_frame_mask"]]
-        previous = model.previous_targets(targets, first)
-    delta = (out.predictions_fine - previous).abs().mean()
-    delta_coarse = (out.predictions_coarse - previous).abs().mean()
-    torch.testing.assert_close(out.loss_delta_l1, (delta + delta_coarse) / 2)
-
-
-def test_separate_heads_and_query_skip_change_the_predictions(make_model, random_video):
-    shared_model, shared = _run(make_model, random_video)
-    separate_model, separate = _run(make_model, random_video, separate_prediction_heads=True)
-    assert shared_model.fovea_coarse_prediction_head is None
-    assert separate_model.fovea_coarse_prediction_head is not None
-    assert not torch.allclose(shared.predictions_coarse, separate.predictions_coarse)
-    skip_model, skip = _run(make_model, random_video, query_skip_to_head=True)
-    assert skip_model.fovea_prediction_head.query_skip is not None
-    assert not torch.allclose(shared.predictions_fine, skip.predictions_fine)
-
-
-def test_previous_target_dropout_only_in_training(make_model, random_video):
-    model, processor = make_model(previous_target_dropout=0.9)
-    batch = _batch(processor, random_video)
-    with torch.no_grad():
-        evaluated = [model(**batch).predictions_fine for _ in range(2)]
-        model.train()
-        trained = [model(**batch).predictions_fine for _ in range(2)]
-    torch.testing.assert_close(evaluated[0], evaluated[1])
-    assert not torch.allclose(trained[0], trained[1])
-
-
 def test_visual_token_scale_multiplies_the_projection(make_model):
     model, _ = make_model(visual_token_scale=3.0)
     tokens = torch.randn(2, model.config.vision_config.hidden_size)
+    attention = torch.softmax(
+        torch.randn(2, model.fovea_encoder.num_prefix_tokens + model.config.num_patches + 1), -1
+    )
     torch.testing.assert_close(
-        model.project_visual_tokens(tokens), 3.0 * model.fovea_visual_projection(tokens)
+        model.project_visual_tokens(tokens, attention), 3.0 * model.fovea_visual_projection(tokens)
     )
 
 

@@ -15,7 +15,7 @@ import train_accelerate
 from eval import ablations, build_mcq, captioning, figures, fovea, intrinsic, mcq
 from eval.common import ClipOutputs
 from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset
-from foveated_vlm.metrics import box_patch_masks, crop_boxes
+from foveated_vlm.metrics import box_patch_masks, crop_boxes, target_box_coverage
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 from processing_foveated import FoveatedVLMProcessor
 
@@ -130,7 +130,7 @@ def test_mass_in_box_of_planted_attention_maps():
         "validation", 1, ProceduralVideoConfig(image_size=64, num_frames=NUM_FRAMES)
     )[0]
     # The model reads 32 px frames: boxes are halved, 4 x 4 grid of 8 px patches.
-    masks = fovea.target_masks(clip, IMAGE_SIZE, PATCH_SIZE)
+    masks = target_box_coverage(clip, IMAGE_SIZE, PATCH_SIZE)
     boxes = crop_boxes(clip["boxes"][:, clip["target_index"]], 64, 64, IMAGE_SIZE)
     assert torch.allclose(masks, box_patch_masks(boxes, IMAGE_SIZE, PATCH_SIZE))
     inside = masks / masks.sum(-1, keepdim=True)  # all mass on patches the box covers

@@ -47,7 +47,8 @@ def test_query_pass_equals_masked_self_attention(make_model, implementation):
     tokens, attention = model.read_frames(queries, model.encode_frames(pixels))
     reference = _masked_reference(vit, pixels, model.fovea_query_input_projection(queries))
     torch.testing.assert_close(tokens, reference, atol=1e-5, rtol=1e-4)
-    assert attention.shape == (6, model.config.num_patches)
+    tokens_per_frame = 1 + model.config.vision_config.num_register_tokens + model.config.num_patches
+    assert attention.shape == (6, tokens_per_frame + 1)  # [CLS, registers, patches, own key]
     torch.testing.assert_close(attention.sum(-1), torch.ones(6))
 
 

@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from configuration_foveated import TARGET_SOURCES
 from processing_foveated import video_to_array
 
 from ..training.sampler import shard_indices
@@ -55,8 +56,8 @@ def target_spec(
     vae_name_or_path: str | None = None,
 ) -> dict[str, Any]:
     """Everything that determines a data set's targets (the cache is keyed by its fingerprint)."""
-    if target_source not in ("downsampled_frames", "vae"):
-        raise ValueError(f"target_source must be 'downsampled_frames' or 'vae', got {target_source!r}")
+    if target_source not in TARGET_SOURCES:
+        raise ValueError(f"target_source must be one of {TARGET_SOURCES}, got {target_source!r}")
     if target_source == "vae" and not vae_name_or_path:
         raise ValueError("target_source='vae' needs model.vae_name_or_path (a diffusers AutoencoderKL)")
     clips_digest = hashlib.sha256("\n".join(clip_ids).encode()).hexdigest()
@@ -67,6 +68,7 @@ def target_spec(
         "vae": vae_name_or_path if target_source == "vae" else None,
         "image_size": processor.image_size,
         "target_downsample": processor.target_downsample,
+        "motion_search_radius": processor.motion_search_radius if target_source == "motion" else None,
         "num_frames": num_frames,
         "fps": fps,
         "num_clips": len(clip_ids),
@@ -85,11 +87,9 @@ def cache_directory(root: str | os.PathLike, spec: dict[str, Any]) -> Path:
 
 
 def compute_targets(frames, processor, vae=None) -> torch.Tensor:
-    """Targets of one clip: ``[T, H, W, 3]`` frames -> ``[T, C, h, w]`` (VAE latents, else downsampled frames)."""
+    """Targets of one clip: ``[T, H, W, 3]`` frames -> ``[T, C, h, w]`` (VAE latents, else the processor's own)."""
     _, resized = processor.preprocess_frames(video_to_array(frames))
-    if vae is not None:
-        return processor.vae_targets(resized, vae)
-    return processor.downsampled_targets(resized)
+    return processor.frame_targets(resized, vae)
 
 
 def load_vae(name_or_path: str, device: torch.device | str = "cpu"):

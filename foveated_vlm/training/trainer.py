@@ -28,6 +28,7 @@ from modeling_foveated import attention_entropy
 
 from ..data.collate import VideoCaptionCollator
 from ..data.targets import atomic_write_text
+from ..metrics import attention_mass_in_box
 from .checkpoint import read_trainer_state, resolve_resume, save_checkpoint
 from .config import TrainingConfig, flat_config
 from .data import build_datasets, eval_loader, train_loader
@@ -49,7 +50,7 @@ METRICS_NAME = "metrics.json"
 CONFIG_NAME = "training_config.yaml"
 FINAL_DIR = "final"
 TRACKER_PROJECT = "tensorboard"
-LOSS_KEYS = ("loss", "loss_fine", "loss_coarse", "loss_caption")
+LOSS_KEYS = ("loss", "loss_fine", "loss_coarse", "loss_caption", "loss_attention")
 VALIDATION_KEYS = (
     "loss",
     "loss_fine",
@@ -57,6 +58,8 @@ VALIDATION_KEYS = (
     "loss_caption",
     "attention_entropy_fine",
     "attention_entropy_coarse",
+    "mass_in_box_fine",
+    "mass_in_box_coarse",
 )
 
 
@@ -126,7 +129,9 @@ def validate(model, loader, accelerator, max_batches: int | None) -> dict[str, f
     would synchronise buffers with its peers.
 
     Returns loss, loss_fine, loss_coarse, loss_caption, ratio_coarse_fine (loss_coarse / loss_fine, > 1 when
-    the predicted queries help), and the mean attention entropy (nats) of the fine and coarse reads.
+    the predicted queries help), the mean attention entropy (nats, of the full distribution) of the fine and
+    coarse reads and, on procedural data (batches with ``attention_targets``), their attention mass inside the
+    target's box.
     """
     was_training = model.training
     model.eval()
@@ -139,10 +144,13 @@ def validate(model, loader, accelerator, max_batches: int | None) -> dict[str, f
             output = model(**batch)
         size = batch["input_ids"].shape[0]
         values = [getattr(output, key) for key in VALIDATION_KEYS[:4]]
+        reads = [("fine", output.attention_fine, output.attention_prefix_fine)]
+        reads.append(("coarse", output.attention_coarse, output.attention_prefix_coarse))
         values += [
-            attention_entropy(attention.float()).mean() if attention is not None else None
-            for attention in (output.attention_fine, output.attention_coarse)
+            attention_entropy(attention.float(), prefix).mean() if attention is not None else None
+            for _, attention, prefix in reads
         ]
+        values += [_mass_in_box(attention, batch) for _, attention, _ in reads]
         sums += size * torch.stack(
             [
                 value.float()
@@ -160,6 +168,15 @@ def validate(model, loader, accelerator, max_batches: int | None) -> dict[str, f
         figures["loss_coarse"] / figures["loss_fine"] if figures["loss_fine"] else None
     )
     return {key: (None if value != value else value) for key, value in figures.items()}
+
+
+def _mass_in_box(attention: torch.Tensor | None, batch) -> torch.Tensor | None:
+    """Mean attention mass ``[]`` inside the target's box over the valid frames where it is in view."""
+    if attention is None or "attention_targets" not in batch:
+        return None
+    coverage = batch["attention_targets"][batch["video_frame_mask"].bool()]  # (N, P)
+    in_view = coverage.sum(-1) > 0
+    return attention_mass_in_box(attention.float()[in_view], coverage[in_view]).mean()
 
 
 def _learning_rates(optimizer) -> dict[str, float]:
@@ -259,7 +276,11 @@ def _check_cuda_graph(config: TrainingConfig, accelerator) -> None:
 def _loaders(run: _Run):
     """The infinite training loader (positioned at the resume step) and the validation loader."""
     accelerator, train = run.accelerator, run.train
-    collator = VideoCaptionCollator(run.processor)
+    procedural = run.config.data.kind == "procedural"
+    patch_size = (
+        run.accelerator.unwrap_model(run.model).config.vision_config.patch_size if procedural else None
+    )
+    collator = VideoCaptionCollator(run.processor, attention_patch_size=patch_size)
     training = train_loader(
         run.datasets["train"],
         collator,
