@@ -125,6 +125,9 @@ class FoveatedVLMConfig(PreTrainedConfig):
     multi_query_output: str = "mean"
     """With k > 1 queries: ``"mean"`` averages their outputs into one visual token per frame, ``"tokens"`` gives
     the LLM k tokens per frame."""
+    plan_first_query: bool = False
+    """Plan the first frame's query too: from the LLM state at ``<video_start>`` (which has read the prompt), like
+    every later query, instead of the learned prompt-blind ``q_init`` of the proposal."""
     glimpse_location: bool = False
     """Add *where* each query looked (the mean and spread of its attention over the patch grid, 4 numbers) to its
     visual token through a learned projection, as RAM's glimpse network combines what and where."""

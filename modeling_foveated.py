@@ -563,6 +563,20 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             return queries
         return queries.unflatten(-1, (self.config.num_queries_per_frame, self.config.query_dim))
 
+    def planned_queries(self, hidden: torch.Tensor, layout: VideoLayout) -> torch.Tensor:
+        """The query that reads each valid frame ``[N, Q]`` (``[N, k, Q]``), from coarse-pass states ``[B, L, H]``.
+
+        Frame t > 1 is read by the query planned at frame t-1's last token; frame 1 by ``q_init``, or with
+        ``plan_first_query`` by the query planned at ``<video_start>`` (after the prompt).
+        """
+        if self.config.plan_first_query:  # the state just before each frame is that frame's planner
+            return self.next_queries(_gather_positions(hidden, layout.predictor_index))
+        planned = self.next_queries(self.planning_states(hidden, layout.slot_index))
+        first = layout.first_frame.view(-1, *([1] * (planned.dim() - 1)))
+        return torch.where(
+            first, self.initial_queries(planned.shape[0]).to(planned.dtype), planned.roll(1, dims=0)
+        )
+
     def planning_states(self, hidden: torch.Tensor, slot_index: torch.Tensor) -> torch.Tensor:
         """LLM states ``[N, H]`` at the last token of each frame (``slot_index [N * k]``) of ``hidden [B, L, H]``."""
         last_slots = slot_index.view(-1, self.config.tokens_per_frame)[:, -1]
@@ -802,11 +816,7 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         layout = passes.layout
         queries = probe.queries
         if queries is None:
-            planned = self.next_queries(self.planning_states(coarse.last_hidden_state, layout.slot_index))
-            first = layout.first_frame.view(-1, *([1] * (planned.dim() - 1)))
-            queries = torch.where(
-                first, self.initial_queries(planned.shape[0]).to(planned.dtype), planned.roll(1, dims=0)
-            )
+            queries = self.planned_queries(coarse.last_hidden_state, layout)
         visual_fine, attention_fine = self.read_frames(queries, patches, probe.patch_bias)
         embeds_fine = self.embed_sequence(
             passes.input_ids,

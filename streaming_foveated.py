@@ -344,6 +344,10 @@ class FoveatedStream:
         for mode in self.modes[:-1]:
             self._caches[mode] = copy.deepcopy(self._caches[self.reading_mode])
         hidden = {mode: self._run_llm(mode, self._input_ids[:, -1:], None)[:, -1] for mode in self.modes}
+        if (
+            self.reading_mode == FINE and self.model.config.plan_first_query
+        ):  # frame 1's query reads the prompt
+            self.next_queries.copy_(self.model.next_queries(hidden[COARSE]))
         initial = self.model.fovea_initial_target.unsqueeze(0).expand(self.batch_size, -1, -1, -1)
         return self._predict(hidden[self.reading_mode], initial, self.next_queries)
 

@@ -1,13 +1,16 @@
 """Ablations (proposal §13.2): train every arm with the same data, steps and seed, evaluate each, one table.
 
     python -m eval.ablations --config configs/demo.yaml --out OUT [--arms ARMS.yaml] [--only two_pass static_only]
-        [--max_steps N] [--seed S] [--launcher "accelerate launch"] [--eval_clips 128]
+        [--max_steps N] [--seed S] [--launcher "accelerate launch"] [--eval_clips 128] [--parallel 8]
+        [--evaluations intrinsic captioning fovea]
 
 An arm is a name and a list of ``--set`` overrides applied on top of the base config (and of ``--set`` given
 to this script). Each arm is trained from scratch by ``train_accelerate.py`` into ``OUT/arms/NAME`` (a
 subprocess; its output goes to ``OUT/arms/NAME/train.log``), then its ``final/`` model is evaluated with
-``eval.intrinsic``, ``eval.captioning`` and, on procedural data, ``eval.fovea`` on the same split. A finished arm
-(``final/`` present) is reused unless ``--retrain``. An arm whose overrides the config rejects (a switch the
+``eval.intrinsic``, ``eval.captioning`` and, on procedural data, ``eval.fovea`` on the same split
+(``--evaluations`` picks). A finished arm (``final/`` present) and a finished evaluation (its ``report.json``) are
+reused unless ``--retrain``. ``--parallel N`` runs up to N arms at once, each as its own process (training and
+evaluation; e.g. several tiny arms side by side on one GPU), then gathers their reports into the table. An arm whose overrides the config rejects (a switch the
 model or data do not have yet) is listed as unavailable with the reason, and the others still run.
 
 Every arm trains every pass it is evaluated on (the peer compared a pass that was never trained, NOTES §3):
@@ -42,6 +45,7 @@ import torch  # noqa: E402
 from eval import captioning, fovea, intrinsic  # noqa: E402
 from eval.common import (  # noqa: E402
     FINAL_DIR,
+    REPORT_JSON,
     add_override_argument,
     command_line,
     format_ci,
@@ -59,6 +63,7 @@ TRAIN_SCRIPT = REPO_ROOT / "train_accelerate.py"
 ARMS_DIR = "arms"
 EVAL_DIR = "eval"
 TRAIN_LOG = "train.log"
+ARM_PROCESS_LOG = "ablation.log"
 METRICS_NAME = "metrics.json"
 TABLE_NAME = "ablations"
 DEFAULT_LAUNCHER = f"{shlex.quote(sys.executable)} -u"
@@ -159,20 +164,30 @@ def evaluation_arguments(args: argparse.Namespace, arm_dir: Path, name: str) -> 
     return argv + (["--num_clips", str(args.eval_clips)] if args.eval_clips else [])
 
 
+EVALUATIONS = ("intrinsic", "captioning", "fovea")
+PROCEDURAL_ONLY = ("fovea",)
+
+
+def _evaluation_argv(args: argparse.Namespace, arm_dir: Path, name: str) -> list[str]:
+    argv = evaluation_arguments(args, arm_dir, name)
+    if name == "captioning":
+        argv += ["--max_new_tokens", str(args.max_new_tokens), "--metrics_backend", args.metrics_backend]
+    return argv
+
+
 def evaluate_arm(args: argparse.Namespace, arm_dir: Path, procedural: bool) -> dict[str, Any]:
-    """Intrinsic, caption and (procedural) fovea reports of a trained arm."""
-    results = {
-        "intrinsic": intrinsic.run(
-            intrinsic.build_parser().parse_args(evaluation_arguments(args, arm_dir, "intrinsic"))
-        )
-    }
-    caption_argv = evaluation_arguments(args, arm_dir, "captioning")
-    caption_argv += ["--max_new_tokens", str(args.max_new_tokens), "--metrics_backend", args.metrics_backend]
-    results["captioning"] = captioning.run(captioning.build_parser().parse_args(caption_argv))
-    if procedural:
-        results["fovea"] = fovea.run(
-            fovea.build_parser().parse_args(evaluation_arguments(args, arm_dir, "fovea"))
-        )
+    """The selected reports (``args.evaluations``) of a trained arm; a finished one is read back, not rerun."""
+    scripts = {"intrinsic": intrinsic, "captioning": captioning, "fovea": fovea}
+    results = {}
+    for name in args.evaluations:
+        if name in PROCEDURAL_ONLY and not procedural:
+            continue
+        saved = arm_dir / EVAL_DIR / name / REPORT_JSON
+        if saved.is_file() and not args.retrain:
+            results[name] = json.loads(saved.read_text(encoding="utf-8"))
+            continue
+        script = scripts[name]
+        results[name] = script.run(script.build_parser().parse_args(_evaluation_argv(args, arm_dir, name)))
     return results
 
 
@@ -281,6 +296,44 @@ def format_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_in_parallel(argv: list[str], arms: list[Arm], out_dir: Path, workers: int) -> None:
+    """Run each arm as ``python -m eval.ablations ARGV --only NAME`` (training and evaluation), ``workers`` at once.
+
+    A failed arm process is logged and left for the gathering pass, which reports the arm's own failure.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(arm: Arm) -> int:
+        log_path = out_dir / ARMS_DIR / arm.name / ARM_PROCESS_LOG
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-u", "-m", "eval.ablations", *argv, "--only", arm.name]
+        with open(log_path, "w", encoding="utf-8") as log:
+            code = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+        if code:
+            logger.error("arm %s: its process exited with status %d; see %s", arm.name, code, log_path)
+        return code
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, arms))
+
+
+def _without_parallel(argv: list[str]) -> list[str]:
+    """``argv`` without ``--parallel N`` and without ``--only NAME ...`` (each child process names its own arm)."""
+    kept: list[str] = []
+    dropping = None  # the option whose values are being skipped
+    for value in argv:
+        if dropping is not None and not value.startswith("-"):
+            if dropping == "--parallel":
+                dropping = None
+            continue
+        dropping = None
+        if value in ("--parallel", "--only"):
+            dropping = value
+        elif not value.startswith(("--parallel=", "--only=")):
+            kept.append(value)
+    return kept
+
+
 def run(args: argparse.Namespace, trainer: Trainer | None = None) -> dict[str, Any]:
     """Run every selected arm, write the table, return the report."""
     arms = load_arms(args.arms) if args.arms else list(DEFAULT_ARMS)
@@ -293,6 +346,8 @@ def run(args: argparse.Namespace, trainer: Trainer | None = None) -> dict[str, A
     trainer = trainer or subprocess_trainer(args.launcher)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.parallel > 1 and len(arms) > 1:
+        run_in_parallel(args.child_argv, arms, out_dir, args.parallel)
     report: dict[str, Any] = {
         "command": command_line(),
         "config": args.config,
@@ -339,12 +394,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_new_tokens", type=int, default=captioning.DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--metrics_backend", default="auto", choices=BACKENDS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--evaluations",
+        nargs="+",
+        default=list(EVALUATIONS),
+        choices=EVALUATIONS,
+        help="reports to make per arm",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="arms run at once, each in its own process (default 1: in turn)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None, trainer: Trainer | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = run(build_parser().parse_args(argv), trainer)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    if args.parallel < 1:
+        raise SystemExit(f"error: --parallel must be >= 1, got {args.parallel}")
+    args.child_argv = _without_parallel(argv)
+    report = run(args, trainer)
     print(format_markdown(report))
     return report
 

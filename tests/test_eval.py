@@ -436,6 +436,33 @@ def test_ablation_runner_trains_and_evaluates_each_arm(tmp_path):
         trainer=trainer,
     )
     assert len(calls) == 2 and again["arms"][0]["reused"]  # a trained arm is not trained again
+    assert again["arms"][0]["evaluation"]["intrinsic"] == statuses["two_pass"]["evaluation"]["intrinsic"]
+
+
+def test_ablation_runner_reuses_finished_evaluations_and_runs_arms_in_parallel(tmp_path, monkeypatch):
+    arms_file = tmp_path / "arms.yaml"
+    arms_file.write_text("arms:\n  - {name: a, set: []}\n  - {name: b, set: [model.lambda_coarse=0.5]}\n")
+    launched = []
+
+    def fake_parallel(argv, arms, out_dir, workers):
+        launched.append((argv, [arm.name for arm in arms], workers))
+
+    monkeypatch.setattr(ablations, "run_in_parallel", fake_parallel)
+    argv = [
+        "--config", SMOKE_CONFIG, *SMALL_DATA, "--arms", str(arms_file), "--out", str(tmp_path / "out"),
+        "--max_steps", "2", "--eval_clips", "2", "--evaluations", "intrinsic", "--parallel", "2",
+    ]  # fmt: skip
+    report = ablations.main(argv, trainer=lambda args, log: train_accelerate.main(args))
+    assert launched == [(argv[:-2], ["a", "b"], 2)]  # each child names its own arm
+    assert [record["status"] for record in report["arms"]] == ["ok", "ok"]
+    assert set(report["arms"][0]["evaluation"]) == {"intrinsic"}
+
+    def no_rerun(*args, **kwargs):
+        raise AssertionError("a finished evaluation must be read back, not run again")
+
+    monkeypatch.setattr(ablations.intrinsic, "run", no_rerun)
+    again = ablations.main([*argv[:-2], "--only", "a"])
+    assert again["arms"][0]["evaluation"]["intrinsic"] == report["arms"][0]["evaluation"]["intrinsic"]
 
 
 def test_subprocess_trainer_reports_a_failed_run(tmp_path):

@@ -326,3 +326,21 @@ def test_motion_target_needs_two_channels():
 
     with pytest.raises(ValueError, match="target_channels for target_source='motion'"):
         FoveatedVLMConfig(target_source="motion")
+
+
+# ----------------------------------------------------------------------------------------------- planning
+
+
+def test_plan_first_query_reads_frame_one_with_a_query_from_the_prompt(make_model, random_video):
+    video = random_video(3)
+    for planned in (False, True):
+        model, processor = make_model(plan_first_query=planned)
+        batch = processor(
+            text=["Describe the red object.", "What does the blue object do?"], videos=[video, video]
+        )
+        with torch.no_grad():
+            out = model(**batch)
+        first = out.queries[[0, 3]]  # frame 1 of each video
+        assert torch.allclose(first[0], first[1]) is not planned, "frame 1's query must depend on the prompt"
+        if not planned:
+            torch.testing.assert_close(first, model.fovea_initial_query.expand(2, -1))

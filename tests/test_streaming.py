@@ -13,7 +13,13 @@ FRAME_COUNTS = (5, 3)  # a batch of streams of different lengths (and prompts of
 CAPTION_TOKENS = 6
 # Larger than the tiny default so that random logits are far from ties and greedy captions are not degenerate.
 TEXT_INIT_STD = 0.2
-REMEDIES = {"predict_delta": True, "query_skip_to_head": True, "separate_prediction_heads": True}
+REMEDIES = {
+    "predict_delta": True,
+    "query_skip_to_head": True,
+    "separate_prediction_heads": True,
+    "plan_first_query": True,
+    "glimpse_location": True,
+}
 # Relative tolerances (max |stream - parallel| / max |parallel|). The stream runs the same ops on other shapes
 # (one token per LLM call instead of one prefill), so results agree to float rounding: ~1e-6 in fp32. bf16 keeps
 # 8 mantissa bits (epsilon 2^-8 = 0.4%); rounding differences pass through the LLM and encoder layers, measured
