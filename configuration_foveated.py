@@ -131,8 +131,9 @@ class FoveatedVLMConfig(PreTrainedConfig):
     glimpse_location: bool = False
     """Add *where* each query looked (the mean and spread of its attention over the patch grid, 4 numbers) to its
     visual token through a learned projection, as RAM's glimpse network combines what and where."""
-    attention_map_layer: int = -1
-    """Encoder layer whose query attention (mean over heads, over patches) is returned for visualisation."""
+    attention_map_layer: int | None = -1
+    """Encoder layer whose query attention (mean over heads) is returned, visualised and supervised; None averages
+    every layer's (where the query looked on its way through the encoder)."""
     visual_token_scale: float = 1.0
     """Factor applied to projected visual tokens before they enter the LLM (matches their norm to text)."""
 

@@ -277,6 +277,11 @@ class FoveatedEncoder(nn.Module):
         attended = torch.matmul(weights[..., :-1], cached_value) + weights[..., -1:] * own_value
         return self._feed_forward(layer, states, self._merge_heads(attended)), weights
 
+    def attention_map_layers(self) -> tuple[int, ...]:
+        """Encoder layers whose query attention is reported (``attention_map_layer``; None: all of them)."""
+        layer = self.config.attention_map_layer
+        return tuple(range(len(self.layers))) if layer is None else (layer % len(self.layers),)
+
     def query(
         self, query_tokens: torch.Tensor, cache: PatchCache, patch_bias: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,20 +294,21 @@ class FoveatedEncoder(nn.Module):
         Returns:
             visual tokens ``[N, D]`` (``[N, k, D]``): the normed encoder output at each query, and each query's full
             attention distribution ``[N, S+1]`` (``[N, k, S+1]``) over ``[CLS, registers, patches, own key]`` at
-            ``config.attention_map_layer`` (mean over heads, sums to 1; :func:`split_attention` separates it).
+            ``config.attention_map_layer`` (mean over heads, and over layers when it is None; sums to 1;
+            ``split_attention`` separates it).
         """
         one_token = query_tokens.dim() == 2
         states = (query_tokens.unsqueeze(1) if one_token else query_tokens).to(cache.keys[0].dtype)
         if patch_bias is not None and patch_bias.dim() == 2:
             patch_bias = patch_bias.unsqueeze(1)  # (N, 1, P): the same region for every token of a frame
-        map_layer = self.config.attention_map_layer % len(self.layers)
-        attention_map = None
+        map_layers = self.attention_map_layers()
+        attention_map = 0.0
         for index, layer in enumerate(self.layers):
             states, weights = self._query_layer(
                 layer, states, cache.keys[index], cache.values[index], patch_bias
             )
-            if index == map_layer:
-                attention_map = weights.float().mean(1)  # (N, k, S+1)
+            if index in map_layers:
+                attention_map = attention_map + weights.float().mean(1) / len(map_layers)  # (N, k, S+1)
         visual_tokens = self.vision_model.norm(states)
         if one_token:
             return visual_tokens.squeeze(1), attention_map.squeeze(1)

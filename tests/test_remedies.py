@@ -344,3 +344,13 @@ def test_plan_first_query_reads_frame_one_with_a_query_from_the_prompt(make_mode
         assert torch.allclose(first[0], first[1]) is not planned, "frame 1's query must depend on the prompt"
         if not planned:
             torch.testing.assert_close(first, model.fovea_initial_query.expand(2, -1))
+
+
+def test_attention_map_layer_none_averages_every_layer(make_model, random_video):
+    maps = []
+    for layer in (0, 1, None):
+        model, processor = make_model(attention_map_layer=layer)
+        with torch.no_grad():
+            maps.append(_forward(model, processor, random_video).attention_fine)
+    assert not torch.allclose(maps[0], maps[1])
+    torch.testing.assert_close(maps[2], (maps[0] + maps[1]) / 2)
