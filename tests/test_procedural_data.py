@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import time
 
 import numpy as np
@@ -445,7 +446,7 @@ def test_rendering_is_fast_and_scales_to_256() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Text: captions, prompts, QA, MCQ
+# Text: captions, prompts, QA, MCQ, tokenizer coverage
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -544,6 +545,15 @@ def test_text_inventory_holds_every_text_a_clip_produces() -> None:
         texts = [clip["prompt"], clip["caption"], clip["mcq"]["question"], *clip["mcq"]["options"]]
         texts += [text for pair in clip["qa"] for text in pair.values()]
         assert set(texts) <= inventory, set(texts) - inventory
+
+
+def test_tiny_tokenizer_reads_every_data_word_as_one_token() -> None:
+    from foveated_vlm.tiny import EXTRA_TEXT, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    for line in (*text_inventory(), *(text for text in EXTRA_TEXT if text.strip())):
+        pieces = [tokenizer.decode([i]) for i in tokenizer(line, add_special_tokens=False)["input_ids"]]
+        assert pieces == re.findall(r" ?[A-Za-z]+|[^A-Za-z ]+", line), line
 
 
 # ----------------------------------------------------------------------------------------------------
