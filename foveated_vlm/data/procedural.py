@@ -116,7 +116,7 @@ MAX_SIZE_FRACTION = 0.5
 MIN_OBJECT_PIXELS = 2.0
 """Smallest object side in pixels, whatever the size fraction."""
 MAX_PLACEMENT_TRIES = 20
-"""Rejection-sampling attempts to place a static distractor off the target's path."""
+"""Rejection-sampling attempts to place a static object off the moving objects' paths."""
 MAX_PAN_TO_OBJECT_SPEED = 0.5
 """Camera pan speed is capped at this fraction of the slowest linear or bouncing object, so that motion in
 the image always goes in the captioned direction."""
@@ -623,7 +623,8 @@ def sample_scene(config: ProceduralVideoConfig, split: str, index: int) -> Scene
 
     Non-target objects (named clips only) get distinct colours other than the target's and (shape,
     motion) pairs from the training pairs, so no held-out combination is ever seen outside "heldout".
-    Drawing order (layers) is random, so the target is not always on top.
+    Drawing order (layers) is random, so the target is not always on top; static objects avoid the paths
+    of all moving objects alike, so free space does not point at the target either.
     """
     text = sample_text(config, split, index)
     rng = clip_streams(config, split, index)[1]
@@ -640,7 +641,8 @@ def sample_scene(config: ProceduralVideoConfig, split: str, index: int) -> Scene
         shape, motion = moving_pairs[int(rng.integers(len(moving_pairs)))]
         others.append(_make_object(rng, config, num_frames, colour, shape, motion, layer))
     specs = [(colour, _pick(rng, static_shapes)) for colour in colours[num_other:]]
-    statics = _place_statics(rng, config, num_frames, specs, layers[1 + num_other :], [_swept_box(target)])
+    paths = [_swept_box(obj) for obj in (target, *others)]  # statics avoid every moving path alike
+    statics = _place_statics(rng, config, num_frames, specs, layers[1 + num_other :], paths)
     objects = [target, *others, *statics]
     order = rng.permutation(len(objects))
     objects = [objects[i] for i in order]
