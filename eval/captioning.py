@@ -6,8 +6,8 @@ Greedy captions (``generate``) in each inference mode: ``two_pass`` (coarse plan
 (static query only). BLEU/ROUGE come from ``evaluate.load`` when it can be loaded and otherwise from
 ``foveated_vlm.metrics`` (the report names the implementation of every number); CIDEr-D replaces METEOR,
 whose WordNet data cannot be had offline. On procedural clips the script also scores the exact colour, shape
-and motion read from each caption (``parse_caption``); the default ``heldout`` split holds only colour x shape
-x motion combinations never seen in training. Writes ``OUT/report.md``, ``OUT/report.json``,
+and motion read from each caption (``parse_caption``); the default ``heldout`` split holds only shape x motion
+combinations never seen in training. Writes ``OUT/report.md``, ``OUT/report.json``,
 ``OUT/captions.jsonl``.
 """
 

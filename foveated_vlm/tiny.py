@@ -7,45 +7,32 @@ path that works with it works with SmolLM2's real tokenizer.
 
 from __future__ import annotations
 
-import itertools
-
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from configuration_foveated import FoveatedVLMConfig
+from foveated_vlm.data.procedural import text_inventory
 from processing_foveated import CHATML_TEMPLATE, VIDEO_TOKENS, FoveatedVLMProcessor, add_video_tokens
 
 SMOLLM2_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-TINY_VOCAB_SIZE = 512
-COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "grey", "pink")
-SHAPES = ("square", "circle", "triangle", "star", "ball", "box")
-MOTIONS = (
-    "moves from left to right",
-    "moves from right to left",
-    "moves from top to bottom",
-    "moves from bottom to top",
-    "bounces around",
-    "stays still",
+TINY_VOCAB_SIZE = 544
+"""More than the corpus's ~520 learnable tokens, so BPE learns every merge: each word of the procedural data and
+of the system prompt is one token (512 left some of them split)."""
+EXTRA_TEXT = (
+    "Describe the video.",  # the default prompt of training, captioning and the examples
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face",  # SmolLM2's default system prompt
+    "system",
+    "user",
+    "assistant",
+    "\n",
 )
-PROMPTS = (
-    "What happens in the video?",
-    "Describe the video.",
-    "What does the object do?",
-    "Describe the {c} {s}.",
-    "What does the {c} {s} do?",
-    "Where does the {c} {s} go?",
-    "What colour is the moving object?",
-    "What shape is the moving object?",
-    "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
-)
+"""Text the tokenizer should know besides the procedural data's (which it takes from ``procedural_text``)."""
 
 
 def _corpus() -> list[str]:
-    """Sentences covering the captions, prompts and answers of the procedural data set."""
-    lines = [f"the {c} {s} {m}." for c, s, m in itertools.product(COLOURS, SHAPES, MOTIONS)]
-    lines += [p.format(c=c, s=s) for p in PROMPTS for c, s in zip(COLOURS, itertools.cycle(SHAPES))]
-    lines += ["to the left", "to the right", "up", "down", "nowhere", "system", "user", "assistant", "\n"]
-    return lines
+    """Every caption, prompt, question, answer and option the procedural data can produce (from its own
+    vocabulary and templates), then ``EXTRA_TEXT``, so that every word the data emits gets whole-word tokens."""
+    return [*text_inventory(), *EXTRA_TEXT]
 
 
 def tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:

@@ -310,7 +310,9 @@ def test_mcq_end_to_end_from_a_built_set(run_dir, tmp_path, video_format):
     )
     assert set(report["modes"]) == set(mcq.MODES)
     for figures_of_mode in report["modes"].values():
-        assert 0 <= figures_of_mode["accuracy"]["estimate"] <= 1 and figures_of_mode["chance"] == 0.25
+        chance = np.mean([1 / len(row["options"]) for row in rows])  # 4 options, 2 for size questions
+        assert 0 <= figures_of_mode["accuracy"]["estimate"] <= 1
+        assert figures_of_mode["chance"] == pytest.approx(chance)
     predictions = (tmp_path / "out" / mcq.PREDICTIONS_NAME).read_text().splitlines()
     assert len(predictions) == 3 * len(mcq.MODES)
     assert read_report(tmp_path / "out")["num_questions"] == 3
@@ -328,7 +330,7 @@ def test_build_mcq_runs_as_a_script(tmp_path):
             "--image_size",
             "32",
             "--num_frames",
-            "2",
+            "3",
             "--format",
             "npy",
         ],

@@ -11,12 +11,21 @@ DENSE = {"foveation_mode": "dense", "dense_tokens_per_frame": 4}
 LOSSES = ("loss", "loss_fine", "loss_coarse", "loss_caption", "loss_caption_coarse")
 
 
-def _batch(processor, random_video, lengths=(3, 5), prompts=("hi", "describe the clip please")):
+SAME_CAPTIONS = ("a red square", "a red square")  # an unpadded batch needs captions of one token length
+
+
+def _batch(
+    processor,
+    random_video,
+    lengths=(3, 5),
+    prompts=("hi", "describe the clip please"),
+    captions=("a red square", "it moves"),
+):
     videos = [random_video(length, seed=index) for index, length in enumerate(lengths)]
     return processor(
         text=list(prompts),
         videos=videos,
-        captions=["a red square", "it moves"],
+        captions=list(captions),
         return_targets=True,
         return_video_layout=True,
     )
@@ -47,7 +56,7 @@ def test_forward_with_layout_equals_forward_without(make_model, random_video, ov
 
 def test_unpadded_batch_runs_causal_attention_and_matches_the_masked_forward(make_model, random_video):
     model, processor = make_model()
-    batch = _batch(processor, random_video, lengths=(4, 4), prompts=("same", "same"))
+    batch = _batch(processor, random_video, lengths=(4, 4), prompts=("same", "same"), captions=SAME_CAPTIONS)
     layout = batch["video_layout"]
     assert not layout.padded
     masked = model(**{**batch, "video_layout": VideoLayout(**{**vars(layout), "padded": True})})
@@ -116,8 +125,10 @@ def test_training_forward_with_layout_traces_as_one_graph(make_model, random_vid
     """``fullgraph=True`` fails on any host synchronisation (``.item()``, boolean-mask indexing, ``nonzero``)."""
     model, processor = make_model(**overrides)
     model.train()
-    prompts = ("same", "same") if lengths[0] == lengths[1] else ("hi", "describe the clip please")
-    batch = _batch(processor, random_video, lengths, prompts)
+    if lengths[0] == lengths[1]:
+        batch = _batch(processor, random_video, lengths, ("same", "same"), SAME_CAPTIONS)
+    else:
+        batch = _batch(processor, random_video, lengths)
     assert batch["video_layout"].padded == (lengths[0] != lengths[1])
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     compiled(**batch).loss.backward()

@@ -1,8 +1,13 @@
-"""Tests of the procedural moving-shapes video data set (foveated_vlm.data.procedural)."""
+"""Tests of the procedural moving-shapes video data set (foveated_vlm.data.procedural).
+
+The leak tests (nothing scored is predictable from the prompt) are in tests/test_procedural_leak.py.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import re
 import time
 
 import numpy as np
@@ -14,18 +19,41 @@ from foveated_vlm.data import (
     COLOURS,
     GENERIC_PROMPTS,
     MOTIONS,
+    NAMED_PROMPTS,
+    SCORED_ATTRIBUTES,
     SHAPES,
+    SIZES,
     ProceduralVideoConfig,
     ProceduralVideoDataset,
     as_hf_dataset,
     caption_for,
     make_clip,
+    pairs_for_split,
     parse_caption,
     procedural,
     render_box_mask,
-    split_triples,
+    render_scene,
+    sample_scene,
+    scored_attributes,
+    split_pairs,
 )
-from foveated_vlm.data.procedural import LINEAR_MOTIONS, MOTION_OPTIONS, STATIC, WHERE_ANSWERS, sample_text
+from foveated_vlm.data.procedural import (
+    BOUNCING,
+    GENERIC_QA,
+    LINEAR_MOTIONS,
+    MAX_BACKGROUND_CHANNEL,
+    MAX_BACKGROUND_CONTRAST,
+    MCQ_QUESTIONS,
+    MOTION_OPTIONS,
+    NAMED_QA,
+    QA_QUESTIONS,
+    STATIC,
+    WHERE_ANSWERS,
+    clip_num_frames,
+    sample_text,
+    subject_for,
+    text_inventory,
+)
 
 CONFIG = ProceduralVideoConfig()
 
@@ -34,8 +62,8 @@ def _target(clip: dict) -> dict:
     return clip["objects"][clip["target_index"]]
 
 
-def _triple(obj: dict) -> tuple[str, str, str]:
-    return obj["colour"], obj["shape"], obj["motion"]
+def _attributes(obj: dict) -> dict[str, str]:
+    return {key: obj[key] for key in ("colour", "shape", "size", "motion")}
 
 
 def _centres(clip: dict, k: int) -> np.ndarray:
@@ -49,16 +77,24 @@ def _colour_mask(clip: dict, colour: str) -> np.ndarray:
     return np.all(clip["frames"] == np.array(COLOUR_RGB[colour], dtype=np.uint8), axis=-1)
 
 
-def _unique_colour_clips(config: ProceduralVideoConfig, split: str, count: int, occlusion: bool):
-    """Clips whose target colour no other object has, with or without an occluder."""
-    found = []
-    for index in itertools.count():
-        clip = make_clip(config, split, index)
-        colours = [obj["colour"] for obj in clip["objects"]]
-        if clip["occlusion"] == occlusion and colours.count(_target(clip)["colour"]) == 1:
-            found.append(clip)
-        if len(found) == count:
-            return found
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+
+
+def _outside_boxes(clip: dict) -> np.ndarray:
+    """Pixels whose centre lies in no object's box, bool [T, H, W]."""
+    t, h, w = clip["frames"].shape[:3]
+    cols, rows = np.arange(w) + 0.5, np.arange(h) + 0.5
+    inside = np.zeros((t, h, w), dtype=bool)
+    for k in range(len(clip["objects"])):
+        x0, y0, x1, y1 = (clip["boxes"][:, k, i][:, None, None] for i in range(4))
+        inside |= (
+            (cols[None, None] >= x0)
+            & (cols[None, None] <= x1)
+            & (rows[None, :, None] >= y0)
+            & (rows[None, :, None] <= y1)
+        )
+    return ~inside
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -79,6 +115,8 @@ def test_clip_keys_shapes_and_dtypes() -> None:
     assert np.all(clip["boxes"][..., 2:] >= clip["boxes"][..., :2])
     assert {"colour", "shape", "size", "motion"} <= set(clip["objects"][0])
     assert isinstance(clip["prompt"], str) and isinstance(clip["caption"], str)
+    assert clip["scored_attributes"] == scored_attributes(clip["named"])
+    assert clip["reference"] == (_target(clip)["colour"] if clip["named"] else None)
     # dark, textured background: many distinct colours, mostly dark pixels
     assert len(np.unique(clip["frames"][0].reshape(-1, 3), axis=0)) > 20
     assert np.median(clip["frames"]) < 80
@@ -100,11 +138,40 @@ def test_same_clip_twice_is_identical_and_indices_differ() -> None:
     assert not np.array_equal(first["frames"], reseeded["frames"])
 
 
-def test_objects_have_distinct_colour_shape_pairs() -> None:
-    for index in range(150):
+def test_generic_clips_hold_the_target_alone_and_named_clips_distinct_colours() -> None:
+    kinds = {True: 0, False: 0}
+    for index in range(200):
         clip = make_clip(CONFIG, "train", index)
-        pairs = [(obj["colour"], obj["shape"]) for obj in clip["objects"]]
-        assert len(set(pairs)) == len(pairs)
+        target, objects = _target(clip), clip["objects"]
+        kinds[clip["named"]] += 1
+        assert parse_caption(clip["caption"]) == _attributes(target)
+        if not clip["named"]:
+            assert objects == [target] and clip["prompt"] in GENERIC_PROMPTS
+            continue
+        colours = [obj["colour"] for obj in objects]
+        assert len(set(colours)) == len(colours)
+        assert clip["prompt"] in {p.format(colour=target["colour"]) for p in NAMED_PROMPTS}
+        others = [obj for k, obj in enumerate(objects) if k != clip["target_index"]]
+        moving = sum(obj["motion"] != STATIC for obj in others)
+        static = sum(obj["motion"] == STATIC for obj in others)
+        assert CONFIG.num_other_moving[0] <= moving <= CONFIG.num_other_moving[1]
+        assert CONFIG.num_distractors[0] <= static <= CONFIG.num_distractors[1]
+    assert min(kinds.values()) > 60
+    assert not any(
+        sample_text(ProceduralVideoConfig(named_object_fraction=0.0), "train", i).named for i in range(50)
+    )
+    assert all(
+        sample_text(ProceduralVideoConfig(named_object_fraction=1.0), "train", i).named for i in range(50)
+    )
+
+
+def test_target_is_not_always_drawn_on_top() -> None:
+    on_top = [
+        scene.target.layer == max(obj.layer for obj in scene.objects)
+        for scene in (sample_scene(CONFIG, "train", i) for i in range(200))
+        if scene.text.named
+    ]
+    assert 0.2 < np.mean(on_top) < 0.6
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -112,40 +179,38 @@ def test_objects_have_distinct_colour_shape_pairs() -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def test_heldout_triples_are_disjoint_and_cover_every_value() -> None:
-    train, heldout = split_triples(CONFIG)
-    everything = set(itertools.product(COLOURS, SHAPES, MOTIONS))
+def test_heldout_pairs_are_disjoint_and_cover_every_value() -> None:
+    train, heldout = split_pairs(CONFIG)
+    everything = set(itertools.product(SHAPES, MOTIONS))
     assert set(train) | set(heldout) == everything and not set(train) & set(heldout)
     assert len(heldout) == round(CONFIG.heldout_fraction * len(everything))
-    for position, vocabulary in enumerate((COLOURS, SHAPES, MOTIONS)):
-        assert {triple[position] for triple in train} == set(vocabulary)
-
-    train_seen = {
-        (text.colour, text.shape, text.motion)
-        for text in (sample_text(CONFIG, "train", i) for i in range(500))
-    }
-    validation_seen = {
-        (text.colour, text.shape, text.motion)
-        for text in (sample_text(CONFIG, "validation", i) for i in range(200))
-    }
-    heldout_seen = {
-        (text.colour, text.shape, text.motion)
-        for text in (sample_text(CONFIG, "heldout", i) for i in range(200))
-    }
-    assert not train_seen & set(heldout)
-    assert not validation_seen & set(heldout)
-    assert heldout_seen <= set(heldout) and len(heldout_seen) > 1
-    for position, vocabulary in enumerate((COLOURS, SHAPES, MOTIONS)):
-        assert {triple[position] for triple in train_seen} == set(vocabulary)
-    assert split_triples(ProceduralVideoConfig(seed=5))[1] != heldout
+    for position, vocabulary in enumerate((SHAPES, MOTIONS)):
+        assert {pair[position] for pair in train} == set(vocabulary)
+    assert pairs_for_split(CONFIG, "validation") == train and pairs_for_split(CONFIG, "heldout") == heldout
+    assert split_pairs(ProceduralVideoConfig(seed=5))[1] != heldout
+    assert split_pairs(ProceduralVideoConfig(seed=5)) == split_pairs(ProceduralVideoConfig(seed=5))
 
 
-def test_heldout_clip_renders_its_heldout_target() -> None:
-    heldout = set(split_triples(CONFIG)[1])
-    for index in range(20):
-        clip = make_clip(CONFIG, "heldout", index)
-        assert _triple(_target(clip)) in heldout
-        assert clip["clip_id"] == f"heldout-{index:06d}"
+def test_heldout_pairs_never_appear_outside_the_heldout_split() -> None:
+    """Not as targets, and not as any other object either (those always use training pairs)."""
+    train, heldout = (set(pairs) for pairs in split_pairs(CONFIG))
+    seen = {"train": set(), "validation": set(), "heldout_targets": set(), "heldout_others": set()}
+    for split, count in (("train", 300), ("validation", 150), ("heldout", 150)):
+        for index in range(count):
+            scene = sample_scene(CONFIG, split, index)
+            for k, obj in enumerate(scene.objects):
+                pair = (obj.shape, obj.motion)
+                if split != "heldout":
+                    seen[split].add(pair)
+                else:
+                    seen["heldout_targets" if k == scene.target_index else "heldout_others"].add(pair)
+    assert seen["train"] <= train and seen["validation"] <= train and seen["heldout_others"] <= train
+    assert seen["heldout_targets"] == heldout
+    assert {shape for shape, _ in seen["train"]} == set(SHAPES)
+    assert {motion for _, motion in seen["train"]} == set(MOTIONS)
+    colours = {sample_text(CONFIG, "heldout", i).colour for i in range(150)}
+    sizes = {sample_text(CONFIG, "heldout", i).size for i in range(150)}
+    assert colours == set(COLOURS) and sizes == set(SIZES)  # colour and size stay free in every split
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -153,32 +218,42 @@ def test_heldout_clip_renders_its_heldout_target() -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def test_target_pixels_lie_inside_its_box() -> None:
-    for clip in _unique_colour_clips(CONFIG, "train", 12, occlusion=False):
-        k = clip["target_index"]
-        mask = _colour_mask(clip, _target(clip)["colour"])
-        for t in range(CONFIG.num_frames):
-            rows, cols = np.nonzero(mask[t])
-            x0, y0, x1, y1 = clip["boxes"][t, k]
-            assert np.all((cols + 0.5 >= x0) & (cols + 0.5 <= x1)), clip["clip_id"]
-            assert np.all((rows + 0.5 >= y0) & (rows + 0.5 <= y1)), clip["clip_id"]
-            if clip["visible"][t, k]:  # the box is tight: pixels reach (nearly) every edge
-                assert cols.min() + 0.5 - x0 <= 2.0 and x1 - cols.max() - 0.5 <= 2.0
-                assert rows.min() + 0.5 - y0 <= 2.0 and y1 - rows.max() - 0.5 <= 2.0
+def test_object_pixels_lie_inside_their_boxes() -> None:
+    config = ProceduralVideoConfig(occlusion_probability=0.0)
+    for index in range(12):
+        clip = make_clip(config, "train", index)
+        for k, obj in enumerate(clip["objects"]):
+            mask = _colour_mask(clip, obj["colour"])
+            for t in range(clip["frames"].shape[0]):
+                rows, cols = np.nonzero(mask[t])
+                x0, y0, x1, y1 = clip["boxes"][t, k]
+                assert np.all((cols + 0.5 >= x0) & (cols + 0.5 <= x1)), clip["clip_id"]
+                assert np.all((rows + 0.5 >= y0) & (rows + 0.5 <= y1)), clip["clip_id"]
+                boxes = clip["boxes"][t]
+                alone = not any(_overlap(boxes[k], boxes[j]) for j in range(len(clip["objects"])) if j != k)
+                if clip["visible"][t, k] and alone:  # the box is tight: pixels reach (nearly) every edge
+                    assert cols.min() + 0.5 - x0 <= 2.0 and x1 - cols.max() - 0.5 <= 2.0
+                    assert rows.min() + 0.5 - y0 <= 2.0 and y1 - rows.max() - 0.5 <= 2.0
 
 
 def test_visibility_flag_follows_occlusion() -> None:
+    """visible == (shown pixels >= min_visible_fraction x the object's pixels when drawn alone)."""
     config = ProceduralVideoConfig(occlusion_probability=1.0, camera_pan_probability=0.0)
-    hidden_frames = 0
-    for clip in _unique_colour_clips(config, "train", 10, occlusion=True):
-        k = clip["target_index"]
-        shown = _colour_mask(clip, _target(clip)["colour"]).sum(axis=(1, 2))
-        full = shown.max()
-        assert np.all(shown[~clip["visible"][:, k]] <= 0.6 * full)
-        assert np.all(shown[clip["visible"][:, k]] >= 0.4 * full)
-        hidden_frames += int((~clip["visible"][:, k]).sum())
-        assert np.any(np.all(clip["frames"] == np.array(procedural.OCCLUDER_RGB, np.uint8), axis=-1))
-    assert hidden_frames > 0
+    hidden = {"target": 0, "other": 0}
+    for index in range(30):
+        scene = sample_scene(config, "train", index)
+        frames, _, visible = render_scene(scene, config)
+        if scene.occluder is None:
+            assert all(obj.motion == STATIC for obj in scene.objects)
+            continue
+        assert np.any(np.all(frames == np.array(procedural.OCCLUDER_RGB, np.uint8), axis=-1))
+        for k, obj in enumerate(scene.objects):
+            alone = dataclasses.replace(scene, objects=(obj,), target_index=0, occluder=None, clutter=())
+            full = _colour_mask({"frames": render_scene(alone, config)[0]}, obj.colour).sum(axis=(1, 2))
+            shown = _colour_mask({"frames": frames}, obj.colour).sum(axis=(1, 2))
+            np.testing.assert_array_equal(visible[:, k], shown >= config.min_visible_fraction * full)
+            hidden["target" if k == scene.target_index else "other"] += int((~visible[:, k]).sum())
+    assert hidden["target"] > 0 and hidden["other"] > 0  # the bar crosses targets and non-targets
 
 
 @pytest.mark.parametrize("pan", [0.0, 1.0])
@@ -199,31 +274,149 @@ def test_linear_motion_goes_in_captioned_direction(pan: float) -> None:
     assert min(checked.values()) > 0
 
 
+def _assert_bounce_seen(centres: np.ndarray) -> None:
+    diffs = np.diff(centres, axis=0)
+    assert any(np.any(diffs[:, axis] > 0) and np.any(diffs[:, axis] < 0) for axis in (0, 1))
+
+
 def test_static_and_bouncing_motion() -> None:
     config = ProceduralVideoConfig(camera_pan_probability=0.0)
     bounced = 0
     for index in range(80):
         clip = make_clip(config, "train", index)
         for k, obj in enumerate(clip["objects"]):
-            diffs = np.diff(_centres(clip, k), axis=0)
             if obj["motion"] == STATIC:
-                assert np.allclose(diffs, 0.0)
-            elif obj["motion"] == "bouncing":
-                reverses = [np.any(diffs[:, axis] > 0) and np.any(diffs[:, axis] < 0) for axis in (0, 1)]
-                assert any(reverses), clip["clip_id"]
+                assert np.allclose(np.diff(_centres(clip, k), axis=0), 0.0)
+            elif obj["motion"] == BOUNCING:
+                _assert_bounce_seen(_centres(clip, k))
                 bounced += 1
     assert bounced > 0
 
 
 def test_camera_pan_shifts_static_objects() -> None:
+    config = ProceduralVideoConfig(camera_pan_probability=1.0)
     clip = next(
         c
-        for c in (make_clip(ProceduralVideoConfig(camera_pan_probability=1.0), "train", i) for i in range(20))
+        for c in (make_clip(config, "train", i) for i in range(40))
         if any(o["motion"] == STATIC for o in c["objects"])
     )
     assert clip["camera_pan"]
     k = next(i for i, obj in enumerate(clip["objects"]) if obj["motion"] == STATIC)
     assert not np.allclose(_centres(clip, k)[0], _centres(clip, k)[-1])
+
+
+def test_linear_path_survives_float_rounding_of_the_speed_cap() -> None:
+    """The old ``_linear_path`` crashed ("high - low < 0") when ``room / steps * steps`` rounded above
+    ``room``, e.g. a 6-pixel object in a 64-pixel, 8-frame clip at the speed cap."""
+    rng = np.random.default_rng(0)
+    for image_size, num_frames, side in ((64, 8, 6.0), (16, 4, 3.6), (16, 12, 3.2), (16, 10, 5.92)):
+        room = image_size - side
+        for motion in LINEAR_MOTIONS:
+            path = procedural._linear_path(rng, (1.0, 1.0), image_size, num_frames, motion, room)
+            axis, sign = LINEAR_MOTIONS[motion]
+            assert path.shape == (num_frames, 2) and path.min() >= 0.0 and path.max() <= room
+            assert np.all(np.diff(path[:, axis]) * sign > 0)
+
+
+def test_paths_fit_for_every_length_size_and_speed() -> None:
+    """Property test: random valid configs (T up to 64, objects up to half the frame, speeds up to a
+    frame per step) never crash, keep every path in the world frame and show every captioned motion."""
+    rng = np.random.default_rng(1234)
+    for trial in range(60):
+        image_size = int(rng.choice([16, 24, 32, 64, 100]))
+        small_high = float(rng.uniform(0.15, 0.25))
+        low = int(rng.integers(3, 40))
+        config = ProceduralVideoConfig(
+            image_size=image_size,
+            num_frames_range=(low, int(rng.integers(low, 65))),
+            small_size_range=(0.05, small_high),
+            large_size_range=(small_high + 0.1, float(rng.uniform(small_high + 0.1, 0.5))),
+            speed_range=(0.01, float(rng.uniform(0.02, 1.0))),
+            bounce_speed_range=(0.05, float(rng.uniform(0.1, 1.5))),
+            camera_pan_probability=0.0,
+            named_object_fraction=1.0,
+            num_other_moving=(2, 3),
+            num_distractors=(0, 2),
+            seed=trial,
+        )
+        for index in range(8):
+            scene = sample_scene(config, "train", index)
+            assert low <= scene.num_frames <= config.num_frames_range[1]
+            for obj in scene.objects:
+                room = image_size - obj.side
+                assert obj.path.shape == (scene.num_frames, 2)
+                assert obj.path.min() >= 0.0 and obj.path.max() <= room + 1e-9
+                if obj.motion in LINEAR_MOTIONS:
+                    axis, sign = LINEAR_MOTIONS[obj.motion]
+                    assert np.all(np.diff(obj.path[:, axis]) * sign > 0)
+                    assert np.allclose(np.diff(obj.path[:, 1 - axis]), 0.0)
+                elif obj.motion == BOUNCING:
+                    _assert_bounce_seen(obj.path)
+                    assert np.abs(np.diff(obj.path, axis=0)).max() <= room / 2 + 1e-9
+                else:
+                    assert np.allclose(np.diff(obj.path, axis=0), 0.0)
+        clip = make_clip(config, "train", 0)
+        assert clip["frames"].shape[0] == clip["boxes"].shape[0] == clip["visible"].shape[0]
+
+
+def test_num_frames_range_gives_each_clip_its_own_length() -> None:
+    config = ProceduralVideoConfig(num_frames_range=(3, 12), num_frames=5)
+    lengths = [clip_num_frames(config, "train", i) for i in range(60)]
+    assert set(lengths) == set(range(3, 13))  # num_frames is ignored when the range is set
+    for index in (0, 1, 2):
+        clip = make_clip(config, "train", index)
+        t = lengths[index]
+        assert clip["frames"].shape[0] == t and clip["boxes"].shape[0] == t and clip["visible"].shape[0] == t
+        assert sample_scene(config, "train", index).num_frames == t
+        np.testing.assert_array_equal(clip["frames"], make_clip(config, "train", index)["frames"])
+    # the text stream is untouched by the length draw
+    assert sample_text(config, "train", 7) == sample_text(ProceduralVideoConfig(), "train", 7)
+    assert {clip_num_frames(CONFIG, "train", i) for i in range(10)} == {CONFIG.num_frames}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Background contrast and clutter
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_background_contrast_scales_the_texture() -> None:
+    spreads = []
+    for contrast in (0.0, 1.0, MAX_BACKGROUND_CONTRAST):
+        config = ProceduralVideoConfig(background_contrast=contrast, occlusion_probability=0.0)
+        clip = make_clip(config, "train", 3)
+        background = clip["frames"][_outside_boxes(clip)]
+        assert background.max() <= MAX_BACKGROUND_CHANNEL
+        spreads.append(float(background.astype(np.float64).std()))
+        if contrast == 0.0:
+            assert np.all(background == procedural.BACKGROUND_LEVEL)
+    assert spreads[0] == 0.0 < spreads[1] < spreads[2]
+    assert min(max(rgb) for rgb in COLOUR_RGB.values()) >= MAX_BACKGROUND_CHANNEL + 100
+
+
+def test_clutter_is_dim_never_an_object_and_never_boxed() -> None:
+    plain = ProceduralVideoConfig(occlusion_probability=0.0)
+    cluttered = ProceduralVideoConfig(occlusion_probability=0.0, num_clutter=(12, 12))
+    bright = 0
+    for index in range(10):
+        a, b = make_clip(plain, "train", index), make_clip(cluttered, "train", index)
+        assert len(sample_scene(cluttered, "train", index).clutter) == 12
+        for key in ("objects", "target_index", "caption", "prompt", "qa", "mcq"):
+            assert a[key] == b[key], key
+        np.testing.assert_array_equal(a["boxes"], b["boxes"])
+        np.testing.assert_array_equal(a["visible"], b["visible"])
+        for obj in b["objects"]:  # specks never take an object's colour, nor cover one
+            np.testing.assert_array_equal(_colour_mask(a, obj["colour"]), _colour_mask(b, obj["colour"]))
+        background = b["frames"][_outside_boxes(b)]
+        assert background.max() <= MAX_BACKGROUND_CHANNEL
+        spread = background.astype(int).max(axis=-1) - background.astype(int).min(axis=-1)
+        assert spread.max() <= 40  # nearly grey
+        bright += int((background.max(axis=-1) > 60).sum())  # above any default-contrast background
+    assert bright > 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rendering helpers and speed
+# ----------------------------------------------------------------------------------------------------
 
 
 def test_render_box_mask() -> None:
@@ -253,7 +446,7 @@ def test_rendering_is_fast_and_scales_to_256() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Text: captions, prompts, QA, MCQ
+# Text: captions, prompts, QA, MCQ, tokenizer coverage
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -270,80 +463,97 @@ def _noisy_variants(text: str) -> list[str]:
 
 @pytest.mark.parametrize("motion", MOTIONS)
 def test_caption_round_trip(motion: str) -> None:
-    for colour, shape in itertools.product(COLOURS, SHAPES):
-        caption = caption_for(colour, shape, motion)
-        assert caption == CAPTION_TEMPLATES[motion].format(colour=colour, shape=shape)
+    for colour, shape, size in itertools.product(COLOURS, SHAPES, SIZES):
+        caption = caption_for(colour, shape, motion, size)
+        assert caption == CAPTION_TEMPLATES[motion].format(size=size, colour=colour, shape=shape)
+        assert caption.startswith(f"the {size} {colour} {shape} ")
         assert caption == caption.lower() and caption.endswith(".")
+        expected = {"colour": colour, "shape": shape, "size": size, "motion": motion}
         for variant in _noisy_variants(caption):
-            assert parse_caption(variant) == {"colour": colour, "shape": shape, "motion": motion}, variant
+            assert parse_caption(variant) == expected, variant
 
 
 def test_parse_caption_missing_fields_and_bad_attributes() -> None:
-    assert parse_caption("") == {"colour": None, "shape": None, "motion": None}
-    assert parse_caption("something red happens") == {"colour": "red", "shape": None, "motion": None}
-    assert parse_caption("a circle bouncing") == {"colour": None, "shape": "circle", "motion": "bouncing"}
-    assert parse_caption("What happens in the video?") == {"colour": None, "shape": None, "motion": None}
+    none = {"colour": None, "shape": None, "size": None, "motion": None}
+    assert parse_caption("") == none
+    assert parse_caption("something red happens") == {**none, "colour": "red"}
+    assert parse_caption("a circle bouncing") == {**none, "shape": "circle", "motion": "bouncing"}
+    assert parse_caption("a LARGE thing, then a small one") == {**none, "size": "large"}
+    assert parse_caption("What happens in the video?") == none
     with pytest.raises(ValueError, match="colour"):
-        caption_for("pink", "square", STATIC)
+        caption_for("pink", "square", STATIC, "small")
     with pytest.raises(ValueError, match="motion"):
-        caption_for("red", "square", "spinning")
+        caption_for("red", "square", "spinning", "small")
+    with pytest.raises(ValueError, match="size"):
+        caption_for("red", "square", STATIC, "medium")
 
 
-def test_prompts_naming_an_object_describe_that_object() -> None:
-    named_count = 0
-    for index in range(200):
+def test_scored_attributes_by_kind() -> None:
+    assert scored_attributes(True) == SCORED_ATTRIBUTES == ("shape", "size", "motion")
+    assert scored_attributes(False) == ("colour", "shape", "size", "motion")
+
+
+def test_question_answers_match_the_target_and_questions_hold_no_answer() -> None:
+    for index in range(80):
         clip = make_clip(CONFIG, "train", index)
         target = _target(clip)
-        moving = [obj for obj in clip["objects"] if obj["motion"] != STATIC]
-        caption = parse_caption(clip["caption"])
-        assert caption == {"colour": target["colour"], "shape": target["shape"], "motion": target["motion"]}
+        subject = subject_for(clip["reference"])
+        keys = NAMED_QA if clip["named"] else GENERIC_QA
+        # the questions are a function of the kind and the named colour only
+        assert [pair["question"] for pair in clip["qa"]] == [
+            QA_QUESTIONS[k].format(subject=subject) for k in keys
+        ]
+        answers = dict(zip(keys, (pair["answer"] for pair in clip["qa"]), strict=True))
+        assert answers["shape"] == target["shape"] and answers["size"] == target["size"]
+        assert answers["where"] == WHERE_ANSWERS[target["motion"]]
+        assert answers["moves"] == ("no" if target["motion"] == STATIC else "yes")
         if clip["named"]:
-            named_count += 1
-            prompt = parse_caption(clip["prompt"])
-            assert (prompt["colour"], prompt["shape"]) == (target["colour"], target["shape"])
-            assert len(moving) >= 2 or target["motion"] == STATIC
-            assert len(moving) >= 1
+            assert subject == f"the {target['colour']} object"
+            assert answers["count"] == procedural.NUMBER_WORDS[len(clip["objects"])]
+            num_moving = sum(obj["motion"] != STATIC for obj in clip["objects"])
+            assert answers["count_moving"] == procedural.NUMBER_WORDS[num_moving]
         else:
-            assert clip["prompt"] in GENERIC_PROMPTS
-            assert moving == [target]
-    assert 0.3 * 200 < named_count < 0.8 * 200
-    all_generic = ProceduralVideoConfig(named_object_fraction=0.0)
-    for index in range(40):
-        text = sample_text(all_generic, "train", index)
-        assert text.named == (text.motion == STATIC)
-
-
-def test_question_answers_match_the_target() -> None:
-    for index in range(60):
-        clip = make_clip(CONFIG, "train", index)
-        target = _target(clip)
-        answers = {pair["question"]: pair["answer"] for pair in clip["qa"]}
-        name = f"{target['colour']} {target['shape']}"
-        assert answers[f"where does the {name} go?"] == WHERE_ANSWERS[target["motion"]]
-        assert answers[f"is the {name} small or large?"] == target["size"]
-        if not clip["named"]:
-            assert answers["what colour is the moving object?"] == target["colour"]
-            assert answers["what shape is the moving object?"] == target["shape"]
+            assert subject == "the object" and answers["colour"] == target["colour"]
 
 
 def test_mcq_options_distinct_and_answer_correct() -> None:
-    attributes = set()
-    for index in range(150):
+    attributes = {True: set(), False: set()}
+    for index in range(200):
         clip = make_clip(CONFIG, "train", index)
         mcq, target = clip["mcq"], _target(clip)
-        assert len(mcq["options"]) == 4 and len(set(mcq["options"])) == 4
-        correct = {
-            "colour": target["colour"],
-            "shape": target["shape"],
-            "motion": MOTION_OPTIONS[target["motion"]],
-        }[mcq["attribute"]]
+        attribute = mcq["attribute"]
+        vocabulary = {
+            "colour": COLOURS,
+            "shape": SHAPES,
+            "size": SIZES,
+            "motion": tuple(MOTION_OPTIONS.values()),
+        }
+        assert len(mcq["options"]) == min(4, len(vocabulary[attribute]))
+        assert len(set(mcq["options"])) == len(mcq["options"])
+        correct = MOTION_OPTIONS[target["motion"]] if attribute == "motion" else target[attribute]
         assert mcq["options"][mcq["answer_index"]] == correct
-        vocabulary = {"colour": COLOURS, "shape": SHAPES, "motion": tuple(MOTION_OPTIONS.values())}[
-            mcq["attribute"]
-        ]
-        assert set(mcq["options"]) <= set(vocabulary)
-        attributes.add(mcq["attribute"])
-    assert attributes == {"colour", "shape", "motion"}
+        assert set(mcq["options"]) <= set(vocabulary[attribute])
+        assert mcq["question"] == MCQ_QUESTIONS[attribute].format(subject=subject_for(clip["reference"]))
+        attributes[clip["named"]].add(attribute)
+    assert attributes == {True: {"shape", "size", "motion"}, False: {"colour", "shape", "motion"}}
+
+
+def test_text_inventory_holds_every_text_a_clip_produces() -> None:
+    inventory = set(text_inventory())
+    for index in range(100):
+        clip = make_clip(CONFIG, "train", index)
+        texts = [clip["prompt"], clip["caption"], clip["mcq"]["question"], *clip["mcq"]["options"]]
+        texts += [text for pair in clip["qa"] for text in pair.values()]
+        assert set(texts) <= inventory, set(texts) - inventory
+
+
+def test_tiny_tokenizer_reads_every_data_word_as_one_token() -> None:
+    from foveated_vlm.tiny import EXTRA_TEXT, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    for line in (*text_inventory(), *(text for text in EXTRA_TEXT if text.strip())):
+        pieces = [tokenizer.decode([i]) for i in tokenizer(line, add_special_tokens=False)["input_ids"]]
+        assert pieces == re.findall(r" ?[A-Za-z]+|[^A-Za-z ]+", line), line
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -355,19 +565,25 @@ def test_hf_dataset_renders_lazily_and_matches(monkeypatch: pytest.MonkeyPatch) 
     calls = []
     original = procedural.render_scene
     monkeypatch.setattr(procedural, "render_scene", lambda *args: calls.append(1) or original(*args))
-    hf = as_hf_dataset("validation", 30, CONFIG)
+    config = ProceduralVideoConfig(num_frames_range=(3, 9))
+    hf = as_hf_dataset("validation", 30, config)
     assert calls == []  # nothing rendered up front
-    required = {"clip_id", "split", "index", "prompt", "caption", "colour", "shape", "motion"}
-    assert required <= set(hf.column_names) and len(hf) == 30
-    reference = ProceduralVideoDataset("validation", 30, CONFIG)
+    required = {"clip_id", "split", "index", "prompt", "caption", "colour", "shape", "motion", "size"}
+    assert required | {"named", "reference", "num_frames"} <= set(hf.column_names) and len(hf) == 30
+    reference = ProceduralVideoDataset("validation", 30, config)
     for index in (0, 17):
         row, clip = hf[index], reference[index]
         assert len(calls) > 0
         for key in ("frames", "boxes", "visible"):
             np.testing.assert_array_equal(np.asarray(row[key]), clip[key])
-        for key in ("clip_id", "prompt", "caption", "target_index", "qa", "mcq", "objects"):
+        for key in ("clip_id", "prompt", "caption", "target_index", "qa", "mcq", "objects", "named"):
             assert row[key] == clip[key], key
-        assert (row["colour"], row["shape"], row["motion"]) == _triple(_target(clip))
+        assert (
+            row["reference"] == clip["reference"]
+            and tuple(row["scored_attributes"]) == clip["scored_attributes"]
+        )
+        assert {k: row[k] for k in ("colour", "shape", "size", "motion")} == _attributes(_target(clip))
+        assert row["num_frames"] == clip["frames"].shape[0]
     batch = hf[3:5]
     np.testing.assert_array_equal(np.asarray(batch["frames"][1]), reference[4]["frames"])
     assert "frames" not in hf.with_format(None)[0]
@@ -383,15 +599,35 @@ def test_hf_dataset_renders_lazily_and_matches(monkeypatch: pytest.MonkeyPatch) 
     [
         ({"image_size": 8}, "image_size"),
         ({"num_frames": 1}, "num_frames"),
+        ({"num_frames": 2}, "num_frames"),  # bouncing needs 3 frames
+        ({"num_frames_range": (1, 8)}, "num_frames_range"),
+        ({"num_frames_range": (2, 8)}, "num_frames_range"),  # bouncing needs 3 frames
+        ({"num_frames_range": (8, 4)}, "num_frames_range"),
+        ({"num_frames_range": (4.0, 8.0)}, "num_frames_range"),
+        ({"num_frames_range": 8}, "num_frames_range"),
         ({"heldout_fraction": 0.0}, "heldout_fraction"),
         ({"heldout_fraction": 1.0}, "heldout_fraction"),
         ({"heldout_fraction": 1.5}, "heldout_fraction"),
         ({"occlusion_probability": -0.1}, "occlusion_probability"),
+        ({"named_object_fraction": 1.1}, "named_object_fraction"),
         ({"small_size_range": (0.3, 0.1)}, "small_size_range"),
+        ({"small_size_range": (0.1, 0.26)}, "small_size_range"),  # overlaps the large range
         ({"large_size_range": (0.3, 0.9)}, "large_size_range"),
         ({"speed_range": (0.0, 0.1)}, "speed_range"),
-        ({"num_other_moving": (0, 1)}, "num_other_moving"),
+        ({"bounce_speed_range": (0.2, 0.1)}, "bounce_speed_range"),
+        ({"camera_pan_speed_range": (-0.1, 0.1)}, "camera_pan_speed_range"),
+        ({"num_other_moving": (-1, 1)}, "num_other_moving"),
+        ({"num_other_moving": (1.0, 2.0)}, "num_other_moving"),
         ({"num_distractors": (0, 40)}, "num_distractors"),
+        ({"num_distractors": (0, 5)}, "num_distractors"),  # 1 + 2 + 5 objects > 7 distinct colours
+        (
+            {"num_other_moving": (1, 1), "num_distractors": (1, 2), "colours": ("red", "blue", "green")},
+            "colours",
+        ),
+        ({"num_clutter": (-1, 3)}, "num_clutter"),
+        ({"num_clutter": (0, 65)}, "num_clutter"),
+        ({"background_contrast": -0.1}, "background_contrast"),
+        ({"background_contrast": MAX_BACKGROUND_CONTRAST + 0.01}, "background_contrast"),
         ({"colours": ("red", "pink")}, "colours"),
         ({"motions": (STATIC,)}, "motions"),
         ({"seed": -1}, "seed"),
@@ -400,6 +636,35 @@ def test_hf_dataset_renders_lazily_and_matches(monkeypatch: pytest.MonkeyPatch) 
 def test_bad_config_raises(overrides: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         ProceduralVideoConfig(**overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"num_frames": 2, "motions": ("left to right", STATIC)},  # 2 frames are fine without bouncing
+        {"num_frames_range": (3, 3)},
+        {"num_other_moving": (0, 0), "num_distractors": (0, 0), "named_object_fraction": 1.0},
+        {"num_other_moving": (2, 2), "num_distractors": (4, 4), "named_object_fraction": 1.0},
+        {"background_contrast": 0.0},
+        {"background_contrast": MAX_BACKGROUND_CONTRAST, "num_clutter": (64, 64)},
+        {"image_size": 16, "small_size_range": (0.05, 0.1), "large_size_range": (0.45, 0.5)},
+        {
+            "motions": (BOUNCING, "top to bottom"),
+            "num_distractors": (2, 2),
+            "num_other_moving": (1, 1),
+            "named_object_fraction": 1.0,
+        },
+    ],
+)
+def test_edge_configs_render(overrides: dict) -> None:
+    config = ProceduralVideoConfig(**overrides)
+    for index in range(4):
+        clip = make_clip(config, "train", index)
+        assert clip["frames"].shape[0] == clip["boxes"].shape[0]
+        if config.named_object_fraction == 1.0:
+            expected = 1 + config.num_other_moving[0] + config.num_distractors[0]
+            assert len(clip["objects"]) == expected
+        make_clip(config, "heldout", index)
 
 
 def test_bad_split_index_and_partition_raise() -> None:

@@ -81,7 +81,7 @@ def test_full_size_config_trains_a_step_on_cpu(tmp_path):
             "--set",
             "data.image_size=64",
             "--set",
-            "data.num_frames=2",
+            "data.num_frames=3",  # the fewest frames a bounce can be seen in
             "--set",
             "train.batch_size=1",
             "--set",

@@ -39,8 +39,8 @@ def _data_description(config: TrainingConfig, metrics: dict[str, Any]) -> str:
     if data.kind == "procedural":
         source = (
             "the built-in procedural moving-shapes videos (`foveated_vlm.data.procedural`): flat-coloured "
-            "shapes moving on a textured background, captioned exactly, with held-out colour x shape x "
-            f"motion combinations; extra settings {data.procedural or 'none'}"
+            "shapes moving on a textured background, captioned exactly, with held-out shape x motion "
+            f"combinations; extra settings {data.procedural or 'none'}"
         )
     else:
         source = f"{data.kind} data from `{data.path}` (captions from `{data.caption_column}`)"
