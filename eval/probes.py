@@ -655,7 +655,10 @@ def _bars(axis, summary: dict[str, Any], key: str, title: str) -> float:
         color=[READER_COLOURS[reader] for reader in readers],
         alpha=0.8,
     )
-    axis.bar_label(bars, labels=["n/a" if v is None else f"{v['estimate']:.2f}" for v in values], padding=6)
+    axis.bar_label(bars, labels=["" if v is None else f"{v['estimate']:.2f}" for v in values], padding=6)
+    for position, value in enumerate(values):
+        if value is None:
+            axis.text(position, 0.01, "n/a", ha="center", va="bottom")
     axis.set_title(title)
     axis.grid(axis="y", alpha=0.3)
     axis.tick_params(axis="x", rotation=30)
