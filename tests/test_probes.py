@@ -327,3 +327,29 @@ def test_cli_writes_json_markdown_and_figure(tokenizer, tmp_path):
         probes.main([*args, "--max_new_tokens", "0"])
     with pytest.raises(ValueError, match="exactly one of --model"):
         probes.main([*args, "--model", str(run / FINAL_DIR)])
+
+
+def test_clips_of_different_lengths_keep_their_own_frames(tiny, clips):
+    model, processor = tiny
+    short = {**clips[1], "clip_id": "short"}
+    short.update({key: clips[1][key][:3] for key in ("frames", "boxes", "visible")})
+    mixed = [clips[0], short]
+    result = probes.run_probes(
+        model,
+        processor,
+        mixed,
+        batch_size=2,
+        max_new_tokens=2,
+        readers=("dynamic", "shuffled"),
+        progress=False,
+    )
+    for clip, record in zip(mixed, result["clips"], strict=True):
+        inputs = processor(
+            text=clip["prompt"], videos=clip["frames"], captions=clip["caption"], return_targets=True
+        )
+        with torch.no_grad():
+            alone = model(**inputs)
+        assert record["readers"]["dynamic"]["loss_fine"] == pytest.approx(alone.loss_fine.item(), rel=1e-4)
+        assert record["readers"]["dynamic"]["loss_caption"] == pytest.approx(
+            alone.loss_caption.item(), rel=1e-4
+        )
