@@ -30,6 +30,7 @@ Named and generic clips are reported separately when both occur. Writes ``OUT/pr
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import sys
 from collections.abc import Iterable, Sequence
@@ -469,11 +470,24 @@ def summarise_reader(records: list[dict[str, Any]], reader: str) -> dict[str, An
     return summary
 
 
+def majority_baseline(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy of always answering the most common value (per attribute, and the most common scored tuple)."""
+    baseline = {}
+    for name in ATTRIBUTES:
+        values = [record["truth"][name] for record in records if name in record["truth"]]
+        if values:
+            baseline[name] = collections.Counter(values).most_common(1)[0][1] / len(values)
+    tuples = collections.Counter(tuple(sorted(record["truth"].items())) for record in records)
+    baseline["all_attributes"] = tuples.most_common(1)[0][1] / len(records) if records else float("nan")
+    return baseline
+
+
 def summarise_records(records: list[dict[str, Any]], readers: Sequence[str]) -> dict[str, Any]:
-    """Per reader summaries of ``records``, and the static/dynamic prediction-loss ratio when both ran."""
+    """Per reader summaries of ``records``, the blind majority baseline and the static/dynamic loss ratio."""
     summary: dict[str, Any] = {
         "num_clips": len(records),
         "readers": {reader: summarise_reader(records, reader) for reader in readers},
+        "majority_baseline": majority_baseline(records),
     }
     static = summary["readers"].get("static", {})
     summary["ratio_loss_static_dynamic"] = static.get("loss_fine_ratio_to_dynamic")
@@ -507,10 +521,11 @@ def run_probes(
     Returns:
         ``{"readers", "seed", "max_new_tokens", "num_clips", "attributes", "summary", "clips"}``: ``summary[subset]``
         for subset ``all`` (and ``named``/``generic`` when both occur) holds ``num_clips``,
-        ``ratio_loss_static_dynamic`` and ``readers[reader]`` = ``{"num_clips", "accuracy": {attribute: ci},
+        ``ratio_loss_static_dynamic``, ``majority_baseline`` ({attribute: accuracy of always answering the
+        commonest value, "all_attributes"}) and ``readers[reader]`` = ``{"num_clips", "accuracy": {attribute: ci},
         "all_attributes", "loss_fine", "loss_caption", "mass_in_box", "chance", "lift",
         "loss_fine_ratio_to_dynamic"}`` (each a :func:`bootstrap_ci` dict, or None where nothing was measured);
-        ``clips`` lists per clip ``{"clip_id", "named", "scored_attributes", "reference", "readers": {reader:
+        ``clips`` lists per clip ``{"clip_id", "named", "scored_attributes", "truth", "reference", "readers": {reader:
         {"generated", "hits", "all_attributes", "loss_fine", "loss_caption", "mass_in_box", "chance"}}}``.
     """
     readers = _check_arguments(model, readers, batch_size, max_new_tokens)
@@ -530,6 +545,7 @@ def run_probes(
                     "clip_id": item.get("clip_id"),
                     "named": bool(item.get("named", False)),
                     "scored_attributes": list(scored_attributes_of(item)),
+                    "truth": {name: true_attributes(item).get(name) for name in scored_attributes_of(item)},
                     "reference": item["caption"],
                     "readers": results,
                 }
@@ -583,6 +599,15 @@ def _table(summary: dict[str, Any], attributes: Sequence[str]) -> str:
                 format_ci(figures["lift"], 2),
             ]
         )
+    baseline = summary["majority_baseline"]
+    rows.append(
+        [
+            "*majority answer*",
+            *(f"{baseline[name]:.3f}" if name in baseline else "n/a" for name in attributes),
+            f"{baseline['all_attributes']:.3f}",
+            *([""] * (len(headers) - len(attributes) - 2)),
+        ]
+    )
     return markdown_table(headers, rows)
 
 
@@ -604,7 +629,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         "MSE of the reading pass (static: the coarse pass), ÷ dynamic its ratio of means to the dynamic reader's; "
         "loss_caption: teacher-forced caption cross-entropy per token. Mass in box: attention inside the target's "
         "box over frames 2..T where it is in view (patch part of the full distribution); chance: the box's area "
-        "share; lift = mass / chance (ratio of means).",
+        "share; lift = mass / chance (ratio of means). *Majority answer*: the accuracy of always giving these clips' most "
+        "common value, what a reader that ignores the video can reach at best (the blank reader's reference).",
         "",
         "Readers: " + "; ".join(f"**{r}**: {READER_DESCRIPTIONS[r]}" for r in report["readers"]) + ".",
         "",
@@ -668,9 +694,13 @@ def _bars(axis, summary: dict[str, Any], key: str, title: str) -> float:
 def plot_probes(summary: dict[str, Any], path: str | Path) -> None:
     """Bars per reader: all-attributes accuracy and mass in the target box (with chance), 95% CI error bars."""
     plt = pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     _bars(left, summary, "all_attributes", "all scored attributes right")
     left.set_ylim(0, 1.1)
+    majority = summary.get("majority_baseline", {}).get("all_attributes")
+    if majority is not None and np.isfinite(majority):
+        left.axhline(majority, color="grey", linestyle="--", label=f"majority answer {majority:.2f}")
+        left.legend(loc="upper right")
     left.set_ylabel("fraction of clips")
     highest = _bars(right, summary, "mass_in_box", "attention mass in target box (frames 2..T)")
     chances = [f["chance"]["estimate"] for f in summary["readers"].values() if f["chance"] is not None]

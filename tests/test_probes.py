@@ -223,6 +223,10 @@ def test_report_numbers_are_the_models_own(tiny, clips, report):
         assert record["readers"]["dynamic"]["chance"] == pytest.approx(
             coverage.mean(-1)[frames].mean().item()
         )
+    baseline = report["summary"]["all"]["majority_baseline"]
+    colours = [probes.true_attributes(clip)["colour"] for clip in clips]
+    assert baseline["colour"] == pytest.approx(max(colours.count(c) for c in colours) / NUM_CLIPS)
+    assert 0 < baseline["all_attributes"] <= baseline["colour"]
     named = report["summary"]["named"]["num_clips"]
     assert named + report["summary"]["generic"]["num_clips"] == NUM_CLIPS
 
