@@ -3,6 +3,8 @@
 * ``python -m eval.intrinsic``  losses of both passes and their ratio (bootstrap CI), next-frame MSE / PSNR /
   SSIM, attention entropy and coverage, query similarity (proposal §13.1).
 * ``python -m eval.fovea``      attention mass inside the named / moving object's box vs chance (procedural).
+* ``python -m eval.probes``     test-time query probes on the same weights: planned vs static, random, centre,
+  time-shuffled, oracle-box and blank-frame readings (accuracy, losses, mass in box; writes ``probes.*``).
 * ``python -m eval.captioning`` BLEU, ROUGE-L, CIDEr-D and attribute accuracy on held-out combinations.
 * ``python -m eval.build_mcq``  a small multiple-choice video QA set from the procedural data.
 * ``python -m eval.mcq``        MVBench / Video-MME style multiple-choice QA by answer log-likelihood.

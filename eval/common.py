@@ -358,12 +358,18 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_report(out_dir: str | os.PathLike, report: dict[str, Any], markdown: str) -> None:
-    """Write ``OUT/report.json`` and ``OUT/report.md`` atomically."""
+def write_report(
+    out_dir: str | os.PathLike,
+    report: dict[str, Any],
+    markdown: str,
+    json_name: str = REPORT_JSON,
+    markdown_name: str = REPORT_MARKDOWN,
+) -> None:
+    """Write ``OUT/report.json`` and ``OUT/report.md`` (or ``json_name`` / ``markdown_name``) atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / REPORT_JSON, json.dumps(_json_safe(report), indent=2))
-    atomic_write_text(out_dir / REPORT_MARKDOWN, markdown.rstrip() + "\n")
+    atomic_write_text(out_dir / json_name, json.dumps(_json_safe(report), indent=2))
+    atomic_write_text(out_dir / markdown_name, markdown.rstrip() + "\n")
 
 
 def pyplot():

@@ -1,0 +1,763 @@
+"""Test-time query probes: the same weights read the same clips with different queries, side by side.
+
+    python -m eval.probes --run_dir RUN --split heldout --num_clips 256 --out OUT [--readers dynamic static ...]
+
+The evidence that the planned queries matter (as RAM's learned vs random glimpses): one trained model, one set of
+procedural clips, several *readers* of the fine pass. Readers:
+
+* ``dynamic``: the model's own planned queries (the normal two-pass forward).
+* ``static``: the static-query reading of the same weights (``inference_mode="coarse"``; its losses are the
+  coarse pass's and its attention the static query's).
+* ``random``: Gaussian queries of std ``config.query_init_std`` (seeded per clip) for every frame.
+* ``centre``: the planned queries, confined (``fine_patch_bias``) to the patches nearest the frame's centre,
+  as many as the target box covers in that frame (at least one).
+* ``shuffled``: the planned queries of each video permuted in time (a seeded derangement per clip).
+* ``oracle``: the planned queries, confined to the patches the target box covers (no confinement in frames
+  where the target is out of view).
+* ``blank``: every frame replaced by the mean-colour frame (zero after the processor's normalisation), read
+  dynamically: the zero-frame control, whose caption accuracy should sit at chance.
+
+Per reader: exact-match accuracy of each scored caption attribute (greedy ``generate``, parsed with
+``parse_caption``) and of all scored attributes together; the next-frame prediction MSE and the caption
+cross-entropy (per clip, teacher-forced); the attention mass inside the box of the object the caption is about
+over frames 2..T where the target is in view (frame 1 is read by ``q_init``), the box's area share (chance)
+and the lift (mass / chance, a ratio of means); each a mean over clips with a 95% bootstrap interval. Also
+each reader's prediction loss relative to the dynamic reader's (static / dynamic is the coarse/fine ratio).
+Named and generic clips are reported separately when both occur. Writes ``OUT/probes.json``,
+``OUT/probes.md`` and ``OUT/probes.png``. :func:`run_probes` is the same evaluation as a function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python eval/probes.py`: import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from eval.common import (  # noqa: E402
+    command_line,
+    default_inference_mode,
+    format_ci,
+    load_context,
+    markdown_table,
+    model_inputs,
+    pyplot,
+    run_script,
+    save_figure,
+    script_parser,
+    summarise,
+    write_report,
+)
+from foveated_vlm.data.procedural import parse_caption  # noqa: E402
+from foveated_vlm.metrics import (  # noqa: E402
+    attention_mass_in_box,
+    bootstrap_ci,
+    ratio_of_means,
+    target_box_coverage,
+    token_log_likelihoods,
+)
+
+logger = logging.getLogger(__name__)
+
+READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank")
+READER_DESCRIPTIONS = {
+    "dynamic": "the model's planned queries",
+    "static": "the static query (coarse reading)",
+    "random": "Gaussian queries, std query_init_std",
+    "centre": "planned queries confined to a centred region of the box's patch count",
+    "shuffled": "planned queries permuted in time within each video",
+    "oracle": "planned queries confined to the target box's patches",
+    "blank": "mean-colour frames, planned queries",
+}
+ATTRIBUTES = ("colour", "shape", "size", "motion")
+DEFAULT_SCORED_ATTRIBUTES = ("colour", "shape", "motion")
+"""Scored when a clip does not say (clips made before ``scored_attributes`` existed)."""
+SUBSETS = {"all": None, "named": True, "generic": False}
+DEFAULT_MAX_NEW_TOKENS = 24
+DEFAULT_BATCH_SIZE = 8
+NUM_EXAMPLES = 4
+JSON_NAME = "probes.json"
+MARKDOWN_NAME = "probes.md"
+FIGURE_NAME = "probes.png"
+IGNORE_INDEX = -100
+PLOT_HEADROOM = 1.35
+FIRST_PLANNED_FRAME = 1
+"""Mass in box is averaged over frames from this index on: frame 0 of every video is read by ``q_init``."""
+_RANDOM_STREAM, _SHUFFLE_STREAM = 1, 2
+"""Second entries of the per-clip seed sequences, so that readers draw independent numbers."""
+
+__all__ = [
+    "ATTRIBUTES",
+    "READERS",
+    "ProbeBatch",
+    "blank_inputs",
+    "centre_bias",
+    "centre_order",
+    "derangement",
+    "format_markdown",
+    "generation_inputs",
+    "main",
+    "oracle_bias",
+    "plot_probes",
+    "prepare_batch",
+    "random_queries",
+    "reader_call",
+    "run_probes",
+    "score_caption",
+    "scored_attributes_of",
+    "shuffled_order",
+    "true_attributes",
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Caption scoring
+# ----------------------------------------------------------------------------------------------------
+
+
+def scored_attributes_of(item: dict[str, Any]) -> tuple[str, ...]:
+    """The attributes a clip's caption is scored on (``item["scored_attributes"]``, else colour/shape/motion)."""
+    scored = tuple(item.get("scored_attributes") or DEFAULT_SCORED_ATTRIBUTES)
+    unknown = [name for name in scored if name not in ATTRIBUTES]
+    if unknown:
+        raise ValueError(
+            f"clip {item.get('clip_id')!r} scores unknown attributes {unknown}; known: {ATTRIBUTES}"
+        )
+    return scored
+
+
+def true_attributes(item: dict[str, Any]) -> dict[str, str | None]:
+    """The clip's attributes read from its exact caption; the target object's record fills what the parser lacks."""
+    truth = dict(parse_caption(item["caption"]))
+    objects, target = item.get("objects"), item.get("target_index")
+    if objects is not None and target is not None:
+        for name in ATTRIBUTES:
+            if truth.get(name) is None:
+                truth[name] = objects[target].get(name)
+    return truth
+
+
+def score_caption(item: dict[str, Any], generated: str) -> dict[str, bool]:
+    """Exact match of each scored attribute between the generated text and the clip (``parse_caption``).
+
+    An attribute the parser cannot read from text (absent from its result) is never matched.
+    """
+    truth, predicted = true_attributes(item), parse_caption(generated)
+    return {
+        name: truth.get(name) is not None and predicted.get(name) == truth.get(name)
+        for name in scored_attributes_of(item)
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Readers
+# ----------------------------------------------------------------------------------------------------
+
+
+def derangement(length: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly drawn permutation of ``range(length)`` with no fixed point (the identity for length < 2)."""
+    if length < 2:
+        return np.arange(length)
+    while True:
+        order = rng.permutation(length)
+        if (order != np.arange(length)).all():
+            return order
+
+
+def shuffled_order(lengths: Sequence[int], clip_indices: Sequence[int], seed: int) -> torch.Tensor:
+    """Flat indices ``[N]`` that permute each video's frames in time (a derangement seeded by the clip's index)."""
+    orders, offset = [], 0
+    for length, index in zip(lengths, clip_indices, strict=True):
+        rng = np.random.default_rng([seed, _SHUFFLE_STREAM, int(index)])
+        orders.append(offset + derangement(int(length), rng))
+        offset += int(length)
+    return torch.from_numpy(np.concatenate(orders)).long()
+
+
+def random_queries(
+    lengths: Sequence[int], clip_indices: Sequence[int], seed: int, shape: Sequence[int], std: float
+) -> torch.Tensor:
+    """Gaussian queries ``[N, *shape]`` of std ``std``, drawn per clip from ``(seed, clip index)``."""
+    draws = [
+        np.random.default_rng([seed, _RANDOM_STREAM, int(index)]).standard_normal((int(length), *shape))
+        for length, index in zip(lengths, clip_indices, strict=True)
+    ]
+    return torch.from_numpy(np.concatenate(draws) * std).float()
+
+
+def centre_order(grid: int) -> np.ndarray:
+    """Patch indices of a ``grid x grid`` map from the centre outwards (square rings, then distance, then index).
+
+    The first k form the centred, as-square-as-possible region of k patches.
+    """
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+    dr, dc = np.abs(rows - (grid - 1) / 2), np.abs(cols - (grid - 1) / 2)
+    return np.lexsort((np.arange(grid * grid), dr**2 + dc**2, np.maximum(dr, dc)))
+
+
+def _blocked(region: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(region.shape).masked_fill(~region, float("-inf"))
+
+
+def centre_bias(coverage: torch.Tensor) -> torch.Tensor:
+    """``[N, P]`` bias: 0 on the centred region with as many patches as the box covers in that frame (>= 1)."""
+    grid = round(coverage.shape[-1] ** 0.5)
+    order = torch.from_numpy(centre_order(grid))
+    counts = (coverage > 0).sum(-1).clamp_min(1)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    return _blocked(rank.unsqueeze(0) < counts.unsqueeze(1))
+
+
+def oracle_bias(coverage: torch.Tensor) -> torch.Tensor:
+    """``[N, P]`` bias: 0 on the patches the target box covers, -inf elsewhere; all 0 where it is out of view."""
+    return _blocked((coverage > 0) | (coverage.sum(-1, keepdim=True) == 0))
+
+
+def blank_inputs(inputs) -> dict[str, Any]:
+    """A copy of ``inputs`` whose frames are all the mean-colour frame (zero pixels after normalisation)."""
+    blank = dict(inputs)
+    blank["pixel_values_videos"] = torch.zeros_like(inputs["pixel_values_videos"])
+    return blank
+
+
+def generation_inputs(inputs, pad_token_id: int) -> dict[str, Any]:
+    """Prompt-only ``generate`` inputs from teacher-forced ones: caption tokens cut off, rows re-left-padded.
+
+    The frames are the same tensors; ``labels``, ``prediction_targets`` and any layout are dropped.
+    """
+    input_ids, labels = inputs["input_ids"], inputs["labels"]
+    prompt = inputs["attention_mask"].bool() & (labels == IGNORE_INDEX)
+    lengths = prompt.sum(1)
+    width = int(lengths.max())
+    ids = torch.full((len(input_ids), width), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths.tolist()):
+        ids[row, width - length :] = input_ids[row][prompt[row]]
+        mask[row, width - length :] = 1
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values_videos": inputs["pixel_values_videos"],
+        "video_frame_mask": inputs["video_frame_mask"],
+    }
+
+
+@dataclass
+class ProbeBatch:
+    """One batch of clips, its inputs built once and shared by every reader.
+
+    Args:
+        items: the clip dicts.
+        clip_indices: each clip's position among all clips (seeds its random draws).
+        inputs: teacher-forced forward inputs (captions as labels, prediction targets) on the model's device.
+        generate_inputs: prompt-only inputs of the same frames for ``generate``.
+        lengths: valid frames of each clip.
+        coverage: ``[N, P]`` target-box coverage of every valid frame, in (video, time) order, on the CPU.
+        planned: ``[N, Q]`` the queries the dynamic reading used (filled by the first two-pass forward).
+    """
+
+    items: list[dict[str, Any]]
+    clip_indices: list[int]
+    inputs: Any
+    generate_inputs: dict[str, Any]
+    lengths: list[int]
+    coverage: torch.Tensor
+    planned: torch.Tensor | None = field(default=None)
+
+
+def prepare_batch(model, processor, items: Sequence[dict[str, Any]], clip_indices: Sequence[int], vae=None):
+    """Inputs of both kinds, valid-frame counts and target-box coverage of ``items``."""
+    missing = [item.get("clip_id", i) for i, item in enumerate(items) if "boxes" not in item]
+    if missing:
+        raise ValueError(f"probes need procedural clips (object boxes); clips {missing} have no 'boxes'")
+    vision = model.config.vision_config
+    inputs = model_inputs(processor, items, vae)
+    generate = generation_inputs(inputs, processor.tokenizer.pad_token_id)
+    lengths = inputs["video_frame_mask"].sum(1).tolist()
+    coverage = [target_box_coverage(item, vision.image_size, vision.patch_size).float() for item in items]
+    for item, length, boxes in zip(items, lengths, coverage, strict=True):
+        if boxes.shape[0] != length:
+            raise ValueError(f"clip {item['clip_id']!r} has {boxes.shape[0]} boxed frames but {length} read")
+    device = model.device
+    return ProbeBatch(
+        items=list(items),
+        clip_indices=list(clip_indices),
+        inputs=inputs.to(device),
+        generate_inputs={key: value.to(device) for key, value in generate.items()},
+        lengths=lengths,
+        coverage=torch.cat(coverage),
+    )
+
+
+@torch.no_grad()
+def planned_queries(model, batch: ProbeBatch) -> torch.Tensor:
+    """The planned queries of the batch (one two-pass forward, unless the dynamic reader already ran)."""
+    if batch.planned is None:
+        batch.planned = model(**batch.inputs, inference_mode="two_pass").queries
+    return batch.planned
+
+
+def reader_call(reader: str, model, batch: ProbeBatch, seed: int = 0):
+    """How ``reader`` reads ``batch``: ``(forward inputs, generate inputs, probe kwargs, inference mode)``.
+
+    ``model(**inputs, **kwargs, inference_mode=mode)`` is its teacher-forced forward;
+    ``model.generate(**generate_inputs, **kwargs)`` (with ``mode`` as the default mode) its captions.
+    """
+    inputs, generate, kwargs, mode = batch.inputs, batch.generate_inputs, {}, "two_pass"
+    device = model.device
+    if reader == "static":
+        mode = "coarse"
+    elif reader == "random":
+        shape = model.fovea_static_query.shape
+        queries = random_queries(batch.lengths, batch.clip_indices, seed, shape, model.config.query_init_std)
+        kwargs["fine_queries"] = queries.to(device=device, dtype=model.fovea_static_query.dtype)
+    elif reader == "centre":
+        kwargs["fine_patch_bias"] = centre_bias(batch.coverage).to(device)
+    elif reader == "shuffled":
+        order = shuffled_order(batch.lengths, batch.clip_indices, seed).to(device)
+        kwargs["fine_queries"] = planned_queries(model, batch).index_select(0, order)
+    elif reader == "oracle":
+        kwargs["fine_patch_bias"] = oracle_bias(batch.coverage).to(device)
+    elif reader == "blank":
+        inputs, generate = blank_inputs(inputs), blank_inputs(generate)
+    elif reader != "dynamic":
+        raise ValueError(f"unknown reader {reader!r}; readers: {READERS}")
+    return inputs, generate, kwargs, mode
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_arguments(model, readers: Sequence[str], batch_size: int, max_new_tokens: int) -> tuple[str, ...]:
+    readers = tuple(readers)
+    unknown = [name for name in readers if name not in READERS]
+    if unknown or not readers:
+        raise ValueError(f"readers must be a non-empty selection of {READERS}, got {list(readers)}")
+    if len(set(readers)) != len(readers):
+        raise ValueError(f"readers repeat: {list(readers)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if model.config.foveation_mode == "dense":
+        raise ValueError(
+            "probes replace the fine pass's queries: a dense model (foveation_mode='dense') has none"
+        )
+    return readers
+
+
+def _progress(iterable: Iterable, total: int, enabled: bool):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the progress bar is optional; the numbers are not
+        return iterable
+    return tqdm(iterable, total=total, desc="probes", unit="batch")
+
+
+def _as_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return items
+
+
+def _clip_values(output, batch: ProbeBatch, reader: str) -> list[dict[str, float]]:
+    """Per clip of the batch: prediction MSE, caption cross-entropy, mean mass in box and chance (frames 2..T)."""
+    passes = "coarse" if reader == "static" else "fine"
+    inputs = batch.inputs
+    frame_mask = inputs["video_frame_mask"]
+    predictions = getattr(output, f"predictions_{passes}").float()
+    targets = inputs["prediction_targets"][frame_mask].float()
+    frame_mse = (predictions - targets).pow(2).flatten(1).mean(1).cpu().split(batch.lengths)
+    log_likelihood, counts = token_log_likelihoods(
+        output.logits, inputs["labels"][:, -output.logits.shape[1] :]
+    )
+    caption_nll = (-log_likelihood / counts.clamp_min(1)).cpu().tolist()
+    attention = getattr(output, f"attention_{passes}").float().cpu()
+    mass = attention_mass_in_box(attention, batch.coverage).double().split(batch.lengths)
+    chance = batch.coverage.double().mean(-1).split(batch.lengths)
+    in_view = (batch.coverage.sum(-1) > 0).split(batch.lengths)
+    values = []
+    for row, item in enumerate(batch.items):
+        visible = torch.as_tensor(np.asarray(item["visible"])[:, item["target_index"]]).bool() & in_view[row]
+        visible[:FIRST_PLANNED_FRAME] = False
+        frames = visible.nonzero().squeeze(-1)
+        values.append(
+            {
+                "loss_fine": float(frame_mse[row].mean()),
+                "loss_caption": float(caption_nll[row]) if counts[row] > 0 else float("nan"),
+                "mass_in_box": float(mass[row][frames].mean()) if len(frames) else float("nan"),
+                "chance": float(chance[row][frames].mean()) if len(frames) else float("nan"),
+            }
+        )
+    return values
+
+
+def _caption_logits_to_keep(labels: torch.Tensor) -> int:
+    """Positions whose logits the caption needs: the longest caption + 1 (left padding puts captions last)."""
+    return int((labels != IGNORE_INDEX).sum(1).max()) + 1
+
+
+@torch.no_grad()
+def probe_batch(model, processor, batch: ProbeBatch, readers, max_new_tokens: int, seed: int):
+    """Every reader on one batch: per clip ``{reader: {"generated", "hits", values...}}``."""
+    results: list[dict[str, dict[str, Any]]] = [{} for _ in batch.items]
+    keep = _caption_logits_to_keep(batch.inputs["labels"])
+    for reader in readers:
+        inputs, generate, kwargs, mode = reader_call(reader, model, batch, seed)
+        output = model(**inputs, **kwargs, inference_mode=mode, logits_to_keep=keep)
+        if reader == "dynamic":
+            batch.planned = output.queries
+        with default_inference_mode(model, mode):
+            tokens = model.generate(**generate, **kwargs, max_new_tokens=max_new_tokens, do_sample=False)
+        texts = processor.decode_generated(tokens, generate)
+        for row, (item, text, values) in enumerate(
+            zip(batch.items, texts, _clip_values(output, batch, reader), strict=True)
+        ):
+            hits = score_caption(item, text)
+            results[row][reader] = {
+                "generated": text.strip(),
+                "hits": hits,
+                "all_attributes": all(hits.values()),
+                **values,
+            }
+    return results
+
+
+def _pairs(first: list[dict[str, Any]], second: list[dict[str, Any]], key_a: str, key_b: str) -> np.ndarray:
+    """Finite per-clip pairs ``[n, 2]`` of ``first[i][key_a]`` and ``second[i][key_b]``."""
+    pairs = np.asarray([[a[key_a], b[key_b]] for a, b in zip(first, second, strict=True)], dtype=float)
+    return pairs.reshape(-1, 2)[np.isfinite(pairs.reshape(-1, 2)).all(1)]
+
+
+def _ratio(pairs: np.ndarray) -> dict[str, float] | None:
+    """Ratio of means with its bootstrap CI (None without pairs)."""
+    return bootstrap_ci(pairs, ratio_of_means) if len(pairs) else None
+
+
+def summarise_reader(records: list[dict[str, Any]], reader: str) -> dict[str, Any]:
+    """Means with 95% bootstrap CIs over the clips of ``records`` for one reader."""
+    rows = [record["readers"][reader] for record in records]
+    accuracy = {}
+    for name in ATTRIBUTES:
+        hits = [row["hits"][name] for row in rows if name in row["hits"]]
+        if hits:
+            accuracy[name] = summarise(np.asarray(hits, dtype=float))
+    summary: dict[str, Any] = {
+        "num_clips": len(rows),
+        "accuracy": accuracy,
+        "all_attributes": summarise(np.asarray([row["all_attributes"] for row in rows], dtype=float)),
+    }
+    for key in ("loss_fine", "loss_caption", "mass_in_box", "chance"):
+        summary[key] = summarise([row[key] for row in rows])
+    summary["lift"] = _ratio(_pairs(rows, rows, "mass_in_box", "chance"))
+    if "dynamic" in records[0]["readers"]:
+        dynamic = [record["readers"]["dynamic"] for record in records]
+        summary["loss_fine_ratio_to_dynamic"] = _ratio(_pairs(rows, dynamic, "loss_fine", "loss_fine"))
+    return summary
+
+
+def majority_baseline(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy of always answering the most common value (per attribute, and the most common scored tuple)."""
+    baseline = {}
+    for name in ATTRIBUTES:
+        values = [record["truth"][name] for record in records if name in record["truth"]]
+        if values:
+            baseline[name] = collections.Counter(values).most_common(1)[0][1] / len(values)
+    tuples = collections.Counter(tuple(sorted(record["truth"].items())) for record in records)
+    baseline["all_attributes"] = tuples.most_common(1)[0][1] / len(records) if records else float("nan")
+    return baseline
+
+
+def summarise_records(records: list[dict[str, Any]], readers: Sequence[str]) -> dict[str, Any]:
+    """Per reader summaries of ``records``, the blind majority baseline and the static/dynamic loss ratio."""
+    summary: dict[str, Any] = {
+        "num_clips": len(records),
+        "readers": {reader: summarise_reader(records, reader) for reader in readers},
+        "majority_baseline": majority_baseline(records),
+    }
+    static = summary["readers"].get("static", {})
+    summary["ratio_loss_static_dynamic"] = static.get("loss_fine_ratio_to_dynamic")
+    return summary
+
+
+def run_probes(
+    model,
+    processor,
+    clips: Sequence[dict[str, Any]],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    seed: int = 0,
+    readers: Sequence[str] = READERS,
+    vae=None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Read ``clips`` with every reader on the same weights; per-clip results and their summaries.
+
+    Args:
+        model: a foveated (not dense) model, in eval mode, on its device.
+        processor: its processor.
+        clips: procedural clip dicts (``ProceduralVideoDataset`` items, or its wrappers with cached targets).
+        batch_size: clips per forward and per ``generate`` (inputs are built once per batch for every reader).
+        max_new_tokens: greedy caption length limit.
+        seed: seeds the random queries and the time shuffles (per clip, so independent of ``batch_size``).
+        readers: a selection of :data:`READERS`.
+        vae: the VAE that makes prediction targets, for VAE-target models whose clips carry no cached targets.
+
+    Returns:
+        ``{"readers", "seed", "max_new_tokens", "num_clips", "attributes", "summary", "clips"}``: ``summary[subset]``
+        for subset ``all`` (and ``named``/``generic`` when both occur) holds ``num_clips``,
+        ``ratio_loss_static_dynamic``, ``majority_baseline`` ({attribute: accuracy of always answering the
+        commonest value, "all_attributes"}) and ``readers[reader]`` = ``{"num_clips", "accuracy": {attribute: ci},
+        "all_attributes", "loss_fine", "loss_caption", "mass_in_box", "chance", "lift",
+        "loss_fine_ratio_to_dynamic"}`` (each a :func:`bootstrap_ci` dict, or None where nothing was measured);
+        ``clips`` lists per clip ``{"clip_id", "named", "scored_attributes", "truth", "reference", "readers": {reader:
+        {"generated", "hits", "all_attributes", "loss_fine", "loss_caption", "mass_in_box", "chance"}}}``.
+    """
+    readers = _check_arguments(model, readers, batch_size, max_new_tokens)
+    if len(clips) == 0:
+        raise ValueError("no clips to probe")
+    model.eval()
+    loader = DataLoader(clips, batch_size=batch_size, collate_fn=_as_list, num_workers=num_workers)
+    records: list[dict[str, Any]] = []
+    start = 0
+    for items in _progress(loader, len(loader), progress):
+        indices = list(range(start, start + len(items)))
+        start += len(items)
+        batch = prepare_batch(model, processor, items, indices, vae)
+        for item, results in zip(items, probe_batch(model, processor, batch, readers, max_new_tokens, seed)):
+            records.append(
+                {
+                    "clip_id": item.get("clip_id"),
+                    "named": bool(item.get("named", False)),
+                    "scored_attributes": list(scored_attributes_of(item)),
+                    "truth": {name: true_attributes(item).get(name) for name in scored_attributes_of(item)},
+                    "reference": item["caption"],
+                    "readers": results,
+                }
+            )
+    summary = {}
+    for subset, named in SUBSETS.items():
+        chosen = [r for r in records if named is None or r["named"] == named]
+        if subset == "all" or (chosen and len(chosen) < len(records)):
+            summary[subset] = summarise_records(chosen, readers)
+    attributes = [name for name in ATTRIBUTES if any(name in r["scored_attributes"] for r in records)]
+    return {
+        "readers": list(readers),
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
+        "num_clips": len(records),
+        "attributes": attributes,
+        "summary": summary,
+        "clips": records,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------
+
+
+def _table(summary: dict[str, Any], attributes: Sequence[str]) -> str:
+    headers = [
+        "reader",
+        *(f"{name} acc." for name in attributes),
+        "all attributes",
+        "loss_fine",
+        "÷ dynamic",
+        "loss_caption",
+        "mass in box",
+        "chance",
+        "lift",
+    ]
+    rows = []
+    for reader, figures in summary["readers"].items():
+        rows.append(
+            [
+                reader,
+                *(format_ci(figures["accuracy"].get(name), 3) for name in attributes),
+                format_ci(figures["all_attributes"], 3),
+                format_ci(figures["loss_fine"]),
+                format_ci(figures.get("loss_fine_ratio_to_dynamic"), 3),
+                format_ci(figures["loss_caption"], 3),
+                format_ci(figures["mass_in_box"], 3),
+                format_ci(figures["chance"], 3),
+                format_ci(figures["lift"], 2),
+            ]
+        )
+    baseline = summary["majority_baseline"]
+    rows.append(
+        [
+            "*majority answer*",
+            *(f"{baseline[name]:.3f}" if name in baseline else "n/a" for name in attributes),
+            f"{baseline['all_attributes']:.3f}",
+            *([""] * (len(headers) - len(attributes) - 2)),
+        ]
+    )
+    return markdown_table(headers, rows)
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The human-readable report: one table of every reader (and one per clip kind when both occur)."""
+    summary = report["summary"]
+    attributes = report["attributes"]
+    ratio = summary["all"].get("ratio_loss_static_dynamic")
+    header = f"Model `{report['model']}`, " if report.get("model") else ""
+    split = f" of split `{report['split']}`" if report.get("split") else ""
+    lines = ["# Test-time query probes", ""]
+    if report.get("command"):
+        lines += [f"`{report['command']}`", ""]
+    lines += [
+        f"{header}{report['num_clips']} procedural clips{split}, the same weights read by each reader "
+        f"(seed {report['seed']}); greedy captions of at most {report['max_new_tokens']} tokens. "
+        "Mean over clips [95% bootstrap CI]. Accuracy: exact match of each scored attribute parsed from the "
+        "caption; *all attributes*: every scored attribute of the clip right. loss_fine: next-frame prediction "
+        "MSE of the reading pass (static: the coarse pass), ÷ dynamic its ratio of means to the dynamic reader's; "
+        "loss_caption: teacher-forced caption cross-entropy per token. Mass in box: attention inside the target's "
+        "box over frames 2..T where it is in view (patch part of the full distribution); chance: the box's area "
+        "share; lift = mass / chance (ratio of means). *Majority answer*: the accuracy of always giving these clips' most "
+        "common value, what a reader that ignores the video can reach at best (the blank reader's reference).",
+        "",
+        "Readers: " + "; ".join(f"**{r}**: {READER_DESCRIPTIONS[r]}" for r in report["readers"]) + ".",
+        "",
+        _table(summary["all"], attributes),
+        "",
+        f"Coarse / fine prediction-loss ratio (static / dynamic): {format_ci(ratio, 3)}.",
+    ]
+    for subset in ("named", "generic"):
+        if subset in summary:
+            lines += ["", f"## {subset} clips ({summary[subset]['num_clips']})", ""]
+            lines.append(_table(summary[subset], attributes))
+    if report.get("figure"):
+        lines += ["", f"![probes]({report['figure']})"]
+    lines += ["", "## Examples", ""]
+    for record in report["clips"][:NUM_EXAMPLES]:
+        lines.append(f"- `{record['clip_id']}` {record['reference']}")
+        lines += [
+            f"  - {reader}: `{result['generated']}`" if result["generated"] else f"  - {reader}: (empty)"
+            for reader, result in record["readers"].items()
+        ]
+    return "\n".join(lines)
+
+
+READER_COLOURS = {
+    "dynamic": "tab:red",
+    "static": "tab:blue",
+    "random": "tab:grey",
+    "centre": "tab:olive",
+    "shuffled": "tab:purple",
+    "oracle": "tab:green",
+    "blank": "black",
+}
+
+
+def _bars(axis, summary: dict[str, Any], key: str, title: str) -> float:
+    """Bars with CI error bars and their values; returns the highest upper bound drawn."""
+    readers = list(summary["readers"])
+    values = [summary["readers"][reader][key] for reader in readers]
+    estimates = [np.nan if v is None else v["estimate"] for v in values]
+    errors = np.array(
+        [[0.0, 0.0] if v is None else [v["estimate"] - v["low"], v["high"] - v["estimate"]] for v in values]
+    ).T
+    bars = axis.bar(
+        readers,
+        estimates,
+        yerr=np.clip(errors, 0, None),
+        capsize=4,
+        color=[READER_COLOURS[reader] for reader in readers],
+        alpha=0.8,
+    )
+    axis.bar_label(bars, labels=["" if v is None else f"{v['estimate']:.2f}" for v in values], padding=6)
+    for position, value in enumerate(values):
+        if value is None:
+            axis.text(position, 0.01, "n/a", ha="center", va="bottom")
+    axis.set_title(title)
+    axis.grid(axis="y", alpha=0.3)
+    axis.tick_params(axis="x", rotation=30)
+    return max([0.0, *(v["high"] for v in values if v is not None)])
+
+
+def plot_probes(summary: dict[str, Any], path: str | Path) -> None:
+    """Bars per reader: all-attributes accuracy and mass in the target box (with chance), 95% CI error bars."""
+    plt = pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    _bars(left, summary, "all_attributes", "all scored attributes right")
+    left.set_ylim(0, 1.1)
+    majority = summary.get("majority_baseline", {}).get("all_attributes")
+    if majority is not None and np.isfinite(majority):
+        left.axhline(majority, color="grey", linestyle="--", label=f"majority answer {majority:.2f}")
+        left.legend(loc="upper right")
+    left.set_ylabel("fraction of clips")
+    highest = _bars(right, summary, "mass_in_box", "attention mass in target box (frames 2..T)")
+    chances = [f["chance"]["estimate"] for f in summary["readers"].values() if f["chance"] is not None]
+    if chances:
+        chance = float(np.mean(chances))
+        right.axhline(chance, color="grey", linestyle="--", label=f"chance (box area) {chance:.2f}")
+        right.legend(loc="upper left")
+        highest = max(highest, chance)
+    right.set_ylim(0, min(1.1, PLOT_HEADROOM * highest) or 1.0)
+    right.set_ylabel("attention mass")
+    figure.suptitle(f"Test-time query probes ({summary['num_clips']} clips, 95% bootstrap CI)")
+    save_figure(figure, path)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Probe, plot, write the reports, return the report."""
+    context = load_context(args)
+    if not context.is_procedural:
+        raise ValueError(
+            "eval.probes needs procedural clips (exact captions and object boxes); "
+            f"this config reads data.kind={context.config.data.kind!r}"
+        )
+    report = run_probes(
+        context.model,
+        context.processor,
+        context.dataset,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        readers=args.readers or READERS,
+        vae=context.vae,
+        num_workers=args.num_workers,
+    )
+    report = {"command": command_line(), "model": str(context.model_path), "split": args.split, **report}
+    report["figure"] = None
+    try:
+        plot_probes(report["summary"]["all"], context.out_dir / FIGURE_NAME)
+        report["figure"] = FIGURE_NAME
+    except ImportError as error:  # no matplotlib: the numbers are still written
+        logger.warning("no figure (%s); probes.json and probes.md are written", error)
+    write_report(context.out_dir, report, format_markdown(report), JSON_NAME, MARKDOWN_NAME)
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = script_parser(__doc__)
+    parser.add_argument(
+        "--readers", nargs="+", choices=READERS, help=f"readers to run (default: all of {READERS})"
+    )
+    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the random queries and the time shuffles")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run_script(run, build_parser(), format_markdown, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
