@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as `python eval/ablations.py`: import from 
 
 import torch  # noqa: E402
 
-from eval import captioning, fovea, intrinsic  # noqa: E402
+from eval import captioning, fovea, intrinsic, probes  # noqa: E402
 from eval.common import (  # noqa: E402
     FINAL_DIR,
     REPORT_JSON,
@@ -164,30 +164,40 @@ def evaluation_arguments(args: argparse.Namespace, arm_dir: Path, name: str) -> 
     return argv + (["--num_clips", str(args.eval_clips)] if args.eval_clips else [])
 
 
-EVALUATIONS = ("intrinsic", "captioning", "fovea")
-PROCEDURAL_ONLY = ("fovea",)
+EVALUATIONS = ("intrinsic", "captioning", "fovea", "probes")
+PROCEDURAL_ONLY = ("fovea", "probes")
+SAVED_REPORT = {"probes": probes.JSON_NAME}
+"""File an evaluation writes its report to, where it is not ``report.json``."""
+COARSE_ONLY_READERS = ("static",)
+"""Probes of an arm that trained the static query alone (its fine pass was never trained)."""
 
 
-def _evaluation_argv(args: argparse.Namespace, arm_dir: Path, name: str) -> list[str]:
+def _evaluation_argv(args: argparse.Namespace, arm_dir: Path, name: str, coarse_only: bool) -> list[str]:
     argv = evaluation_arguments(args, arm_dir, name)
     if name == "captioning":
         argv += ["--max_new_tokens", str(args.max_new_tokens), "--metrics_backend", args.metrics_backend]
+    if name == "probes":
+        argv += ["--max_new_tokens", str(args.max_new_tokens), "--seed", str(args.seed)]
+        argv += ["--readers", *COARSE_ONLY_READERS] if coarse_only else []
     return argv
 
 
-def evaluate_arm(args: argparse.Namespace, arm_dir: Path, procedural: bool) -> dict[str, Any]:
+def evaluate_arm(
+    args: argparse.Namespace, arm_dir: Path, procedural: bool, coarse_only: bool = False
+) -> dict[str, Any]:
     """The selected reports (``args.evaluations``) of a trained arm; a finished one is read back, not rerun."""
-    scripts = {"intrinsic": intrinsic, "captioning": captioning, "fovea": fovea}
+    scripts = {"intrinsic": intrinsic, "captioning": captioning, "fovea": fovea, "probes": probes}
     results = {}
     for name in args.evaluations:
         if name in PROCEDURAL_ONLY and not procedural:
             continue
-        saved = arm_dir / EVAL_DIR / name / REPORT_JSON
+        saved = arm_dir / EVAL_DIR / name / SAVED_REPORT.get(name, REPORT_JSON)
         if saved.is_file() and not args.retrain:
             results[name] = json.loads(saved.read_text(encoding="utf-8"))
             continue
         script = scripts[name]
-        results[name] = script.run(script.build_parser().parse_args(_evaluation_argv(args, arm_dir, name)))
+        argv = _evaluation_argv(args, arm_dir, name, coarse_only)
+        results[name] = script.run(script.build_parser().parse_args(argv))
     return results
 
 
@@ -213,7 +223,8 @@ def run_arm(args: argparse.Namespace, arm: Arm, trainer: Trainer) -> dict[str, A
             record["reused"] = True
         metrics = json.loads((arm_dir / METRICS_NAME).read_text(encoding="utf-8"))
         record["steps"] = metrics.get("step")
-        record["evaluation"] = evaluate_arm(args, arm_dir, config.data.kind == "procedural")
+        coarse_only = record["trained_passes"] == "coarse"
+        record["evaluation"] = evaluate_arm(args, arm_dir, config.data.kind == "procedural", coarse_only)
     except Exception as error:  # noqa: BLE001 (one arm's failure is reported in the table; the others run)
         logger.error("arm %s failed:\n%s", arm.name, traceback.format_exc())
         return {**record, "status": "failed", "reason": f"{type(error).__name__}: {error}"}
@@ -271,6 +282,38 @@ TABLE_HEADERS = [
 ]
 
 
+PROBE_READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank")
+PROBE_HEADERS = [
+    "arm",
+    *(f"all right: {reader}" for reader in PROBE_READERS),
+    "mass in box: dynamic",
+    "mass in box: static",
+    "chance",
+    "loss static / dynamic",
+]
+
+
+def probe_row(record: dict[str, Any]) -> list[Any] | None:
+    """One line of the probe table (all-attributes accuracy per reader, mass in box), or None without probes."""
+    summary = _get(record, "evaluation", "probes", "summary", "all")
+    if record["status"] != "ok" or summary is None:
+        return None
+    readers = summary.get("readers", {})
+
+    def figure(reader: str, key: str) -> str:
+        return format_ci(_get(readers, reader, key), 3) if reader in readers else "-"
+
+    chance = _get(readers, "dynamic", "chance") or _get(readers, "static", "chance")
+    return [
+        record["arm"]["name"],
+        *(figure(reader, "all_attributes") for reader in PROBE_READERS),
+        figure("dynamic", "mass_in_box"),
+        figure("static", "mass_in_box"),
+        format_ci(chance, 3),
+        format_ci(summary.get("ratio_loss_static_dynamic"), 4),
+    ]
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     """The ablation table and each arm's description."""
     lines = [
@@ -285,9 +328,20 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         markdown_table(TABLE_HEADERS, [table_row(record) for record in report["arms"]]),
         "",
-        "## Arms",
-        "",
     ]
+    rows = [row for row in map(probe_row, report["arms"]) if row is not None]
+    if rows:
+        lines += [
+            "## Test-time probes on the same weights (`eval.probes`)",
+            "",
+            "All scored attributes right per reader; mass in the named object's box over frames 2..T (chance: "
+            "the box's area share); loss static / dynamic: next-frame loss of the static reading over the "
+            "dynamic one (> 1 when looking helps).",
+            "",
+            markdown_table(PROBE_HEADERS, rows),
+            "",
+        ]
+    lines += ["## Arms", ""]
     lines += [
         f"- **{r['arm']['name']}** (`{' '.join(r['arm']['overrides']) or 'base config'}`): "
         f"{r['arm']['description']}"
