@@ -138,8 +138,11 @@ def load_arms(path: str | Path) -> list[Arm]:
 
 
 def training_arguments(args: argparse.Namespace, arm: Arm, arm_dir: Path) -> list[str]:
-    """``train_accelerate.py`` arguments of an arm: base config, shared steps and seed, overrides."""
-    argv = ["--output_dir", str(arm_dir), "--max_steps", str(args.max_steps), "--seed", str(args.seed)]
+    """``train_accelerate.py`` arguments of an arm: base config, shared steps and seed (unless the arm sets its own
+    ``train.seed``: a replicate with a fresh seed), overrides."""
+    argv = ["--output_dir", str(arm_dir), "--max_steps", str(args.max_steps)]
+    if not any(override.startswith("train.seed=") for override in arm.overrides):
+        argv += ["--seed", str(args.seed)]
     if args.config:
         argv = ["--config", str(args.config), *argv]
     for override in [*args.overrides, *arm.overrides]:

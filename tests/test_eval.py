@@ -456,6 +456,10 @@ def test_ablation_runner_reuses_finished_evaluations_and_runs_arms_in_parallel(t
     ]  # fmt: skip
     report = ablations.main(argv, trainer=lambda args, log: train_accelerate.main(args))
     assert launched == [(argv[:-2], ["a", "b"], 2)]  # each child names its own arm
+    replicate = ablations.Arm("b_seed1", ["train.seed=1"])
+    assert "--seed" not in ablations.training_arguments(
+        ablations.build_parser().parse_args(argv), replicate, tmp_path
+    )
     assert [record["status"] for record in report["arms"]] == ["ok", "ok"]
     assert set(report["arms"][0]["evaluation"]) == {"intrinsic"}
 
