@@ -58,7 +58,7 @@ def score_captions(results: list[dict[str, str]], procedural: bool, backend: str
 def format_markdown(report: dict[str, Any]) -> str:
     """The human-readable report."""
     modes = report["modes"]
-    rows = [[name, *(f"{modes[mode]['metrics'][name]:.4f}" for mode in modes)] for name in CAPTION_METRICS]
+    rows = [[name, *(modes[mode]["metrics"][name] for mode in modes)] for name in CAPTION_METRICS]
     if all("attribute_accuracy" in figures for figures in modes.values()):
         rows += [
             [f"{key} accuracy", *(format_ci(modes[mode]["attribute_accuracy"][key], 3) for mode in modes)]

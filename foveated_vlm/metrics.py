@@ -7,9 +7,11 @@ scoring (token log-likelihoods of a continuation) and caption metrics (BLEU, ROU
 Caption metrics: :func:`caption_metrics` first asks the ``evaluate`` library (whose metric scripts come from
 the Hub) and falls back, per metric, to the implementations here, which follow the reference code:
 BLEU-4 is the corpus BLEU of ``evaluate``'s ``bleu`` (TensorFlow NMT's ``compute_bleu`` on 13a tokens,
-no smoothing), ROUGE-L is the ``rouge-score`` package's F-measure (the library ``evaluate`` wraps), CIDEr-D
-is pycocoevalcap's (n = 4, sigma = 6, x10). METEOR needs WordNet data, not available offline: CIDEr-D
-replaces it. Every result says which implementation produced it.
+no smoothing), ROUGE-L is the ``rouge-score`` package's F-measure (the library ``evaluate`` wraps; written
+out here, so it needs no extra package), CIDEr-D is pycocoevalcap's (n = 4, sigma = 6, x10). METEOR needs
+WordNet data, not available offline: CIDEr-D replaces it. Every result says which implementation produced it;
+a metric that cannot be computed at all is recorded as unavailable (score ``None``, the reason in its
+implementation) and the others are still returned.
 """
 
 from __future__ import annotations
@@ -64,9 +66,11 @@ __all__ = [
     "psnr",
     "ratio_of_means",
     "rouge_l",
+    "rouge_l_fmeasure",
     "ssim",
     "token_log_likelihoods",
     "tokenize_13a",
+    "tokenize_rouge",
 ]
 
 
@@ -369,14 +373,41 @@ def bleu(
     }
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str] | str]) -> dict[str, float]:
-    """Mean ROUGE-L F-measure (``rouge-score``, no stemming; best reference per prediction): ``{"rouge_l"}``."""
-    from rouge_score import rouge_scorer
+_ROUGE_NON_ALPHANUMERIC = re.compile(r"[^a-z0-9]+")
 
+
+def tokenize_rouge(text: str) -> list[str]:
+    """``rouge-score``'s default tokenizer without stemming: lower case, runs of ``[a-z0-9]`` (all else splits)."""
+    return _ROUGE_NON_ALPHANUMERIC.sub(" ", text.lower()).split()
+
+
+def _lcs_length(reference: Sequence[str], candidate: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token lists (dynamic programming, one row kept)."""
+    previous = [0] * (len(candidate) + 1)
+    for token in reference:
+        current = [0]
+        for j, other in enumerate(candidate):
+            current.append(previous[j] + 1 if token == other else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l_fmeasure(reference: str, prediction: str) -> float:
+    """ROUGE-L F-measure of one pair as ``rouge-score``'s ``_score_lcs``: 0 if either side has no tokens."""
+    ref_tokens, pred_tokens = tokenize_rouge(reference), tokenize_rouge(prediction)
+    if not ref_tokens or not pred_tokens:
+        return 0.0
+    lcs = _lcs_length(ref_tokens, pred_tokens)
+    precision, recall = lcs / len(pred_tokens), lcs / len(ref_tokens)
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str] | str]) -> dict[str, float]:
+    """Mean ROUGE-L F-measure, as ``rouge-score``'s ``RougeScorer(["rougeL"]).score_multi`` (no stemming; the
+    best reference per prediction), without needing that package: ``{"rouge_l"}``."""
     refs = _check_corpus(predictions, references)
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     scores = [
-        scorer.score_multi(candidates, prediction)["rougeL"].fmeasure
+        max(rouge_l_fmeasure(reference, prediction) for reference in candidates)
         for prediction, candidates in zip(predictions, refs)
     ]
     return {"rouge_l": float(np.mean(scores))}
@@ -464,44 +495,58 @@ def _evaluate_metric(name: str):
     return _evaluate_cache[name]
 
 
+UNAVAILABLE = "unavailable"
+"""Prefix of the implementation recorded for a metric that could not be computed (its score is ``None``)."""
+
+
 def caption_metrics(
     predictions: Sequence[str], references: Sequence[Sequence[str] | str], backend: str = "auto"
-) -> tuple[dict[str, float], dict[str, str]]:
+) -> tuple[dict[str, float | None], dict[str, str]]:
     """BLEU-4, ROUGE-L and CIDEr-D of generated captions against references.
 
     Args:
-        backend: ``"auto"`` tries ``evaluate.load`` (bleu, rouge) and falls back to the built-in code with a
-            one-line notice; ``"evaluate"`` fails if it cannot load; ``"builtin"`` skips ``evaluate``.
+        backend: ``"auto"`` tries ``evaluate`` (bleu, rouge: load and compute) and falls back to the built-in
+            code with a one-line notice; ``"evaluate"`` fails if it cannot; ``"builtin"`` skips ``evaluate``.
             CIDEr-D always uses the built-in code (``evaluate`` ships no CIDEr).
 
     Returns:
         ``(scores, implementations)``: ``{"bleu", "rouge_l", "cider"}`` and, per metric, which code made it.
+        A metric whose every implementation fails is ``None``, its implementation ``"unavailable (reason)"``
+        (logged as a warning); the other metrics are still computed, so a report can always be written.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     refs = _check_corpus(predictions, references)
-    scores, implementations = {}, {}
+    scores: dict[str, float | None] = {}
+    implementations: dict[str, str] = {}
     for name in CAPTION_METRICS:
         function, key = _BUILTIN[name]
-        loaded = None
         if backend != "builtin" and name in EVALUATE_NAMES:
-            loaded = _evaluate_metric(EVALUATE_NAMES[name])
-            if isinstance(loaded, Exception):
+            evaluate_name = EVALUATE_NAMES[name]
+            loaded = _evaluate_metric(evaluate_name)
+            try:
+                if isinstance(loaded, Exception):
+                    raise loaded
+                result = loaded.compute(predictions=list(predictions), references=refs)
+                scores[name] = float(result[_EVALUATE_RESULT_KEYS[name]])
+                implementations[name] = f"evaluate.load({evaluate_name!r})"
+                continue
+            except Exception as error:  # noqa: BLE001 (offline, no script, a missing package: use ours)
                 if backend == "evaluate":
-                    raise ValueError(f"evaluate.load({EVALUATE_NAMES[name]!r}) failed: {loaded}")
+                    raise ValueError(f"evaluate.load({evaluate_name!r}) failed: {error}") from error
                 logger.warning(
                     "%s: evaluate.load(%r) is unavailable (%s); using foveated_vlm.metrics.%s",
                     name,
-                    EVALUATE_NAMES[name],
-                    type(loaded).__name__,
+                    evaluate_name,
+                    type(error).__name__,
                     function.__name__,
                 )
-                loaded = None
-        if loaded is not None:
-            result = loaded.compute(predictions=list(predictions), references=refs)
-            scores[name] = float(result[_EVALUATE_RESULT_KEYS[name]])
-            implementations[name] = f"evaluate.load({EVALUATE_NAMES[name]!r})"
-        else:
+        try:
             scores[name] = float(function(predictions, refs)[key])
             implementations[name] = f"foveated_vlm.metrics.{function.__name__}"
+        except Exception as error:  # noqa: BLE001 (one metric failing must not lose the others)
+            reason = f"{type(error).__name__}: {error}"
+            logger.warning("%s could not be computed and is recorded as unavailable (%s)", name, reason)
+            scores[name] = None
+            implementations[name] = f"{UNAVAILABLE} ({reason})"
     return scores, implementations

@@ -191,6 +191,29 @@ def test_captioning_end_to_end(run_dir, tmp_path):
     assert len((tmp_path / captioning.CAPTIONS_NAME).read_text().splitlines()) == 8
 
 
+def test_caption_report_is_written_when_a_metric_is_unavailable(monkeypatch):
+    from foveated_vlm import metrics
+
+    def broken(predictions, references):
+        raise ImportError("No module named 'rouge_score'")
+
+    monkeypatch.setitem(metrics._BUILTIN, "rouge_l", (broken, "rouge_l"))
+    results = [{"prompt": "p", "reference": "a red square moves left", "generated": "a red square moves"}] * 2
+    figures = captioning.score_captions(results, procedural=False, backend="builtin")
+    assert figures["metrics"]["rouge_l"] is None and figures["metrics"]["bleu"] is not None
+    report = {
+        "command": "c",
+        "model": "m",
+        "split": "s",
+        "data_kind": "folder",
+        "num_clips": 2,
+        "max_new_tokens": 3,
+        "modes": {"coarse": {**figures, "examples": results}},
+    }
+    text = captioning.format_markdown(report)
+    assert "| rouge_l | n/a |" in text and "unavailable (ImportError" in text
+
+
 # ----------------------------------------------------------------------------------------------------- MCQ
 
 

@@ -208,6 +208,40 @@ def test_rouge_l_hand_computed():
     assert metrics.rouge_l(["a b"], [["c d", "a b"]])["rouge_l"] == pytest.approx(1.0)
 
 
+ROUGE_TEXTS = [
+    ("The red square moves left.", "the red circle moves to the LEFT"),
+    ("a blue star, bouncing (fast) 3-4 times!", "blue star bounces 3 times"),
+    ("naïve café: über-cool 42x", "cafe uber cool 42x naive"),
+    ("", "anything at all"),
+    ("...", "---"),
+    ("same same same", "same"),
+    ("the green triangle stays still", "the green triangle stays still"),
+]
+
+
+def test_rouge_l_needs_no_rouge_score_package(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "rouge_score", None)  # `import rouge_score` now raises ImportError
+    monkeypatch.setitem(sys.modules, "rouge_score.rouge_scorer", None)
+    assert metrics.rouge_l(["the red square moves"], ["the red circle moves"])["rouge_l"] == pytest.approx(
+        0.75
+    )
+    assert metrics.tokenize_rouge("Moves, LEFT-to-right 3.5!") == ["moves", "left", "to", "right", "3", "5"]
+
+
+def test_rouge_l_matches_rouge_score_on_ordinary_text():
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    for reference, prediction in ROUGE_TEXTS:
+        theirs = scorer.score(reference, prediction)["rougeL"].fmeasure
+        assert metrics.rouge_l_fmeasure(reference, prediction) == pytest.approx(theirs, abs=1e-12)
+    predictions = [p for _, p in ROUGE_TEXTS]
+    references = [[r, "the red square moves"] for r, _ in ROUGE_TEXTS]
+    theirs = np.mean([scorer.score_multi(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)])
+    assert metrics.rouge_l(predictions, references)["rouge_l"] == pytest.approx(theirs, abs=1e-12)
+
+
 def test_cider_d_hand_computed():
     # Two images, references "a b" and "c d"; every n-gram occurs in one image: idf = log 2 for all.
     # Image 1 repeats its reference: cosine 1 for orders 1 and 2, none of orders 3-4 -> 10 * 2 / 4 = 5.
@@ -235,3 +269,31 @@ def test_caption_metrics_fall_back_to_the_builtin_code(monkeypatch):
         metrics.caption_metrics(PREDICTIONS, REFERENCES, backend="nope")
     with pytest.raises(ValueError, match="one reference list per prediction"):
         metrics.caption_metrics(PREDICTIONS, REFERENCES[:2], backend="builtin")
+
+
+def test_a_metric_that_cannot_be_computed_is_recorded_as_unavailable(monkeypatch):
+    def broken(predictions, references):
+        raise ImportError("No module named 'rouge_score'")
+
+    monkeypatch.setitem(metrics._BUILTIN, "rouge_l", (broken, "rouge_l"))
+    scores, implementations = metrics.caption_metrics(PREDICTIONS, REFERENCES, backend="builtin")
+    assert scores["rouge_l"] is None
+    assert (
+        implementations["rouge_l"].startswith(metrics.UNAVAILABLE)
+        and "rouge_score" in implementations["rouge_l"]
+    )
+    assert scores["bleu"] == pytest.approx(metrics.bleu(PREDICTIONS, REFERENCES)["bleu"])
+    assert scores["cider"] == pytest.approx(metrics.cider_d(PREDICTIONS, REFERENCES)["cider"])
+
+
+def test_evaluate_that_loads_but_cannot_compute_falls_back(monkeypatch):
+    class NeedsMissingPackage:
+        def compute(self, predictions, references):
+            raise ImportError("No module named 'rouge_score'")
+
+    monkeypatch.setattr(metrics, "_evaluate_metric", lambda name: NeedsMissingPackage())
+    scores, implementations = metrics.caption_metrics(PREDICTIONS, REFERENCES, backend="auto")
+    assert implementations["rouge_l"] == "foveated_vlm.metrics.rouge_l"
+    assert scores["rouge_l"] == pytest.approx(metrics.rouge_l(PREDICTIONS, REFERENCES)["rouge_l"])
+    with pytest.raises(ValueError, match="evaluate.load"):
+        metrics.caption_metrics(PREDICTIONS, REFERENCES, backend="evaluate")
