@@ -157,14 +157,15 @@ def test_frame_sampling_indices():
 @pytest.mark.parametrize(
     ("video", "message"),
     [
-        (np.zeros((3, 32, 32), np.uint8), "rank 4"),
-        (np.zeros((3, 32, 32, 4), np.uint8), "3 channels"),
+        (np.zeros((3, 32, 32), np.uint8), "ambiguous"),
+        (np.zeros((2, 3, 32, 32, 3, 1), np.uint8), r"a video must be \[T, H, W, C\]"),
+        (np.zeros((3, 32, 32, 5), np.uint8), "3 channels"),
         (np.zeros((3, 3, 32, 32), np.uint8), "channels first"),
         (np.zeros((0, 32, 32, 3), np.uint8), "zero frames"),
         (np.zeros((2, 0, 32, 3), np.uint8), "frames are empty"),
         (np.full((2, 32, 32, 3), np.nan, np.float32), "NaN or inf"),
         (np.full((2, 32, 32, 3), 2.0, np.float32), r"\[0, 1\]"),
-        (np.zeros((2, 32, 32, 3), np.int32), "uint8 or float"),
+        (np.zeros((2, 32, 32, 3), np.int32), r"uint8 \(0-255\) or float"),
         ([], "empty list"),
     ],
 )
