@@ -382,8 +382,12 @@ def _as_tensor(array) -> torch.Tensor:
     array = np.asarray(array)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise ValueError(f"video arrays must hold numbers, got dtype {array.dtype}")
-    if any(stride < 0 for stride in array.strides) or not array.flags.c_contiguous:
-        array = np.ascontiguousarray(array)
+    if (
+        any(stride < 0 for stride in array.strides)
+        or not array.flags.c_contiguous
+        or not array.flags.writeable
+    ):
+        array = np.array(array, order="C")  # torch takes neither negative strides nor read-only memory
     return torch.from_numpy(array)
 
 

@@ -365,6 +365,7 @@ class FoveatedStream:
         Returns:
             :class:`StreamStep` without the frame axis (``attention [B, P]``, ``predictions [B, C, h, w]``, ...).
         """
+        _require_tensor(frames)
         active = None if active is None else torch.as_tensor(active).unsqueeze(1)
         if self._static is not None:
             self._validate_frames(
@@ -417,11 +418,7 @@ class FoveatedStream:
         """Shapes, and the pixels as :func:`check_pixel_values` (their values only with ``values``)."""
         config = self.model.config
         size = config.vision_config.image_size
-        if not isinstance(frames, torch.Tensor):
-            raise ValueError(
-                f"frames must be a tensor of normalised pixels [B, n, 3, H, W], got {type(frames).__name__}: "
-                "use processor(videos=...)['pixel_values_videos'] or processor.preprocess_frames"
-            )
+        _require_tensor(frames)
         if (
             frames.dim() != 5
             or frames.shape[0] != self.batch_size
@@ -676,6 +673,14 @@ class _CompiledRegions:
                 del self.encoder.__dict__[name]
             else:
                 self.encoder.__dict__[name] = previous
+
+
+def _require_tensor(frames) -> None:
+    if not isinstance(frames, torch.Tensor):
+        raise ValueError(
+            f"frames must be a tensor of normalised pixels, got {type(frames).__name__}: use "
+            "processor(videos=...)['pixel_values_videos'] (or processor.preprocess_frames for raw frames)"
+        )
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
