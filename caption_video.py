@@ -516,19 +516,23 @@ def run(args: argparse.Namespace) -> str:
     return reading.caption
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; every failure is one ``error: ...`` line on stderr and a non-zero exit status."""
     args = parse_args(argv)
     try:
         caption = run(args)
     except (ValueError, ImportError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 (a command line prints one line, never a traceback)
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"error: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     print(caption)
     return 0
