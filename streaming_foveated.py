@@ -436,12 +436,12 @@ class FoveatedStream:
             raise ValueError(
                 f"frame_mask {tuple(frame_mask.shape)} does not match frames {tuple(frames.shape[:2])}"
             )
-        check_pixel_values(frames, frame_mask.to(frames.device), values=values, name="frames")
         if targets is not None and tuple(targets.shape) != (*frames.shape[:2], *config.target_shape):
             raise ValueError(
                 f"targets must be [{frames.shape[0]}, {frames.shape[1]}, {', '.join(map(str, config.target_shape))}], "
                 f"got shape {tuple(targets.shape)}"
             )
+        check_pixel_values(frames, frame_mask.to(frames.device), values=values, name="frames")
         return frame_mask
 
     def _check_context(self, new_frames: torch.Tensor, suffix_length: int | None = None) -> None:

@@ -1026,3 +1026,25 @@ def test_cli_unexpected_failure_is_one_line(world, capsys, monkeypatch):
     monkeypatch.setattr(caption_video, "run", broken)
     assert caption_video.main(_cli()(world)) == caption_video.EXIT_ERROR
     assert capsys.readouterr().err == "error: RuntimeError: something nobody foresaw\n"
+
+
+def test_pixels_scaled_to_unit_range_but_not_normalised_warn(world):
+    """[0, 1] frames never normalised cannot be refused for sure (an all-mid-grey video normalises into [0, 1]),
+    so they warn; the processor's own output never does."""
+    import warnings
+
+    from layout_foveated import UnnormalisedPixelsWarning
+
+    frames = torch.from_numpy(pan(3, 32, 32)).permute(0, 3, 1, 2).float().div(255).unsqueeze(0)
+    inputs = world.inputs(3)
+    with pytest.warns(
+        UnnormalisedPixelsWarning, match=r"all lie in \[0, 1\].*pass the videos through the processor"
+    ):
+        world.model(**{**inputs, "pixel_values_videos": frames})
+    stream = _stream(world)
+    with pytest.warns(UnnormalisedPixelsWarning):
+        stream.step(frames[:, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        world.model(**inputs)
+        _stream(world).step(inputs["pixel_values_videos"][:, 0])
