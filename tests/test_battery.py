@@ -209,8 +209,6 @@ def _decoded(name: str, **kwargs) -> Callable[[World], torch.Tensor]:
 
 def _from_handle(world: World, name: str, **kwargs) -> torch.Tensor:
     with open(world.files[name], "rb") as handle:
-        handle.read(7)  # a handle that is not at its start: it is read from where it stands
-        handle.seek(0)
         return world.pixels(handle, **kwargs)
 
 
