@@ -1,20 +1,26 @@
 """Caption a video file with a foveated VLM, frame by frame in bounded memory.
 
-    python caption_video.py VIDEO --model PATH_OR_REPO [--prompt TEXT] [--fps F] [--max-new-tokens N]
-        [--sample] [--temperature T] [--top-p P] [--num-beams K] [--seed S] [--chunk-frames N]
-        [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
+    python caption_video.py VIDEO --model PATH_OR_REPO [--prompt TEXT] [--num-frames N | --fps F]
+        [--max-new-tokens N] [--sample] [--temperature T] [--top-p P] [--num-beams K] [--seed S]
+        [--chunk-frames N] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
         [--attention OUT.gif] [--predictions OUT.png]
 
 The model and processor are loaded with ``trust_remote_code`` from a directory (a trainer's ``D/final``) or a
-Hub repo. The video is decoded with PyAV and read by a :class:`FoveatedStream` chunk by chunk (decoded, resized
-and encoded ``--chunk-frames`` frames at a time): memory holds one chunk of frames and encoder K/V plus the LLM
-caches (one position per frame), so an hour at 1 fps (3,600 positions) fits SmolLM2's 8,192. The caption goes
-to stdout. ``--attention`` writes a GIF of the frames the model saw with each frame's query attention as a heat
+Hub repo. Frames are sampled as the processor samples them (``processing_foveated.iter_video``, the one
+decoding path): by default as the model was trained (the processor's recorded ``num_frames`` or ``fps``; every
+frame, with a note, for a model that records neither), or by ``--num-frames`` (uniform over the video) or
+``--fps`` (the frame nearest to each tick). They are read by a :class:`FoveatedStream` chunk by chunk (decoded,
+resized and encoded ``--chunk-frames`` frames at a time): memory holds one chunk of frames and encoder K/V plus
+the LLM caches (one position per frame), so an hour at 1 fps (3,600 positions) fits SmolLM2's 8,192. The caption
+goes to stdout. ``--attention`` writes a GIF of the frames the model saw with each frame's query attention as a heat
 map; ``--predictions`` writes a PNG of real next-frame targets above the predicted ones (decoded through the VAE
 for VAE targets). Frames are kept only for the GIF (``T x 3 x S x S`` bytes).
 
 Dense-baseline models have no queries: they are captioned with one ``generate`` over all frames.
-Bad input (missing or undecodable file, too many frames for the context) prints ``error: ...`` and exits 1.
+Bad input never prints a traceback: the arguments, the output paths (``--attention``/``--predictions``), the
+device, the prompt and the model path are checked before the model is loaded or a frame decoded, and every
+failure (missing or undecodable file, too many frames for the context, ...) prints ``error: ...`` on stderr and
+exits 1 (2 for malformed arguments, as argparse does).
 """
 
 from __future__ import annotations
@@ -22,10 +28,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import matplotlib
@@ -36,6 +42,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from tqdm import tqdm
 
+from processing_foveated import check_prompt_text, iter_video, open_video
 from streaming_foveated import DEFAULT_CHUNK_FRAMES, stream_prompt_inputs
 
 DEFAULT_PROMPT = "Describe the video."
@@ -51,7 +58,9 @@ PREDICTION_PANEL_INCHES = 1.6
 TITLE_INCHES = 0.4
 FIGURE_DPI = 100
 EXIT_ERROR = 1
-TICK_TOLERANCE = 1e-6  # fraction of a sampling period: a frame this close before a tick counts as on it
+EXIT_INTERRUPTED = 130
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+OUTPUT_SUFFIXES = {"--attention": ".gif", "--predictions": ".png"}
 
 
 @dataclass
@@ -75,74 +84,46 @@ class VideoReading:
 
 # ---------------------------------------------------------------------------------------------- decoding
 def video_duration(path: str) -> tuple[float | None, int | None]:
-    """Duration in seconds and frame count of ``path``'s first video stream from its metadata (None if unknown)."""
-    import av
+    """Duration in seconds and frame count of ``path``'s first video stream from its metadata (None if unknown).
 
-    with _open_video(path) as (container, stream):
+    Raises ValueError for a missing or undecodable file (the processor's :func:`open_video`).
+    """
+    with open_video(path) as (container, stream):
         if stream.duration is not None and stream.time_base is not None:
             return float(stream.duration * stream.time_base), stream.frames or None
-        duration = None if container.duration is None else container.duration / av.time_base
+        duration = None if container.duration is None else container.duration / 1_000_000  # AV_TIME_BASE
         return duration, stream.frames or None
 
 
-def frames_at(duration: float | None, count: int | None, fps: float | None) -> int | None:
-    """Frames that sampling a video of ``duration`` seconds (``count`` frames) at ``fps`` gives, if known."""
+def frames_at(
+    duration: float | None, count: int | None, num_frames: int | None, fps: float | None
+) -> int | None:
+    """Frames that sampling a video of ``duration`` seconds (``count`` frames) gives, if known."""
+    if num_frames is not None:
+        return num_frames if count is None else min(num_frames, count)
     if fps is None:
         return count
     return None if duration is None else math.floor(duration * fps) + 1
 
 
-def decode_video(path: str, processor, fps: float | None, chunk_frames: int) -> Iterator[DecodedChunk]:
-    """Decode ``path`` with PyAV, keep the first frame at or after every ``1/fps`` tick (every frame without
-    ``fps``), resize each kept frame as the processor does, and yield them ``chunk_frames`` at a time."""
-    if fps is not None and fps <= 0:
-        raise ValueError(f"--fps must be positive, got {fps}")
-    pixels: list[torch.Tensor] = []
-    resized: list[torch.Tensor] = []
-    kept = 0
-    with _open_video(path) as (container, stream):
-        for frame in _frames_at_rate(container.decode(stream), stream, fps):
-            kept += 1
-            rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).unsqueeze(0).float() / 255.0
-            frame_pixels, frame_resized = processor.preprocess_frames(rgb)
-            pixels.append(frame_pixels)
-            resized.append(frame_resized)
-            if len(pixels) == chunk_frames:
-                yield DecodedChunk(torch.cat(pixels), torch.cat(resized))
-                pixels, resized = [], []
-    if not kept:
-        raise ValueError(f"video {path} holds no decodable frame")
-    if pixels:
-        yield DecodedChunk(torch.cat(pixels), torch.cat(resized))
+def decode_video(
+    path: str, processor, num_frames: int | None, fps: float | None, chunk_frames: int
+) -> Iterator[DecodedChunk]:
+    """The frames :func:`processing_foveated.iter_video` samples (``num_frames`` uniformly, ``fps`` nearest to
+    each tick, or every frame), resized as the processor does, ``chunk_frames`` at a time."""
+    frames: list[np.ndarray] = []
+    for frame in iter_video(path, num_frames=num_frames, fps=fps):
+        frames.append(frame)
+        if len(frames) == chunk_frames:
+            yield _chunk(processor, frames)
+            frames = []
+    if frames:
+        yield _chunk(processor, frames)
 
 
-def _frames_at_rate(frames: Iterator, stream, fps: float | None) -> Iterator:
-    """The decoded frames to keep: all without ``fps``, else the first at or after each ``1/fps`` tick."""
-    start = next_tick = None
-    for index, frame in enumerate(frames):
-        time = float(frame.time) if frame.time is not None else index / float(stream.average_rate)
-        start = time if start is None else start
-        if fps is not None and next_tick is not None and time < next_tick:
-            continue
-        if fps is not None:
-            next_tick = start + (math.floor((time - start) * fps + TICK_TOLERANCE) + 1) / fps
-        yield frame
-
-
-@contextmanager
-def _open_video(path: str):
-    """``(container, first video stream)`` of ``path``; a missing or undecodable file is a ValueError."""
-    import av
-
-    if not os.path.isfile(path):
-        raise ValueError(f"video file not found: {path}")
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path} has no video stream")
-            yield container, container.streams.video[0]
-    except av.error.FFmpegError as error:
-        raise ValueError(f"cannot decode video {path}: {error}") from error
+def _chunk(processor, frames: list[np.ndarray]) -> DecodedChunk:
+    pixels, resized = processor.preprocess_frames(torch.from_numpy(np.stack(frames)))
+    return DecodedChunk(pixels, resized)
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -153,13 +134,101 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def check_model_source(name: str) -> str:
+    """``--model`` as a local directory (checked: it exists and holds ``config.json``) or a Hub repo id.
+
+    A name that cannot be a repo id (``./x``, ``/x``, ``~/x``, ``a/b/c``, ...) and is no directory is a mistyped
+    path: "no such directory", not the Hub's complaint about repo id characters.
+    """
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            final = os.path.join(path, "final")
+            hint = f" (a trainer's run folder keeps the model in {final})" if os.path.isdir(final) else ""
+            raise ValueError(
+                f"--model {name}: the directory holds no config.json, so it is no saved model{hint}"
+            )
+        return path
+    if os.path.exists(path):
+        raise ValueError(f"--model {name} is a file: give the directory the model was saved to")
+    if not HUB_REPO_ID.fullmatch(name) or ".." in name:
+        raise ValueError(f"--model {name}: no such directory (nor a Hub repo id, which reads owner/name)")
+    return name
+
+
 def load_model(name_or_path: str, device: str, dtype: torch.dtype):
-    """Model and processor from a directory or Hub repo (``trust_remote_code``), the model in eval mode."""
+    """Model and processor from a directory or Hub repo (``trust_remote_code``), the model in eval mode.
+
+    A model that cannot be loaded is a ValueError saying where it was looked for.
+    """
     from transformers import AutoModel, AutoProcessor
 
-    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype).to(device).eval()
-    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
-    return model, processor
+    try:
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
+    except (OSError, ValueError, KeyError) as error:
+        where = "directory" if os.path.isdir(name_or_path) else "no such local directory; as a Hub repo"
+        raise ValueError(f"--model {name_or_path} ({where}) could not be loaded: {error}") from error
+    return model.to(device).eval(), processor
+
+
+def check_device(name: str) -> str:
+    """``--device`` as torch parses it, available on this machine."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: only cpu, cuda and mps are supported")
+    return name
+
+
+def check_output(path: str, flag: str) -> None:
+    """An output file of ``flag`` must be writable where it is named, before any frame is decoded."""
+    suffix = OUTPUT_SUFFIXES[flag]
+    if not path.lower().endswith(suffix):
+        raise ValueError(f"{flag} {path}: the file is written as {suffix[1:].upper()}; name it *{suffix}")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a directory: give a file name ending in {suffix}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{flag} {path}: no such directory {directory} (create it first)")
+    if not os.access(directory, os.W_OK):
+        raise ValueError(f"{flag} {path}: the directory {directory} is not writable")
+
+
+def check_prompt(prompt: str) -> None:
+    """``--prompt`` must be text the tokenizer can read, without video tokens."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("--prompt is not valid UTF-8 text: pass it in UTF-8") from None
+    try:
+        check_prompt_text([prompt], "text")
+    except ValueError as error:
+        raise ValueError(str(error).replace("text[0]", "--prompt", 1)) from None
+
+
+def sampling(args: argparse.Namespace, processor) -> tuple[int | None, float | None]:
+    """``(num_frames, fps)``: the command line's, else the processor's recorded training sampling (a note on
+    stderr when it records none: every frame is read)."""
+    if args.num_frames is not None or args.fps is not None:
+        return args.num_frames, args.fps
+    num_frames, fps = getattr(processor, "num_frames", None), getattr(processor, "fps", None)
+    if num_frames is None and fps is None:
+        print(
+            "note: the model records no frame sampling from its training; reading every frame "
+            "(pass --num-frames N or --fps F)",
+            file=sys.stderr,
+        )
+    return num_frames, fps
 
 
 def load_vae(config, device: str):
@@ -186,6 +255,7 @@ def watch_video(
     processor,
     path: str,
     prompt: str,
+    num_frames: int | None,
     fps: float | None,
     chunk_frames: int,
     generate: dict,
@@ -193,21 +263,21 @@ def watch_video(
     vae=None,
     predict: bool = False,
 ) -> VideoReading:
-    """Stream the decoded video through the model chunk by chunk and caption it."""
+    """Stream the sampled frames through the model chunk by chunk and caption it."""
     stream = model.stream(**stream_prompt_inputs(processor, prompt), chunk_frames=chunk_frames)
     fit = stream.frames_that_fit
     duration, count = video_duration(path)
-    estimate = frames_at(duration, count, fps)
+    estimate = frames_at(duration, count, num_frames, fps)
     if estimate is not None and estimate > fit:
-        raise ValueError(_too_long(path, estimate, fit, fps, duration))
+        raise ValueError(_too_long(path, estimate, fit, num_frames, fps, duration))
     reading = VideoReading(caption="")
     if predict:
         reading.predictions.append(stream.initial_prediction.float().cpu())
     with tqdm(total=estimate, unit="frame", desc="watching", disable=None, file=sys.stderr) as bar:
-        for chunk in decode_video(path, processor, fps, chunk_frames):
+        for chunk in decode_video(path, processor, num_frames, fps, chunk_frames):
             seen = int(stream.num_frames[0]) + chunk.pixels.shape[0]
             if seen > fit:
-                raise ValueError(_too_long(path, seen, fit, fps, duration))
+                raise ValueError(_too_long(path, seen, fit, num_frames, fps, duration))
             targets = _targets(processor, chunk.resized, vae) if predict else None
             step = stream.extend(
                 chunk.pixels.unsqueeze(0), targets=None if targets is None else targets.unsqueeze(0)
@@ -223,10 +293,11 @@ def watch_video(
     return reading
 
 
-def caption_dense(model, processor, path: str, prompt: str, fps: float | None, generate: dict) -> str:
+def caption_dense(
+    model, processor, path: str, prompt: str, num_frames: int | None, fps: float | None, generate: dict
+) -> str:
     """Dense baseline (many tokens per frame, no queries): one ``generate`` over every sampled frame."""
-    frames = torch.cat([chunk.resized for chunk in decode_video(path, processor, fps, DEFAULT_CHUNK_FRAMES)])
-    inputs = processor(text=prompt, videos=frames.permute(0, 2, 3, 1)).to(model.device)
+    inputs = processor(text=prompt, videos=path, num_frames=num_frames, fps=fps).to(model.device)
     return _decode_caption(processor, model.generate(**inputs, **generate)[:, inputs["input_ids"].shape[1] :])
 
 
@@ -239,11 +310,17 @@ def _decode_caption(processor, new_tokens: torch.Tensor) -> str:
     return processor.batch_decode(new_tokens, skip_special_tokens=True)[0].strip()
 
 
-def _too_long(path: str, frames: int, fit: int, fps: float | None, duration: float | None) -> str:
-    rate = "every frame" if fps is None else f"{fps:g} fps"
-    advice = "a lower --fps"
-    if duration:
-        advice = f"--fps {math.floor(1000 * (fit - 1) / duration) / 1000:g} or lower"
+def _too_long(
+    path: str, frames: int, fit: int, num_frames: int | None, fps: float | None, duration: float | None
+) -> str:
+    if num_frames is not None:
+        rate = f"{num_frames} frames"
+        advice = f"--num-frames {fit} or fewer"
+    else:
+        rate = "every frame" if fps is None else f"{fps:g} fps"
+        advice = "a lower --fps"
+        if duration:
+            advice = f"--fps {math.floor(1000 * (fit - 1) / duration) / 1000:g} or lower"
     return (
         f"{path} at {rate} gives at least {frames} frames but the model's context fits {fit} after the prompt "
         f"(one position per frame): subsample the video with {advice}"
@@ -320,6 +397,33 @@ def _atomic_write(path: str, write) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("video", help="video file (anything PyAV decodes)")
@@ -327,17 +431,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--model", required=True, help="directory saved by the trainer (D/final) or Hub repo id"
     )
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="instruction placed before the video")
-    parser.add_argument(
-        "--fps", type=float, default=None, help="frames per second to read (default: every frame)"
+    sampled = parser.add_mutually_exclusive_group()
+    sampled.add_argument(
+        "--num-frames",
+        type=_positive_int,
+        default=None,
+        help="frames to read, spread uniformly (default: as the model was trained)",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    sampled.add_argument(
+        "--fps",
+        type=_positive_float,
+        default=None,
+        help="frames per second to read, the nearest frame to each tick (default: as the model was trained)",
+    )
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--temperature", type=_positive_float, default=None, help="with --sample (default 1)")
+    parser.add_argument("--top-p", type=_probability, default=None, help="with --sample (default 1)")
+    parser.add_argument("--num-beams", type=_positive_int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="frames per encoder pass"
+        "--chunk-frames", type=_positive_int, default=DEFAULT_CHUNK_FRAMES, help="frames per encoder pass"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -346,28 +460,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--predictions", metavar="OUT.png", help="write real vs predicted next frames")
     args = parser.parse_args(argv)
-    if args.chunk_frames < 1 or args.max_new_tokens < 1 or args.num_beams < 1:
-        parser.error("--chunk-frames, --max-new-tokens and --num-beams must be >= 1")
+    if not args.sample and (args.temperature is not None or args.top_p is not None):
+        parser.error("--temperature and --top-p apply to sampling: add --sample")
+    args.temperature = 1.0 if args.temperature is None else args.temperature
+    args.top_p = 1.0 if args.top_p is None else args.top_p
     return args
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be checked before the model is loaded or a frame decoded (ValueError if not)."""
+    check_prompt(args.prompt)
+    check_device(args.device)
+    for flag, path in (("--attention", args.attention), ("--predictions", args.predictions)):
+        if path is not None:
+            check_output(path, flag)
+    video_duration(args.video)  # a missing or undecodable file fails before the model is loaded
+    args.model = check_model_source(args.model)
 
 
 def run(args: argparse.Namespace) -> str:
     """Caption ``args.video`` and write the requested figures; returns the caption."""
-    video_duration(args.video)  # a missing or undecodable file fails before the model is loaded
+    check_arguments(args)
     torch.manual_seed(args.seed)
     model, processor = load_model(args.model, args.device, resolve_dtype(args.dtype, args.device))
+    num_frames, fps = sampling(args, processor)
     generate = generation_kwargs(args)
     if model.config.foveation_mode != "foveated":
         if args.attention or args.predictions:
             raise ValueError("a dense-baseline model has no query attention or streaming predictions")
-        return caption_dense(model, processor, args.video, args.prompt, args.fps, generate)
+        return caption_dense(model, processor, args.video, args.prompt, num_frames, fps, generate)
     vae = load_vae(model.config, args.device) if args.predictions else None
     reading = watch_video(
         model,
         processor,
         args.video,
         args.prompt,
-        args.fps,
+        num_frames,
+        fps,
         args.chunk_frames,
         generate,
         keep_frames=bool(args.attention),
@@ -375,7 +504,7 @@ def run(args: argparse.Namespace) -> str:
         predict=bool(args.predictions),
     )
     if args.attention:
-        write_attention_gif(args.attention, torch.cat(reading.frames), torch.cat(reading.attention), args.fps)
+        write_attention_gif(args.attention, torch.cat(reading.frames), torch.cat(reading.attention), fps)
     if args.predictions:
         real = torch.cat(reading.targets)
         predicted = torch.cat(reading.predictions)[: real.shape[0]]
@@ -387,12 +516,23 @@ def run(args: argparse.Namespace) -> str:
     return reading.caption
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; every failure is one ``error: ...`` line on stderr and a non-zero exit status."""
     args = parse_args(argv)
     try:
         caption = run(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, ImportError, OSError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 (a command line prints one line, never a traceback)
+        print(f"error: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     print(caption)
     return 0

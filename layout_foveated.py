@@ -10,6 +10,8 @@ keeps the CPU from running ahead and rules out capturing the training step in on
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -28,6 +30,73 @@ def caption_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     if supervised.numel() == 0:
         raise ValueError("labels supervise no token: every position is -100")
     return supervised, next_tokens[supervised]
+
+
+NORMALISED_PIXEL_LIMIT = 5.0
+"""Largest magnitude of a normalised pixel: (x - mean) / std for x in [0, 1] stays within +-2.7 for ImageNet's
+statistics (DINOv3's) and within 5 for any std >= 0.2; raw 0-255 values go far beyond it."""
+
+
+class UnnormalisedPixelsWarning(UserWarning):
+    """Pixels that look scaled to [0, 1] but not normalised (they cannot be told apart for sure)."""
+
+
+def check_pixel_values(
+    pixel_values: torch.Tensor,
+    frame_mask: torch.Tensor | None = None,
+    values: bool = True,
+    name: str = "pixel_values_videos",
+) -> None:
+    """ValueError unless ``pixel_values`` look like the processor's normalised float pixels.
+
+    The dtype is checked always (free). With ``values`` the contents are checked too, at the price of one host
+    synchronisation: NaN or inf, and magnitudes beyond :data:`NORMALISED_PIXEL_LIMIT` (raw 0-255 pixels) raise; values
+    that all lie in [0, 1] (frames scaled but never normalised, or a rare all-mid-grey video) give an
+    :class:`UnnormalisedPixelsWarning`. The model calls it with ``values`` only when it synchronises anyway (no
+    ``video_layout``), so a training step with a layout gains no synchronisation. Padded frame slots (``frame_mask [B, T]`` False) are never read, so only
+    the valid frames are checked.
+    """
+    if not isinstance(pixel_values, torch.Tensor):
+        raise ValueError(
+            f"{name} must be a float tensor of normalised pixels, got {type(pixel_values).__name__}: "
+            "pass the videos through the processor (processor(text=..., videos=...))"
+        )
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"{name} must be float normalised pixels, got dtype {pixel_values.dtype}: raw frames go through the "
+            "processor (processor(text=..., videos=frames)), which resizes and normalises them"
+        )
+    if not values:
+        return
+    if pixel_values.numel() == 0:
+        return
+    pixels = pixel_values.detach()
+    if pixels.dim() > 2:  # per frame slot first: no copy of the pixels, and padded slots can be left out
+        lows, highs = pixels.flatten(2).amin(-1), pixels.flatten(2).amax(-1)
+        if frame_mask is not None and frame_mask.shape == pixels.shape[:2]:
+            valid = frame_mask.to(lows.device).bool()
+            lows, highs = lows.where(valid, 0.0), highs.where(valid, 0.0)  # padded slots read as 0
+    else:
+        lows, highs = pixels, pixels
+    low, high = torch.stack([lows.amin(), highs.amax()]).float().tolist()  # one synchronisation
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(
+            f"{name} hold NaN or inf values: check the frames (the processor refuses non-finite pixels)"
+        )
+    if 0 <= low and high <= 1:
+        warnings.warn(
+            f"{name} all lie in [0, 1]: normalised frames almost always hold negative values, so these look like "
+            "frames scaled to [0, 1] but not normalised, which the model reads wrongly; pass the videos through "
+            "the processor (processor(text=..., videos=...)). (A video of mid-grey only is normalised into [0, 1].)",
+            UnnormalisedPixelsWarning,
+            stacklevel=3,
+        )
+    if max(-low, high) > NORMALISED_PIXEL_LIMIT:
+        raise ValueError(
+            f"{name} range over [{low:g}, {high:g}], beyond the +-{NORMALISED_PIXEL_LIMIT:g} of normalised pixels: they "
+            "look like raw pixel values; pass the videos through the processor (processor(text=..., videos=...)), "
+            "which divides by 255 and normalises"
+        )
 
 
 @dataclass
@@ -129,4 +198,11 @@ class VideoLayout:
         return self._map(torch.Tensor.pin_memory)
 
 
-__all__ = ["IGNORE_INDEX", "VideoLayout", "caption_positions"]
+__all__ = [
+    "IGNORE_INDEX",
+    "NORMALISED_PIXEL_LIMIT",
+    "UnnormalisedPixelsWarning",
+    "VideoLayout",
+    "caption_positions",
+    "check_pixel_values",
+]

@@ -27,10 +27,10 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 try:
     from .configuration_foveated import FoveatedVLMConfig
-    from .layout_foveated import VideoLayout, caption_positions
+    from .layout_foveated import VideoLayout, caption_positions, check_pixel_values
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from configuration_foveated import FoveatedVLMConfig
-    from layout_foveated import VideoLayout, caption_positions
+    from layout_foveated import VideoLayout, caption_positions, check_pixel_values
 
 COARSE, FINE = 0, 1  # rows of the learned mode embeddings
 GLIMPSE_LOCATION_FEATURES = 4  # mean x, mean y, std x, std y of a query's attention over the patch grid
@@ -722,7 +722,9 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             input_ids: ``[B, L]`` token ids with frame placeholders (from the processor).
             attention_mask: ``[B, L]`` 1 for real tokens, 0 for padding.
             cache: the LLM's KV cache (transformers' ``Cache``; ``past_key_values`` is its deprecated name).
-            pixel_values_videos: ``[B, T, 3, H, W]`` normalised frames (padded frames ignored).
+            pixel_values_videos: ``[B, T, 3, H, W]`` normalised float frames (padded frames ignored); uint8 or
+                other non-float pixels are refused, and without ``video_layout`` so are NaN/inf and raw-range
+                values (``layout_foveated.check_pixel_values``).
             video_frame_mask: ``[B, T]`` bool, True for real frames. Defaults to all True.
             prediction_targets: ``[B, T, C, h, w]`` next-frame targets of every frame (VAE latents or
                 downsampled frames); enables the prediction losses.
@@ -761,6 +763,7 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             )
             return self._text_output(hidden, labels, logits_to_keep)
 
+        check_pixel_values(pixel_values_videos, video_frame_mask, values=video_layout is None)  # see its doc
         layout = self.resolve_video_layout(
             input_ids, pixel_values_videos, video_frame_mask, attention_mask, labels, video_layout
         )

@@ -59,11 +59,13 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
 try:
+    from .layout_foveated import check_pixel_values
     from .modeling_foveated import COARSE, FINE
-    from .processing_foveated import VIDEO_START_TOKEN
+    from .processing_foveated import VIDEO_START_TOKEN, check_prompt_text
 except ImportError:  # imported as a top-level module from a checkout of the repository
+    from layout_foveated import check_pixel_values
     from modeling_foveated import COARSE, FINE
-    from processing_foveated import VIDEO_START_TOKEN
+    from processing_foveated import VIDEO_START_TOKEN, check_prompt_text
 
 DEFAULT_CHUNK_FRAMES = 128  # frames per encoder pass in extend(): bounds the patch K/V held at once
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -108,6 +110,7 @@ def stream_prompt_inputs(processor, text: str | Sequence[str]) -> BatchFeature:
     prompts = [text] if isinstance(text, str) else list(text)
     if not prompts:
         raise ValueError("text is an empty list of prompts")
+    check_prompt_text(prompts, "text")
     parts = [processor.format_prompt(prompt, 0).partition(VIDEO_START_TOKEN) for prompt in prompts]
     suffixes = {suffix for _, _, suffix in parts}
     if len(suffixes) != 1:
@@ -225,6 +228,7 @@ class FoveatedStream:
         self.num_frames = torch.zeros(batch, dtype=torch.long, device=device)
         self.next_queries = self._start_queries(batch).detach().clone()
         self._static: _StaticStepper | None = None
+        self._first_frame_checked = False  # the fast step checks pixel values on its first frame only
         if max_frames is not None:
             try:
                 self._check_context(torch.full_like(self.num_frames, max_frames))
@@ -361,18 +365,25 @@ class FoveatedStream:
         synchronises with the host, and its outputs are copies (valid after later steps).
 
         Args:
-            frames: ``[B, 3, H, W]`` normalised frames (``pixel_values_videos[:, t]``); inactive rows are ignored.
+            frames: ``[B, 3, H, W]`` normalised float frames (``pixel_values_videos[:, t]``); inactive rows are
+                ignored. uint8 or other non-float frames are refused; on the fast path (``max_frames``) the values
+                (NaN, raw 0-255 range) are checked on the first frame only, so that later steps never synchronise.
             active: ``[B]`` bool, False for streams that do not advance (default all True).
             targets: ``[B, C, h, w]`` targets of these frames; with them ``predictions`` holds the next frame's.
 
         Returns:
             :class:`StreamStep` without the frame axis (``attention [B, P]``, ``predictions [B, C, h, w]``, ...).
         """
+        _require_tensor(frames)
         active = None if active is None else torch.as_tensor(active).unsqueeze(1)
         if self._static is not None:
             self._validate_frames(
-                frames.unsqueeze(1), active, None if targets is None else targets.unsqueeze(1)
+                frames.unsqueeze(1),
+                active,
+                None if targets is None else targets.unsqueeze(1),
+                values=not self._first_frame_checked,
             )
+            self._first_frame_checked = True
             return self._static.step(frames, None if active is None else active[:, 0], targets)
         output = self.extend(frames.unsqueeze(1), active, None if targets is None else targets.unsqueeze(1))
         for name, value in output.items():
@@ -412,9 +423,11 @@ class FoveatedStream:
         merged = {name: torch.cat([step[name] for step in steps], dim=1) for name in steps[0].keys()}
         return StreamStep(**merged, next_queries=self.next_queries.clone())
 
-    def _validate_frames(self, frames, frame_mask, targets) -> torch.Tensor:
+    def _validate_frames(self, frames, frame_mask, targets, values: bool = True) -> torch.Tensor:
+        """Shapes, and the pixels as :func:`check_pixel_values` (their values only with ``values``)."""
         config = self.model.config
         size = config.vision_config.image_size
+        _require_tensor(frames)
         if (
             frames.dim() != 5
             or frames.shape[0] != self.batch_size
@@ -437,6 +450,7 @@ class FoveatedStream:
                 f"targets must be [{frames.shape[0]}, {frames.shape[1]}, {', '.join(map(str, config.target_shape))}], "
                 f"got shape {tuple(targets.shape)}"
             )
+        check_pixel_values(frames, frame_mask.to(frames.device), values=values, name="frames")
         return frame_mask
 
     def _check_context(self, new_frames: torch.Tensor, suffix_length: int | None = None) -> None:
@@ -674,6 +688,14 @@ class _CompiledRegions:
                 del self.encoder.__dict__[name]
             else:
                 self.encoder.__dict__[name] = previous
+
+
+def _require_tensor(frames) -> None:
+    if not isinstance(frames, torch.Tensor):
+        raise ValueError(
+            f"frames must be a tensor of normalised pixels, got {type(frames).__name__}: use "
+            "processor(videos=...)['pixel_values_videos'] (or processor.preprocess_frames for raw frames)"
+        )
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -64,5 +64,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # its INFO lines narrate every checkpoint save
     metrics = main(sys.argv[1:])
     print(json.dumps({"final_metrics": metrics}, default=str))

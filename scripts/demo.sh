@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-outputs/demo}"
 shift || true
 START=$(date +%s)
-accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+accelerate launch --cpu --num_processes 1 --num_machines 1 --num_cpu_threads_per_process 2 --mixed_precision no --dynamo_backend no \
   train_accelerate.py --config configs/demo.yaml --output_dir "$OUT" "$@"
 TRAINED=$(date +%s)
 python -m foveated_vlm.training.demo_report --run_dir "$OUT"

@@ -84,7 +84,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def expected_caption(model_dir: Path, video: Path, prompt: str = caption_video.DEFAULT_PROMPT) -> str:
     """The caption of ``model.generate(**processor(text, frames))`` on the frames the CLI decodes (greedy)."""
     model, processor = caption_video.load_model(str(model_dir), "cpu", torch.float32)
-    chunks = caption_video.decode_video(str(video), processor, READ_FPS, chunk_frames=4)
+    chunks = caption_video.decode_video(str(video), processor, None, READ_FPS, chunk_frames=4)
     frames = torch.cat([chunk.resized for chunk in chunks]).permute(0, 2, 3, 1)
     assert frames.shape[0] == FRAMES_READ
     inputs = processor(text=prompt, videos=frames)
@@ -127,8 +127,8 @@ def test_missing_file_and_too_many_frames_fail_clearly(tokenizer, video, tmp_pat
 
 def test_frames_are_sampled_at_the_requested_rate(model_dir, video):
     _, processor = caption_video.load_model(str(model_dir), "cpu", torch.float32)
-    every = list(caption_video.decode_video(str(video), processor, None, chunk_frames=8))
-    sampled = list(caption_video.decode_video(str(video), processor, READ_FPS, chunk_frames=8))
+    every = list(caption_video.decode_video(str(video), processor, None, None, chunk_frames=8))
+    sampled = list(caption_video.decode_video(str(video), processor, None, READ_FPS, chunk_frames=8))
     assert [chunk.pixels.shape[0] for chunk in every] == [8, 8, 4]
     assert [chunk.pixels.shape[0] for chunk in sampled] == [8, 2]
     assert torch.equal(sampled[0].resized[1], every[0].resized[VIDEO_FPS // READ_FPS])

@@ -1,31 +1,27 @@
-"""save_pretrained -> a fresh Python process elsewhere, without the project -> Auto classes load it exactly."""
+"""save_pretrained -> a fresh Python process with only torch and transformers -> Auto classes load it exactly.
+
+The fresh process runs with ``python -S`` on a folder that links torch, transformers and their own requirements
+only (``environments.bare_site``): PyAV, PIL and the project itself cannot be imported there, so the classes
+must come from the files written by save_pretrained (through trust_remote_code), and those files must pass
+transformers' check of their imports without the optional packages.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import torch
 from safetensors.torch import load_file
 
-# Run in a fresh interpreter: the repository is dropped from sys.path and its modules cannot be imported, so only
-# the files written by save_pretrained (loaded through trust_remote_code) can provide the classes.
+from .environments import bare_site, hub_modules, run_isolated
+
 LOADER = textwrap.dedent(
     """
-    import importlib.abc, json, sys
-    PROJECT = {"configuration_foveated", "modeling_foveated", "processing_foveated", "streaming_foveated",
-               "foveated_vlm"}
-
-    class BlockProject(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in PROJECT:
-                raise ImportError(f"the project is not installed here: {name}")
-
-    sys.meta_path.insert(0, BlockProject())
-    sys.path = [p for p in sys.path if p not in ("", REPO)]
+    import importlib, importlib.util, json, sys
+    OPTIONAL = ["av", "PIL", "foveated_vlm", "caption_video", *HUB_MODULES]
+    importable = [name for name in OPTIONAL if importlib.util.find_spec(name) is not None]
+    assert not importable, f"the bare environment can import {importable}"
     import numpy as np, torch
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
@@ -40,12 +36,30 @@ LOADER = textwrap.dedent(
     with torch.no_grad():
         logits = model(**inputs).logits
     generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    # inputs people have, without PIL or PyAV: BGR -> RGB by a negative stride, grayscale, one image
+    flipped = processor(text="x", videos=video[..., ::-1].copy()[..., ::-1])["pixel_values_videos"]
+    assert torch.equal(flipped, processor(text="x", videos=video)["pixel_values_videos"])
+    gray = np.concatenate([video, video])[..., 0]  # [8, H, W] (a 3- or 4-frame one would be ambiguous)
+    assert processor(text="x", videos=gray)["pixel_values_videos"].shape[1] == 8
+    assert processor(text="x", videos=video[0])["pixel_values_videos"].shape[1] == 1
+    with open("clip.mp4", "wb") as handle:
+        handle.write(bytes(64))
+    try:
+        processor(text="x", videos="clip.mp4")
+        decode_error = None
+    except ImportError as error:
+        decode_error = str(error)
+    streaming = importlib.import_module(type(model).__module__.rsplit(".", 1)[0] + ".streaming_foveated")
+    stream = model.stream(**streaming.stream_prompt_inputs(processor, "Describe the video."))
+    for t in range(4):
+        stream.step(inputs["pixel_values_videos"][:, t])
+    streamed = stream.caption(max_new_tokens=5, do_sample=False)
     state = {k: v.clone() for k, v in model.state_dict().items()}  # clone: tied weights share memory
-    save_file({**state, "__logits__": logits, "__generated__": generated}, out)
+    save_file({**state, "__logits__": logits, "__generated__": generated, "__streamed__": streamed}, out)
     print(json.dumps({
         "config": type(config).__name__, "model": type(model).__name__, "also": type(also).__name__,
         "processor": type(processor).__name__, "module": type(model).__module__,
-        "lambda_coarse": config.lambda_coarse,
+        "lambda_coarse": config.lambda_coarse, "decode_error": decode_error,
     }))
     """
 )
@@ -56,36 +70,23 @@ def test_saved_directory_loads_in_a_fresh_process_without_the_project(make_model
     saved = tmp_path / "checkpoint"
     model.save_pretrained(saved)
     processor.save_pretrained(saved)
-    for name in (
-        "configuration_foveated.py",
-        "modeling_foveated.py",
-        "processing_foveated.py",
-        "config.json",
-    ):
+    for name in [f"{module}.py" for module in hub_modules()] + ["config.json", "processor_config.json"]:
         assert (saved / name).is_file(), name
     auto_map = json.loads((saved / "config.json").read_text())["auto_map"]
     assert set(auto_map) >= {"AutoConfig", "AutoModel", "AutoModelForImageTextToText"}
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = f"REPO = {repo!r}\n" + LOADER
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(saved), str(tmp_path / "out.safetensors")],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    script = f"HUB_MODULES = {hub_modules()!r}\n" + LOADER
+    site = bare_site(tmp_path / "site")
+    result = run_isolated(script, str(saved), str(tmp_path / "out.safetensors"), paths=[site], cwd=elsewhere)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["model"] == report["also"] == "FoveatedVLMForConditionalGeneration"
     assert report["config"] == "FoveatedVLMConfig" and report["processor"] == "FoveatedVLMProcessor"
     assert report["module"].startswith("transformers_modules"), "classes must come from the saved files"
     assert report["lambda_coarse"] == 0.25
+    assert "needs PyAV" in report["decode_error"] and "pip install av" in report["decode_error"]
 
     loaded = load_file(tmp_path / "out.safetensors")
     for key, value in model.state_dict().items():
@@ -95,4 +96,6 @@ def test_saved_directory_loads_in_a_fresh_process_without_the_project(make_model
     with torch.no_grad():
         logits = model(**inputs).logits
     assert torch.equal(loaded["__logits__"], logits)
-    assert torch.equal(loaded["__generated__"], model.generate(**inputs, max_new_tokens=5, do_sample=False))
+    generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert torch.equal(loaded["__generated__"], generated)
+    assert torch.equal(loaded["__streamed__"], generated[:, inputs["input_ids"].shape[1] :])

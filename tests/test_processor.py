@@ -143,6 +143,22 @@ def test_video_files_are_decoded_and_sampled(processor, tmp_path):
         load_video(3)
 
 
+def test_fps_sampling_keeps_the_frame_nearest_to_each_tick_fed_one_timestamp_at_a_time():
+    """FrameSampler (what the decoder runs, frame by frame) equals the argmin over all frames of |t - tick|."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        times = np.sort(rng.uniform(0, 4, rng.integers(1, 30)))
+        fps = float(rng.choice([0.5, 1, 3, 7.5, 30, 1000]))
+        ticks = np.arange(times[0], times[-1] + 1e-6, 1 / fps)
+        nearest = sorted(set(np.abs(times[None] - ticks[:, None]).argmin(1).tolist()))
+        assert sample_frame_indices(times, None, fps) == nearest
+    # equal timestamps: the first of them; a huge rate keeps every frame once, without a tick loop
+    assert sample_frame_indices(np.array([0.0, 0.5, 0.5, 1.0]), None, 2) == [0, 1, 3]
+    assert sample_frame_indices(np.arange(3600) / 30, None, 1e9) == list(range(3600))
+    with pytest.raises(ValueError, match="timestamps go backwards"):
+        sample_frame_indices(np.array([0.0, 1.0, 0.5]), None, 2)
+
+
 def test_frame_sampling_indices():
     times = np.arange(10) / 10.0
     assert sample_frame_indices(times, 4, None) == [0, 3, 6, 9]
@@ -157,14 +173,15 @@ def test_frame_sampling_indices():
 @pytest.mark.parametrize(
     ("video", "message"),
     [
-        (np.zeros((3, 32, 32), np.uint8), "rank 4"),
-        (np.zeros((3, 32, 32, 4), np.uint8), "3 channels"),
+        (np.zeros((3, 32, 32), np.uint8), "ambiguous"),
+        (np.zeros((2, 3, 32, 32, 3, 1), np.uint8), r"a video must be \[T, H, W, C\]"),
+        (np.zeros((3, 32, 32, 5), np.uint8), "3 channels"),
         (np.zeros((3, 3, 32, 32), np.uint8), "channels first"),
         (np.zeros((0, 32, 32, 3), np.uint8), "zero frames"),
         (np.zeros((2, 0, 32, 3), np.uint8), "frames are empty"),
         (np.full((2, 32, 32, 3), np.nan, np.float32), "NaN or inf"),
         (np.full((2, 32, 32, 3), 2.0, np.float32), r"\[0, 1\]"),
-        (np.zeros((2, 32, 32, 3), np.int32), "uint8 or float"),
+        (np.zeros((2, 32, 32, 3), np.int32), r"uint8 \(0-255\) or float"),
         ([], "empty list"),
     ],
 )

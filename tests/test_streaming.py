@@ -278,7 +278,7 @@ def test_too_many_frames_is_a_clear_error(build):
     text_tokens = prompt["input_ids"].shape[1] + prompt["suffix_ids"].numel()
     fit = processor.frames_that_fit(text_tokens)
     assert stream.frames_that_fit == fit
-    frames = torch.zeros(1, fit + 1, 3, 32, 32)
+    frames = torch.full((1, fit + 1, 3, 32, 32), -1.0)  # normalised values (all-zero frames warn)
     with pytest.raises(ValueError, match=f"at most {fit} more frames fit; subsample"):
         stream.extend(frames)
     assert stream.caches[FINE].get_seq_length() == prompt["input_ids"].shape[1]  # nothing was consumed

@@ -32,7 +32,25 @@ FULL_IMAGE_SIZE = 256
 
 
 def build_model_and_processor(config: TrainingConfig) -> tuple[FoveatedVLMForConditionalGeneration, Any]:
-    """The model and processor the config describes (random-init tiny, full-size from checkpoints, or saved)."""
+    """The model and processor the config describes (random-init tiny, full-size from checkpoints, or saved).
+
+    The processor records the run's frame sampling (:func:`record_sampling`), so that the saved checkpoint reads
+    encoded videos as it was trained to.
+    """
+    model, processor = _build_model_and_processor(config)
+    record_sampling(processor, config)
+    return model, processor
+
+
+def record_sampling(processor, config: TrainingConfig) -> None:
+    """Make ``data.fps`` (or else ``data.num_frames``) the processor's default sampling of encoded videos."""
+    data = config.data
+    processor.num_frames, processor.fps = (
+        (None, data.fps) if data.fps is not None else (data.num_frames, None)
+    )
+
+
+def _build_model_and_processor(config: TrainingConfig) -> tuple[FoveatedVLMForConditionalGeneration, Any]:
     section = config.model
     if section.pretrained:
         model = FoveatedVLMForConditionalGeneration.from_pretrained(section.pretrained, **section.overrides)
@@ -195,6 +213,7 @@ def export_model(model: nn.Module) -> FoveatedVLMForConditionalGeneration:
 __all__ = [
     "apply_lora",
     "build_model_and_processor",
+    "record_sampling",
     "build_optimizer",
     "build_scheduler",
     "export_model",
