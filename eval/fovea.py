@@ -2,11 +2,11 @@
 
     python -m eval.fovea --run_dir RUN --split heldout --num_clips 256 --out OUT
 
-Procedural clips know every object's box. The target is the object the caption is about: the one moving
-object of a generic clip ("What happens in the video?"), or the object the prompt names among several moving
-ones. For every frame where the target is visible, the script measures the attention mass the query puts
-inside the target's box (patches partly covered count with their covered fraction) for the dynamic (fine)
-and the static (coarse) query, against the chance level: the box's area fraction, the mass of a uniform map.
+Procedural clips know every object's box. The target is the object the caption is about: the only object of a
+generic clip ("What happens in the video?"), or the object the prompt names by its colour among several. For every frame where the target is visible, the script measures the attention mass the query puts
+inside the target's box (patches partly covered count with their covered fraction; mass on CLS, registers
+and the query's own key counts as outside) for the dynamic (fine) and the static (coarse) query, against the
+chance level: the box's area fraction, the mass of a uniform map over the patches.
 Also: how often the attention peak lies in the box, the lift over chance, everything per frame index (frame
 1 of the fine pass is read by the learned ``q_init``, before any plan), and for named vs generic clips.
 

@@ -354,3 +354,17 @@ def test_attention_map_layer_none_averages_every_layer(make_model, random_video)
             maps.append(_forward(model, processor, random_video).attention_fine)
     assert not torch.allclose(maps[0], maps[1])
     torch.testing.assert_close(maps[2], (maps[0] + maps[1]) / 2)
+
+
+def test_remedy_switches_survive_a_save_and_load(make_model, random_video, tmp_path):
+    from modeling_foveated import FoveatedVLMForConditionalGeneration
+
+    model, processor = make_model(
+        plan_first_query=True, glimpse_location=True, num_queries_per_frame=2, multi_query_output="tokens"
+    )
+    model.save_pretrained(tmp_path)
+    loaded = FoveatedVLMForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.num_queries_per_frame == 2 and loaded.fovea_location_projection is not None
+    batch = _batch(processor, random_video)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
