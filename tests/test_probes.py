@@ -224,7 +224,9 @@ def test_report_numbers_are_the_models_own(tiny, clips, report):
             coverage.mean(-1)[frames].mean().item()
         )
     baseline = report["summary"]["all"]["majority_baseline"]
-    scored = [clip for clip in clips if "colour" in clip["scored_attributes"]]  # generic clips: the prompt names none
+    scored = [
+        clip for clip in clips if "colour" in clip["scored_attributes"]
+    ]  # generic clips: the prompt names none
     colours = [probes.true_attributes(clip)["colour"] for clip in scored]
     assert baseline["colour"] == pytest.approx(max(colours.count(c) for c in colours) / len(scored))
     assert 0 < baseline["all_attributes"] <= baseline["colour"]
