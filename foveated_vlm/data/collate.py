@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import BatchFeature
 
-from ..metrics import target_box_coverage
+from .boxes import target_box_coverage
 
 
 class VideoCaptionCollator:
