@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 if __package__ in (None, ""):  # run as `python eval/captioning.py`: import from the repository root
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
@@ -33,15 +35,57 @@ from eval.common import (  # noqa: E402
     summarise,
     write_report,
 )
+from foveated_vlm.data.collate import VideoCaptionCollator  # noqa: E402
+from foveated_vlm.data.procedural import parse_caption  # noqa: E402
 from foveated_vlm.data.targets import atomic_write_text  # noqa: E402
 from foveated_vlm.metrics import BACKENDS, CAPTION_METRICS, caption_metrics  # noqa: E402
-from foveated_vlm.training.demo_report import ATTRIBUTES, attribute_accuracy, caption_clips  # noqa: E402
 
 MODES = ("two_pass", "coarse")
 DEFAULT_MAX_NEW_TOKENS = 24
 NUM_EXAMPLES = 8
 CAPTIONS_NAME = "captions.jsonl"
+ATTRIBUTES = ("colour", "shape", "motion")
+"""What :func:`attribute_accuracy` scores (``eval.probes`` scores each clip's own ``scored_attributes``)."""
 ACCURACY_KEYS = (*ATTRIBUTES, "all")
+
+
+@torch.no_grad()
+def caption_clips(model, processor, dataset, batch_size: int, max_new_tokens: int) -> list[dict[str, str]]:
+    """Greedy captions of every clip: ``[{"clip_id", "prompt", "reference", "generated"}]``."""
+    from tqdm.auto import tqdm
+
+    collator = VideoCaptionCollator(processor, with_captions=False, with_targets=False, with_layout=False)
+    results = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="captioning held-out clips"):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        inputs = collator(items)
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        for item, text in zip(items, processor.decode_generated(generated, inputs), strict=True):
+            results.append(
+                {
+                    "clip_id": item["clip_id"],
+                    "prompt": item["prompt"],
+                    "reference": item["caption"],
+                    "generated": text.strip(),
+                }
+            )
+    return results
+
+
+def attribute_accuracy(results: list[dict[str, str]]) -> dict[str, float]:
+    """Exact-match accuracy of colour, shape and motion (parsed from the text), their mean, and whole triples."""
+    if not results:
+        raise ValueError("no captions to score")
+    hits = {key: 0 for key in (*ATTRIBUTES, "all")}
+    for result in results:
+        reference, generated = parse_caption(result["reference"]), parse_caption(result["generated"])
+        matched = [generated[key] == reference[key] for key in ATTRIBUTES]
+        for key, match in zip(ATTRIBUTES, matched, strict=True):
+            hits[key] += match
+        hits["all"] += all(matched)
+    accuracy = {key: value / len(results) for key, value in hits.items()}
+    accuracy["mean"] = sum(accuracy[key] for key in ATTRIBUTES) / len(ATTRIBUTES)
+    return accuracy
 
 
 def score_captions(results: list[dict[str, str]], procedural: bool, backend: str) -> dict[str, Any]:

@@ -31,16 +31,12 @@ from layout_foveated import UnnormalisedPixelsWarning
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 from processing_foveated import FoveatedVLMProcessor
 
-from ..data.collate import VideoCaptionCollator
-from ..data.procedural import parse_caption
 from ..data.targets import atomic_write_text
 from .config import load_config
 from .data import build_split
 from .figures import plot_fovea_on_named_object, plot_loss_curve
 from .trainer import CONFIG_NAME, FINAL_DIR, LOG_NAME
 
-ATTRIBUTES = ("colour", "shape", "motion")
-"""What :func:`attribute_accuracy` scores (``eval.captioning`` uses it); the report scores ``scored_attributes``."""
 REPORT_NAME = "report.json"
 FOVEA_FIGURE = "fovea_named_object.png"
 PROBES_FIGURE = "probes.png"
@@ -58,45 +54,6 @@ READER_LABELS = {
 }
 NUM_EXAMPLES = 6
 NUM_FIGURE_CLIPS = 3
-
-
-@torch.no_grad()
-def caption_clips(model, processor, dataset, batch_size: int, max_new_tokens: int) -> list[dict[str, str]]:
-    """Greedy captions of every clip: ``[{"clip_id", "prompt", "reference", "generated"}]``."""
-    from tqdm.auto import tqdm
-
-    collator = VideoCaptionCollator(processor, with_captions=False, with_targets=False, with_layout=False)
-    results = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="captioning held-out clips"):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        inputs = collator(items)
-        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        for item, text in zip(items, processor.decode_generated(generated, inputs), strict=True):
-            results.append(
-                {
-                    "clip_id": item["clip_id"],
-                    "prompt": item["prompt"],
-                    "reference": item["caption"],
-                    "generated": text.strip(),
-                }
-            )
-    return results
-
-
-def attribute_accuracy(results: list[dict[str, str]]) -> dict[str, float]:
-    """Exact-match accuracy of colour, shape and motion (parsed from the text), their mean, and whole triples."""
-    if not results:
-        raise ValueError("no captions to score")
-    hits = {key: 0 for key in (*ATTRIBUTES, "all")}
-    for result in results:
-        reference, generated = parse_caption(result["reference"]), parse_caption(result["generated"])
-        matched = [generated[key] == reference[key] for key in ATTRIBUTES]
-        for key, match in zip(ATTRIBUTES, matched, strict=True):
-            hits[key] += match
-        hits["all"] += all(matched)
-    accuracy = {key: value / len(results) for key, value in hits.items()}
-    accuracy["mean"] = sum(accuracy[key] for key in ATTRIBUTES) / len(ATTRIBUTES)
-    return accuracy
 
 
 @torch.no_grad()
