@@ -2,8 +2,8 @@
 
 Items are dicts with ``frames`` (``[T, H, W, 3]`` uint8), ``prompt``, ``caption`` and, when a target cache
 provides them, ``prediction_targets`` (``[T, C, h, w]``); procedural items also carry their objects' ``boxes``
-and ``target_index``, which become ``attention_targets`` for attention supervision. Without cached targets the processor computes
-downsampled-frame targets itself (still in the worker, never in the training step).
+and ``target_index``, which become ``attention_targets`` (attention supervision, mass in box). Without cached
+targets the processor computes the targets itself (still in the worker, never in the training step).
 """
 
 from __future__ import annotations

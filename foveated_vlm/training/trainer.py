@@ -144,13 +144,15 @@ def validate(model, loader, accelerator, max_batches: int | None) -> dict[str, f
             output = model(**batch)
         size = batch["input_ids"].shape[0]
         values = [getattr(output, key) for key in VALIDATION_KEYS[:4]]
-        reads = [("fine", output.attention_fine, output.attention_prefix_fine)]
-        reads.append(("coarse", output.attention_coarse, output.attention_prefix_coarse))
+        reads = [
+            (output.attention_fine, output.attention_prefix_fine),
+            (output.attention_coarse, output.attention_prefix_coarse),
+        ]
         values += [
             attention_entropy(attention.float(), prefix).mean() if attention is not None else None
-            for _, attention, prefix in reads
+            for attention, prefix in reads
         ]
-        values += [_mass_in_box(attention, batch) for _, attention, _ in reads]
+        values += [_mass_in_box(attention, batch) for attention, _ in reads]
         sums += size * torch.stack(
             [
                 value.float()
