@@ -90,3 +90,15 @@ def test_a_built_wheel_installs_and_imports_in_a_fresh_environment(tmp_path):
     result = run_isolated(IMPORTER, str(target), ",".join(names), paths=paths, cwd=elsewhere)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == sorted(names)
+
+
+def test_the_data_package_imports_nothing_of_training():
+    """``foveated_vlm.data`` owns what it needs (the sharding too): no ``data`` <-> ``training`` import cycle."""
+    script = (
+        "import sys, foveated_vlm.data; print(sorted(m for m in sys.modules if 'foveated_vlm.training' in m))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"

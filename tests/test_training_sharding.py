@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from foveated_vlm.training.sampler import ShardedBatchSampler, shard_indices
+from foveated_vlm.data.sampler import ShardedBatchSampler, shard_indices
 
 REPO = Path(__file__).resolve().parents[1]
 

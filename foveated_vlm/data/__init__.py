@@ -1,5 +1,6 @@
 """Data sets of foveated-vlm: the procedural moving-shapes video data (built-in default and test bed), real
-videos (folders, manifests, ``datasets`` repositories), the target cache and batch collation."""
+videos (folders, manifests, ``datasets`` repositories), the target cache, batch collation and the exactly-once
+sharding of a data set across processes (:mod:`.sampler`). Nothing here imports the training package."""
 
 from .collate import VideoCaptionCollator
 from .procedural import (

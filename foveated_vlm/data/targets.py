@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from configuration_foveated import TARGET_SOURCES
 from processing_foveated import video_to_array
 
-from ..training.sampler import shard_indices
+from .sampler import shard_indices
 from .video_folder import report_skipped
 
 logger = logging.getLogger(__name__)

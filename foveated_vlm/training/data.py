@@ -13,11 +13,11 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from foveated_vlm.data.collate import VideoCaptionCollator
 from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset
+from foveated_vlm.data.sampler import ShardedBatchSampler, shard_indices
 from foveated_vlm.data.targets import WithCachedTargets, build_target_cache, load_vae, target_spec
 from foveated_vlm.data.video_folder import VideoClipDataset, report_skipped, scan_clips, split_records
 
 from .config import TrainingConfig
-from .sampler import ShardedBatchSampler, shard_indices
 
 PROCEDURAL_CACHE_DIR = "target_cache"
 REAL_DATA_CACHE_DIR = ".foveated_cache"
