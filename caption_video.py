@@ -6,7 +6,7 @@
         [--attention OUT.gif] [--predictions OUT.png]
 
 The model and processor are loaded with ``trust_remote_code`` from a directory (a trainer's ``D/final``) or a
-Hub repo. Frames are sampled as the processor samples them (``processing_foveated.iter_video``, the one
+Hub repo. Frames are sampled as the processor samples them (``video_foveated.iter_video``, the one
 decoding path): by default as the model was trained (the processor's recorded ``num_frames`` or ``fps``; every
 frame, with a note, for a model that records neither), or by ``--num-frames`` (uniform over the video) or
 ``--fps`` (the frame nearest to each tick). They are read by a :class:`FoveatedStream` chunk by chunk (decoded,
@@ -42,8 +42,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 from tqdm import tqdm
 
-from processing_foveated import check_prompt_text, iter_video, open_video
+from processing_foveated import check_prompt_text
 from streaming_foveated import DEFAULT_CHUNK_FRAMES, stream_prompt_inputs
+from video_foveated import iter_video, sampled_frame_count, to_uint8, video_duration
 
 DEFAULT_PROMPT = "Describe the video."
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -83,33 +84,10 @@ class VideoReading:
 
 
 # ---------------------------------------------------------------------------------------------- decoding
-def video_duration(path: str) -> tuple[float | None, int | None]:
-    """Duration in seconds and frame count of ``path``'s first video stream from its metadata (None if unknown).
-
-    Raises ValueError for a missing or undecodable file (the processor's :func:`open_video`).
-    """
-    with open_video(path) as (container, stream):
-        if stream.duration is not None and stream.time_base is not None:
-            return float(stream.duration * stream.time_base), stream.frames or None
-        duration = None if container.duration is None else container.duration / 1_000_000  # AV_TIME_BASE
-        return duration, stream.frames or None
-
-
-def frames_at(
-    duration: float | None, count: int | None, num_frames: int | None, fps: float | None
-) -> int | None:
-    """Frames that sampling a video of ``duration`` seconds (``count`` frames) gives, if known."""
-    if num_frames is not None:
-        return num_frames if count is None else min(num_frames, count)
-    if fps is None:
-        return count
-    return None if duration is None else math.floor(duration * fps) + 1
-
-
 def decode_video(
     path: str, processor, num_frames: int | None, fps: float | None, chunk_frames: int
 ) -> Iterator[DecodedChunk]:
-    """The frames :func:`processing_foveated.iter_video` samples (``num_frames`` uniformly, ``fps`` nearest to
+    """The frames :func:`video_foveated.iter_video` samples (``num_frames`` uniformly, ``fps`` nearest to
     each tick, or every frame), resized as the processor does, ``chunk_frames`` at a time."""
     frames: list[np.ndarray] = []
     for frame in iter_video(path, num_frames=num_frames, fps=fps):
@@ -267,7 +245,7 @@ def watch_video(
     stream = model.stream(**stream_prompt_inputs(processor, prompt), chunk_frames=chunk_frames)
     fit = stream.frames_that_fit
     duration, count = video_duration(path)
-    estimate = frames_at(duration, count, num_frames, fps)
+    estimate = sampled_frame_count(duration, count, num_frames, fps)
     if estimate is not None and estimate > fit:
         raise ValueError(_too_long(path, estimate, fit, num_frames, fps, duration))
     reading = VideoReading(caption="")
@@ -283,7 +261,7 @@ def watch_video(
                 chunk.pixels.unsqueeze(0), targets=None if targets is None else targets.unsqueeze(0)
             )
             if keep_frames:
-                reading.frames.append((chunk.resized * 255).round().to(torch.uint8))
+                reading.frames.append(to_uint8(chunk.resized))
                 reading.attention.append(step.attention[0].float().cpu())
             if predict:
                 reading.targets.append(targets)

@@ -1,38 +1,16 @@
 """Processor of the foveated video-language model: chat-formatted text with one placeholder per frame, frames
 resized and normalised without torchvision, and next-frame prediction targets.
 
-What a video may be (one video; a batch is a list of them, or a ``[B, T, H, W, C]`` array):
-
-* an array or tensor ``[T, H, W, C]``: ``C`` = 3 (RGB), 1 (grayscale, repeated to RGB) or 4 (RGBA, alpha dropped
-  as PIL's ``convert("RGB")`` does); ``[T, H, W]`` grayscale; ``[H, W, C]`` or ``[H, W]`` a single image, read as
-  a one-frame video. A rank-3 array whose first axis is 3 or 4 and last is not is refused as ambiguous
-  (a channels-first image or a 3-frame grayscale video?). Negative strides (``frames[..., ::-1]``, the usual BGR
-  to RGB step, or ``frames[::-1]``) and other non-contiguous arrays are copied. uint8 is divided by 255; float
-  (any precision) must lie in [0, 1]; other integer types, NaN and inf are refused with the fix;
-* a list of frames: PIL images (any mode, converted to RGB) or arrays ``[H, W, C]`` / ``[H, W]`` as above;
-  frames may differ in size (each is resized and centre-cropped on its own);
-* an encoded video decoded with PyAV: a file path, the file's bytes or a binary file object. PyAV is optional:
-  it is imported only when an encoded video is given (inside a ``try`` block, so that transformers' import check
-  of the Hub files does not require it), and without it decoding says how to install it or what to pass instead.
-
-Frames are resized (shorter side) and centre-cropped to ``image_size``. ``num_frames`` samples every kind of
-video uniformly (:func:`sample_frame_indices`); ``fps`` needs timestamps, so it applies to encoded videos only.
-The processor's own ``num_frames``/``fps`` (saved with it; the trainer records the sampling it trained with)
-are the default for encoded videos. :func:`iter_video` is the one decoding path: :func:`load_video`, the
-processor and ``caption_video.py`` all sample the same frames.
+Videos of every kind (arrays, lists of frames, encoded files) are read by ``video_foveated`` (decoding, frame
+sampling, conversion and resizing; its docstring lists what a video may be). The processor's own
+``num_frames``/``fps`` (saved with it; the trainer records the sampling it trained with) are the default for
+encoded videos.
 """
 
 from __future__ import annotations
 
-import io
-import math
-import numbers
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import BinaryIO
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import BatchFeature, PreTrainedConfig
@@ -40,8 +18,26 @@ from transformers.processing_utils import ProcessorMixin
 
 try:
     from .layout_foveated import IGNORE_INDEX, VideoLayout
+    from .video_foveated import (
+        check_sampling,
+        describe_input,
+        is_array,
+        is_encoded_video,
+        is_frame,
+        resize_frames,
+        video_to_frames,
+    )
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from layout_foveated import IGNORE_INDEX, VideoLayout
+    from video_foveated import (
+        check_sampling,
+        describe_input,
+        is_array,
+        is_encoded_video,
+        is_frame,
+        resize_frames,
+        video_to_frames,
+    )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -91,458 +87,6 @@ def check_prompt_text(texts: Sequence, name: str, allow_none: bool = False) -> N
                     f"{name}[{index}] holds the video token {token!r}: the processor writes the video block "
                     "itself (frames come from videos=...); remove it from the text"
                 )
-
-
-def is_encoded_video(video) -> bool:
-    """True for a video still to decode: a file path, encoded bytes or a binary file object (has ``read``)."""
-    return isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(video, "read")
-
-
-def _video_name(source) -> str:
-    """How errors name an encoded video: its path, its file object's name, or its size in bytes."""
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<{len(source)} bytes of video>"
-    return str(getattr(source, "name", "<binary file object>"))
-
-
-def _import_av():
-    """PyAV, imported only to decode encoded videos; a clear ImportError without it."""
-    try:  # inside try: transformers' check of the Hub files' imports skips it (PyAV is optional)
-        import av
-    except ImportError as error:
-        raise ImportError(
-            "decoding a video file, bytes or file object needs PyAV, which is not installed: `pip install av`, "
-            "or decode the video yourself and pass its frames ([T, H, W, 3] uint8 or a list of PIL images)"
-        ) from error
-    return av
-
-
-def check_sampling(num_frames, fps) -> None:
-    """ValueError unless ``num_frames`` is None or an int >= 1, ``fps`` None or finite and > 0, not both."""
-    if num_frames is not None and fps is not None:
-        raise ValueError("give num_frames or fps, not both")
-    if num_frames is not None and (
-        isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1
-    ):
-        raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
-    if fps is not None and (
-        isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0
-    ):
-        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
-
-
-def _reopenable(source):
-    """``(source, origin)``: the source in a form that can be decoded more than once, and where a seekable file
-    object starts (it is rewound there before each pass; one that cannot seek is read into memory)."""
-    if isinstance(source, (bytearray, memoryview)):
-        return bytes(source), None
-    if not hasattr(source, "read"):
-        return source, None
-    seekable = getattr(source, "seekable", None)
-    if seekable is not None and seekable():
-        return source, source.tell()
-    return source.read(), None
-
-
-@contextmanager
-def open_video(source):
-    """``(container, first video stream)`` of an encoded video; ValueError if it is missing or undecodable.
-
-    Errors of FFmpeg while the caller decodes inside the ``with`` block become ValueErrors that name the video.
-    """
-    if not is_encoded_video(source):
-        raise ValueError(
-            f"an encoded video is a path, bytes or a binary file object, got {type(source).__name__}"
-        )
-    name = _video_name(source)
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if "://" in str(path):
-            raise ValueError(f"{name}: URLs are not fetched, download the video and pass its path")
-        if os.path.isdir(path):
-            raise ValueError(f"{name} is a directory, not a video file")
-        if not os.path.isfile(path):
-            raise ValueError(f"video file not found: {name}")
-        source = path
-    av = _import_av()
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        source = io.BytesIO(bytes(source))
-    try:
-        container = av.open(source)
-    except av.error.FFmpegError as error:
-        raise ValueError(f"cannot decode video {name}: {error}") from error
-    with container:
-        if not container.streams.video:
-            raise ValueError(f"{name} has no video stream")
-        try:
-            yield container, container.streams.video[0]
-        except av.error.FFmpegError as error:
-            raise ValueError(f"cannot decode video {name}: {error}") from error
-
-
-def _decode(source, origin: int | None = None) -> Iterator:
-    """Every decoded frame of the first video stream with its time in seconds (None if unknown)."""
-    if origin is not None:
-        source.seek(origin)
-    with open_video(source) as (container, stream):
-        rate = stream.average_rate
-        for index, frame in enumerate(container.decode(stream)):
-            time = float(frame.time) if frame.time is not None else (index / float(rate) if rate else None)
-            yield frame, time
-
-
-TICK_TOLERANCE = 1e-6
-"""Seconds: a tick this far after the last frame's time still takes that frame."""
-
-
-class FrameSampler:
-    """The frame selection of :func:`sample_frame_indices`, fed one timestamp at a time (a streaming decoder).
-
-    ``push(time)`` returns the indices of the frames (this one or the one before) that are now chosen,
-    ``finish()`` those chosen after the last frame. With ``fps``, each tick ``t0 + k / fps`` (``t0`` the first
-    frame's time, ticks up to the last frame's time) takes the frame nearest to it, the earlier one on a tie
-    (the earlier of two frames takes the ticks up to their midpoint); each frame is kept once. Without ``fps``
-    every frame is kept. Timestamps come in decode order and must not decrease.
-    """
-
-    def __init__(self, fps: float | None = None):
-        self.fps = fps
-        self.count = 0  # frames pushed
-        self._ticks = 0  # ticks resolved
-        self._start: float | None = None
-        self._before: tuple[int, float] | None = None  # first frame of the latest time, before the next tick
-        self._last_emitted = -1
-
-    @property
-    def candidate(self) -> int | None:
-        """The only earlier frame a later tick may still choose (None without ``fps``)."""
-        return None if self._before is None else self._before[0]
-
-    def _tick(self, k: int) -> float:
-        return self._start + k / self.fps
-
-    def _last_tick(self, limit: float) -> int:
-        """The largest ``k >= resolved`` whose tick is ``<= limit`` (``resolved - 1`` if none)."""
-        k = max(self._ticks - 1, math.floor((limit - self._start) * self.fps))
-        while self._tick(k + 1) <= limit:
-            k += 1
-        while k >= self._ticks and self._tick(k) > limit:
-            k -= 1
-        return k
-
-    def _emit(self, index: int, chosen: list[int]) -> None:
-        if index != self._last_emitted:
-            chosen.append(index)
-            self._last_emitted = index
-
-    def push(self, time: float | None) -> list[int]:
-        index, chosen = self.count, []
-        self.count += 1
-        if self.fps is None:
-            return [index]
-        if time is None or not math.isfinite(time):
-            raise ValueError(
-                "the video's frames carry no timestamps: sample it with num_frames instead of fps"
-            )
-        if self._start is None:
-            self._start = time
-        if self._before is not None and time < self._before[1]:
-            raise ValueError(
-                "the video's frame timestamps go backwards: sample it with num_frames instead of fps"
-            )
-        if self._before is not None:  # ticks up to the midpoint of the previous frame and this one
-            last = self._last_tick((self._before[1] + time) / 2)
-            if last >= self._ticks:
-                self._emit(self._before[0], chosen)
-                self._ticks = last + 1
-        last = self._last_tick(time)  # the rest, up to this frame's time
-        if last >= self._ticks:
-            self._emit(index, chosen)
-            self._ticks = last + 1
-        if self._before is None or time > self._before[1]:
-            self._before = (index, time)
-        return chosen
-
-    def finish(self) -> list[int]:
-        """Indices chosen by the ticks just after the last frame's time (within ``TICK_TOLERANCE``)."""
-        chosen: list[int] = []
-        if self.fps is not None and self._before is not None:
-            if self._last_tick(self._before[1] + TICK_TOLERANCE) >= self._ticks:
-                self._emit(self._before[0], chosen)
-        return chosen
-
-
-def sample_frame_indices(times, num_frames: int | None, fps: float | None) -> list[int]:
-    """Indices of the frames to keep, given each frame's time in seconds ``[F]`` (decode order).
-
-    ``num_frames``: that many frames spread uniformly over all of them (``linspace``, rounded; every frame if
-    there are fewer). ``fps``: the frame nearest to each tick ``t0 + k / fps`` (:class:`FrameSampler`).
-    Neither: every frame.
-    """
-    check_sampling(num_frames, fps)
-    count = len(times)
-    if num_frames is not None:
-        return uniform_indices(count, num_frames)
-    sampler = FrameSampler(fps)
-    chosen = [index for time in times for index in sampler.push(float(time))]
-    return chosen + sampler.finish()
-
-
-def uniform_indices(count: int, num_frames: int) -> list[int]:
-    """``num_frames`` indices spread uniformly over ``count`` frames (all of them if there are fewer)."""
-    if count == 0:
-        return []
-    return np.linspace(0, count - 1, min(num_frames, count)).round().astype(int).tolist()
-
-
-def iter_video(
-    source: str | os.PathLike | bytes | BinaryIO, num_frames: int | None = None, fps: float | None = None
-) -> Iterator[np.ndarray]:
-    """Decode an encoded video and yield its sampled frames one at a time, ``[H, W, 3]`` uint8 RGB.
-
-    The one decoding path of the project (:func:`load_video`, the processor and ``caption_video.py``): frames are
-    chosen by :func:`sample_frame_indices`' rule and converted to RGB only when kept. ``fps`` (or every frame)
-    decodes once, streaming; ``num_frames`` needs the frame count first, so it decodes twice (the first pass
-    only counts). Memory holds one frame at a time.
-
-    Raises:
-        ValueError: for a missing, undecodable or empty video (the message names it) or bad sampling arguments.
-        ImportError: if PyAV is not installed (the message says what to do).
-    """
-    check_sampling(num_frames, fps)
-    name = _video_name(source)
-    source, origin = _reopenable(source)
-    kept = 0
-    if num_frames is not None:
-        wanted = uniform_indices(sum(1 for _ in _decode(source, origin)), num_frames)
-        for index, (frame, _) in enumerate(_decode(source, origin)):
-            if kept < len(wanted) and index == wanted[kept]:
-                kept += 1
-                yield frame.to_ndarray(format="rgb24")
-            if kept == len(wanted):
-                break
-    else:
-        sampler = FrameSampler(fps)
-        held: dict = {}  # the frames a later tick may still choose: the sampler's candidate
-        for frame, time in _decode(source, origin):
-            held[sampler.count] = frame
-            for index in sampler.push(time):
-                kept += 1
-                yield held[index].to_ndarray(format="rgb24")
-            held = {index: held[index] for index in held if index == sampler.candidate}
-        for index in sampler.finish():
-            kept += 1
-            yield held[index].to_ndarray(format="rgb24")
-    if not kept:
-        raise ValueError(f"video {name} holds no decodable frame")
-
-
-def load_video(
-    source: str | os.PathLike | bytes | BinaryIO, num_frames: int | None = None, fps: float | None = None
-) -> np.ndarray:
-    """Decode a video (file path, encoded bytes or binary file object) with PyAV into ``[T, H, W, 3]`` uint8.
-
-    Args:
-        num_frames: sample this many frames uniformly over the whole video.
-        fps: sample at this rate (the frames nearest to ``t0 + k / fps`` seconds). Exclusive with ``num_frames``.
-        With neither, every frame is returned. The frames are :func:`iter_video`'s.
-    """
-    if not is_encoded_video(source):
-        raise ValueError(
-            f"load_video takes a path, bytes or a binary file object, got {type(source).__name__}"
-        )
-    return np.stack(list(iter_video(source, num_frames=num_frames, fps=fps)))
-
-
-# ------------------------------------------------------------------------------------------------- arrays
-IMAGE_CHANNELS = (1, 3, 4)
-"""Channel counts of a frame: grayscale, RGB, RGBA (alpha dropped)."""
-
-
-def _is_pil(value) -> bool:
-    return hasattr(value, "convert") and hasattr(value, "size") and hasattr(value, "mode")
-
-
-def _is_array(value) -> bool:
-    return isinstance(value, (np.ndarray, torch.Tensor))
-
-
-def _is_frame(value) -> bool:
-    """One image: a PIL image, or an array ``[H, W]`` / ``[H, W, C]`` with C in (1, 3, 4)."""
-    if _is_pil(value):
-        return True
-    if not _is_array(value):
-        return False
-    return value.ndim == 2 or (value.ndim == 3 and value.shape[-1] in IMAGE_CHANNELS)
-
-
-def _as_tensor(array) -> torch.Tensor:
-    """A numpy array or tensor as a tensor (negative strides and other layouts copied as needed)."""
-    if isinstance(array, torch.Tensor):
-        return array
-    array = np.asarray(array)
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        raise ValueError(f"video arrays must hold numbers, got dtype {array.dtype}")
-    if (
-        any(stride < 0 for stride in array.strides)
-        or not array.flags.c_contiguous
-        or not array.flags.writeable
-    ):
-        array = np.array(array, order="C")  # torch takes neither negative strides nor read-only memory
-    return torch.from_numpy(array)
-
-
-def _to_unit_range(tensor: torch.Tensor) -> torch.Tensor:
-    """uint8 or float pixels ``[..., 3]`` -> float32 in [0, 1]; ValueError (saying the fix) for anything else."""
-    if tensor.dtype == torch.uint8:
-        return tensor.float() / 255.0
-    if tensor.dtype == torch.bool or not tensor.is_floating_point():
-        raise ValueError(
-            f"video pixels must be uint8 (0-255) or float in [0, 1], got dtype {tensor.dtype}: convert them, e.g. "
-            "frames.astype(np.uint8) for 0-255 values or frames / 65535.0 for 16-bit ones"
-        )
-    values = tensor.float()
-    if not torch.isfinite(values).all():
-        raise ValueError("video holds NaN or inf pixel values: replace them (e.g. np.nan_to_num) first")
-    low, high = float(values.min()), float(values.max())
-    if low < 0 or high > 1:
-        hint = " (they look like 0-255 values: divide by 255)" if high > 1 and low >= 0 else ""
-        raise ValueError(f"float video pixels must lie in [0, 1], got [{low:g}, {high:g}]{hint}")
-    return values
-
-
-def _to_rgb(tensor: torch.Tensor) -> torch.Tensor:
-    """``[..., C]`` with C in (1, 3, 4) -> ``[..., 3]``: grayscale repeated, alpha dropped."""
-    channels = tensor.shape[-1]
-    if channels == 1:
-        return tensor.expand(*tensor.shape[:-1], 3)
-    if channels == 4:
-        return tensor[..., :3]
-    return tensor
-
-
-def _frame_tensor(frame) -> torch.Tensor:
-    """One frame (PIL image or ``[H, W(, C)]`` array) -> ``[1, H, W, 3]`` float in [0, 1]."""
-    if _is_pil(frame):
-        tensor = torch.from_numpy(np.array(frame.convert("RGB")))
-    else:
-        tensor = _as_tensor(frame)
-        if tensor.dim() == 2:
-            tensor = tensor.unsqueeze(-1)
-        if tensor.dim() != 3 or tensor.shape[-1] not in IMAGE_CHANNELS:
-            raise ValueError(
-                f"a frame must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {tuple(tensor.shape)}"
-            )
-    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
-        raise ValueError(f"a frame is empty, shape {tuple(tensor.shape)}")
-    return _to_unit_range(_to_rgb(tensor)).unsqueeze(0)
-
-
-def _array_video(video) -> torch.Tensor:
-    """An array video (see the module docstring) -> ``[T, H, W, 3]`` float in [0, 1]."""
-    tensor = _as_tensor(video)
-    shape = tuple(tensor.shape)
-    if tensor.dim() == 3:
-        if shape[0] in (3, 4) and shape[-1] not in IMAGE_CHANNELS:
-            raise ValueError(
-                f"a rank-3 video array {shape} is ambiguous: pass [H, W, 3] for one image (permute(1, 2, 0) "
-                "a channels-first one) or [T, H, W, 1] for a grayscale video"
-            )
-        tensor = tensor.unsqueeze(-1)  # [T, H, W] grayscale
-    if tensor.dim() != 4:
-        raise ValueError(
-            f"a video must be [T, H, W, C] (or [T, H, W] grayscale, [H, W, C] one image), got shape {shape}"
-        )
-    if tensor.shape[-1] not in IMAGE_CHANNELS:
-        hint = (
-            " (channels first? use [T, H, W, 3]: permute(0, 2, 3, 1))" if shape[1] in IMAGE_CHANNELS else ""
-        )
-        raise ValueError(
-            f"a video must have 3 channels last [T, H, W, 3] (or 1 grayscale, 4 RGBA), got shape {shape}{hint}"
-        )
-    if shape[0] == 0:
-        raise ValueError("video has zero frames")
-    if shape[1] == 0 or shape[2] == 0:
-        raise ValueError(f"video frames are empty, shape {shape}")
-    return _to_unit_range(_to_rgb(tensor))
-
-
-def video_to_frames(video, num_frames: int | None = None, fps: float | None = None) -> list[torch.Tensor]:
-    """Any one video (see the module docstring) -> runs of equally sized frames ``[n, H, W, 3]`` float in [0, 1].
-
-    One run unless the frames of a list differ in size. ``num_frames`` samples every kind of video uniformly;
-    ``fps`` applies to encoded videos only (arrays and frames carry no timestamps).
-    """
-    check_sampling(num_frames, fps)
-    if is_encoded_video(video):
-        return [_array_video(load_video(video, num_frames=num_frames, fps=fps))]
-    if fps is not None:
-        raise ValueError(
-            "fps sampling needs timestamps, which arrays and lists of frames do not carry: pass num_frames=..., "
-            "or subsample the frames yourself (e.g. frames[::step])"
-        )
-    if _is_frame(video):
-        video = [video]
-    if isinstance(video, (list, tuple)):
-        if not video:
-            raise ValueError("video is an empty list of frames")
-        bad = next((i for i, frame in enumerate(video) if not _is_frame(frame)), None)
-        if bad is not None:
-            raise ValueError(
-                f"frame {bad} of the video is a {_describe(video[bad])}: a list of frames holds PIL images or "
-                "arrays [H, W] / [H, W, C] (a batch of videos is a list of videos, each [T, H, W, C] or a path)"
-            )
-        if num_frames is not None:
-            video = [video[i] for i in uniform_indices(len(video), num_frames)]
-        runs: list[torch.Tensor] = []
-        for frame in map(_frame_tensor, video):
-            if runs and runs[-1].shape[1:] == frame.shape[1:]:
-                runs[-1] = torch.cat([runs[-1], frame])
-            else:
-                runs.append(frame)
-        return runs
-    if not _is_array(video):
-        raise ValueError(
-            f"a video must be an array, a list of frames, a path, bytes or a file, got {_describe(video)}"
-        )
-    frames = _array_video(video)
-    if num_frames is not None:
-        frames = frames[uniform_indices(frames.shape[0], num_frames)]
-    return [frames]
-
-
-def video_to_array(video, num_frames: int | None = None, fps: float | None = None) -> torch.Tensor:
-    """Any one video -> ``[T, H, W, 3]`` float tensor in [0, 1], validated (frames must share one size)."""
-    runs = video_to_frames(video, num_frames=num_frames, fps=fps)
-    if len(runs) > 1:
-        sizes = sorted({tuple(run.shape[1:3]) for run in runs})
-        raise ValueError(
-            f"the frames differ in size {sizes}: the processor resizes each frame on its own; here, resize them "
-            "to one size first"
-        )
-    return runs[0]
-
-
-def _describe(value) -> str:
-    if _is_array(value):
-        return f"{type(value).__name__} of shape {tuple(value.shape)}"
-    return type(value).__name__
-
-
-def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """``[T, H, W, 3]`` in [0, 1] -> ``[T, 3, size, size]``: shorter side to ``size`` (antialiased), centre crop."""
-    frames = frames.permute(0, 3, 1, 2)
-    height, width = frames.shape[-2:]
-    scale = size / min(height, width)
-    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-    if (new_h, new_w) != (height, width):
-        frames = F.interpolate(
-            frames, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
-        )
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return frames[..., top : top + size, left : left + size].clamp(0, 1)
 
 
 class FoveatedVLMProcessor(ProcessorMixin):
@@ -735,7 +279,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
 
         Args:
             text: one prompt per video (the question or instruction, placed before the video).
-            videos: one video or a list of videos (see module docstring); lengths may differ (padded + masked).
+            videos: one video or a list of videos (see ``video_foveated``); lengths may differ (padded + masked).
             text, captions: strings without the video tokens (the processor writes the video block; a prompt
                 or caption holding one is refused). ``text=None`` is the empty prompt; a ``None`` entry of
                 ``captions`` is a video without a caption (its row supervises nothing).
@@ -788,7 +332,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
     def prepare_video(
         self, video, num_frames: int | None = None, fps: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One video (any kind of the module docstring) -> normalised pixels and resized frames ``[T, 3, S, S]``.
+        """One video (any kind ``video_foveated`` reads) -> normalised pixels and resized frames ``[T, 3, S, S]``.
 
         Encoded videos with neither ``num_frames`` nor ``fps`` follow the processor's own sampling.
         """
@@ -802,16 +346,16 @@ class FoveatedVLMProcessor(ProcessorMixin):
     @staticmethod
     def _as_video_list(videos) -> list:
         """One video -> ``[video]``; a batch (list of videos, ``[B, T, H, W, C]`` array) -> its videos."""
-        if is_encoded_video(videos) or _is_frame(videos):
+        if is_encoded_video(videos) or is_frame(videos):
             return [videos]
-        if _is_array(videos):
+        if is_array(videos):
             if videos.ndim == 5:
                 return list(videos)
             return [videos]
         if isinstance(videos, (list, tuple)):
             if not videos:
                 raise ValueError("videos is an empty list")
-            frames = [_is_frame(video) for video in videos]
+            frames = [is_frame(video) for video in videos]
             if all(frames):
                 return [videos]  # a list of frames is one video
             if any(frames):
@@ -823,7 +367,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
             return list(videos)
         raise ValueError(
             f"videos must be a video or a list of videos (arrays, lists of frames, paths, bytes or files), got "
-            f"{_describe(videos)}"
+            f"{describe_input(videos)}"
         )
 
     @staticmethod
@@ -940,20 +484,6 @@ def block_motion(grey: torch.Tensor, block: int, radius: int) -> torch.Tensor:
     return motion
 
 
-__all__ = [
-    "FrameSampler",
-    "FoveatedVLMProcessor",
-    "add_video_tokens",
-    "check_prompt_text",
-    "check_sampling",
-    "is_encoded_video",
-    "iter_video",
-    "load_video",
-    "open_video",
-    "sample_frame_indices",
-    "uniform_indices",
-    "video_to_array",
-    "video_to_frames",
-]
+__all__ = ["FoveatedVLMProcessor", "add_video_tokens", "block_motion", "check_prompt_text"]
 
 FoveatedVLMProcessor.register_for_auto_class()

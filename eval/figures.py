@@ -39,6 +39,7 @@ from eval.common import (  # noqa: E402
 )
 from foveated_vlm.metrics import crop_boxes  # noqa: E402
 from foveated_vlm.training.figures import read_log  # noqa: E402
+from video_foveated import to_uint8  # noqa: E402
 
 DISPLAY_SIDE = 160
 """Frames are upscaled (nearest) to about this many pixels for the GIFs."""
@@ -137,7 +138,7 @@ def _upscale(image: np.ndarray, side: int) -> np.ndarray:
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
     """``[n, 3, h, w]`` in [0, 1] -> uint8 ``[n, h, w, 3]``."""
-    return (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return to_uint8(images.clamp(0, 1)).permute(0, 2, 3, 1).numpy()
 
 
 def heat_overlay(frame: np.ndarray, attention: np.ndarray) -> np.ndarray:

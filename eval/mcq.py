@@ -45,7 +45,8 @@ from eval.common import (  # noqa: E402
 )
 from foveated_vlm.data.targets import atomic_write_text  # noqa: E402
 from foveated_vlm.metrics import token_log_likelihoods  # noqa: E402
-from processing_foveated import END_OF_TURN, IGNORE_INDEX, load_video, sample_frame_indices  # noqa: E402
+from processing_foveated import END_OF_TURN, IGNORE_INDEX  # noqa: E402
+from video_foveated import load_video, sample_frame_indices  # noqa: E402
 
 MODES = ("coarse", "two_pass", "streaming")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -26,8 +26,9 @@ from PIL import Image
 import caption_video
 from foveated_vlm.tiny import tiny_config, tiny_processor
 from modeling_foveated import FoveatedVLMForConditionalGeneration
-from processing_foveated import FRAME_TOKEN, VIDEO_END_TOKEN, VIDEO_START_TOKEN, load_video, uniform_indices
+from processing_foveated import FRAME_TOKEN, VIDEO_END_TOKEN, VIDEO_START_TOKEN
 from streaming_foveated import stream_prompt_inputs
+from video_foveated import load_video, uniform_indices
 
 PHOTO = Path(__import__("matplotlib").get_data_path()) / "sample_data" / "grace_hopper.jpg"
 CLIP_FPS = 10

@@ -9,14 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from processing_foveated import (
-    FRAME_TOKEN,
-    VIDEO_END_TOKEN,
-    VIDEO_START_TOKEN,
-    load_video,
-    resize_frames,
-    sample_frame_indices,
-)
+from processing_foveated import FRAME_TOKEN, VIDEO_END_TOKEN, VIDEO_START_TOKEN
+from video_foveated import load_video, resize_frames, sample_frame_indices
 
 
 @pytest.fixture

@@ -67,6 +67,7 @@ def test_push_to_hub_writes_the_uploadable_folder(launched_run):
         "configuration_foveated.py",
         "modeling_foveated.py",
         "processing_foveated.py",
+        "video_foveated.py",
         "processor_config.json",
         "tokenizer.json",
         "README.md",

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from configuration_foveated import TARGET_SOURCES
-from processing_foveated import video_to_array
+from video_foveated import video_to_array
 
 from .sampler import shard_indices
 from .video_folder import report_skipped

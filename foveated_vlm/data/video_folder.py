@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from processing_foveated import load_video, resize_frames
+from video_foveated import check_sampling, load_video
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ MANIFEST_NAMES = ("metadata.jsonl", "metadata.csv")
 SPLIT_NAMES = ("train", "validation", "heldout", "test")
 HASH_RANGE = 2**32
 MAX_REPORTED_NAMES = 20
-PIXEL_MAX = 255
 
 
 @dataclass(frozen=True)
@@ -93,8 +92,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         image_size: int | None = None,
         prompt: str = "Describe the video.",
     ):
-        if num_frames is not None and fps is not None:
-            raise ValueError("give num_frames or fps, not both")
+        check_sampling(num_frames, fps)
         self.records = list(records)
         self.num_frames = num_frames
         self.fps = fps
@@ -113,13 +111,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
         record = self.records[index]
         path, cleanup = record.source() if callable(record.source) else (record.source, False)
         try:
-            frames = load_video(path, num_frames=self.num_frames, fps=self.fps)
+            frames = load_video(path, num_frames=self.num_frames, fps=self.fps, image_size=self.image_size)
         finally:
             if cleanup:
                 os.unlink(path)
-        if self.image_size is not None:
-            resized = resize_frames(torch.from_numpy(frames).float() / PIXEL_MAX, self.image_size)
-            frames = (resized.permute(0, 2, 3, 1) * PIXEL_MAX).round().to(torch.uint8).numpy()
         return {
             "frames": frames,
             "prompt": record.prompt or self.prompt,
