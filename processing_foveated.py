@@ -18,26 +18,10 @@ from transformers.processing_utils import ProcessorMixin
 
 try:
     from .layout_foveated import IGNORE_INDEX, VideoLayout
-    from .video_foveated import (
-        check_sampling,
-        describe_input,
-        is_array,
-        is_encoded_video,
-        is_frame,
-        resize_frames,
-        video_to_frames,
-    )
+    from .video_foveated import as_videos, check_sampling, is_encoded_video, resize_frames, video_to_frames
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from layout_foveated import IGNORE_INDEX, VideoLayout
-    from video_foveated import (
-        check_sampling,
-        describe_input,
-        is_array,
-        is_encoded_video,
-        is_frame,
-        resize_frames,
-        video_to_frames,
-    )
+    from video_foveated import as_videos, check_sampling, is_encoded_video, resize_frames, video_to_frames
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -306,7 +290,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
         if videos is None:
             raise ValueError("videos are required (use the tokenizer directly for text only)")
         check_sampling(num_frames, fps)
-        videos = self._as_video_list(videos)
+        videos = as_videos(videos)
         prompts = self._as_text_list(text, len(videos), "text", default="")
         answers = self._as_text_list(captions, len(videos), "captions", default=None)
         check_prompt_text(prompts, "text")
@@ -342,33 +326,6 @@ class FoveatedVLMProcessor(ProcessorMixin):
         if len(runs) == 1:
             return runs[0]
         return torch.cat([pixels for pixels, _ in runs]), torch.cat([resized for _, resized in runs])
-
-    @staticmethod
-    def _as_video_list(videos) -> list:
-        """One video -> ``[video]``; a batch (list of videos, ``[B, T, H, W, C]`` array) -> its videos."""
-        if is_encoded_video(videos) or is_frame(videos):
-            return [videos]
-        if is_array(videos):
-            if videos.ndim == 5:
-                return list(videos)
-            return [videos]
-        if isinstance(videos, (list, tuple)):
-            if not videos:
-                raise ValueError("videos is an empty list")
-            frames = [is_frame(video) for video in videos]
-            if all(frames):
-                return [videos]  # a list of frames is one video
-            if any(frames):
-                index = frames.index(True)
-                raise ValueError(
-                    f"videos mixes frames (entry {index} is one image) with whole videos: give one video as a list "
-                    "of frames, or a batch as a list of videos (each [T, H, W, C], a list of frames or a path)"
-                )
-            return list(videos)
-        raise ValueError(
-            f"videos must be a video or a list of videos (arrays, lists of frames, paths, bytes or files), got "
-            f"{describe_input(videos)}"
-        )
 
     @staticmethod
     def _as_text_list(text, count: int, name: str, default) -> list:

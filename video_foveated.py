@@ -517,6 +517,33 @@ def describe_input(value) -> str:
     return type(value).__name__
 
 
+def as_videos(videos) -> list:
+    """One video -> ``[video]``; a batch (list of videos, ``[B, T, H, W, C]`` array) -> its videos."""
+    if is_encoded_video(videos) or is_frame(videos):
+        return [videos]
+    if is_array(videos):
+        if videos.ndim == 5:
+            return list(videos)
+        return [videos]
+    if isinstance(videos, (list, tuple)):
+        if not videos:
+            raise ValueError("videos is an empty list")
+        frames = [is_frame(video) for video in videos]
+        if all(frames):
+            return [videos]  # a list of frames is one video
+        if any(frames):
+            index = frames.index(True)
+            raise ValueError(
+                f"videos mixes frames (entry {index} is one image) with whole videos: give one video as a list "
+                "of frames, or a batch as a list of videos (each [T, H, W, C], a list of frames or a path)"
+            )
+        return list(videos)
+    raise ValueError(
+        f"videos must be a video or a list of videos (arrays, lists of frames, paths, bytes or files), got "
+        f"{describe_input(videos)}"
+    )
+
+
 def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
     """``[T, H, W, 3]`` in [0, 1] -> ``[T, 3, size, size]``: shorter side to ``size`` (antialiased), centre crop."""
     frames = frames.permute(0, 3, 1, 2)
@@ -533,6 +560,7 @@ def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
 
 __all__ = [
     "FrameSampler",
+    "as_videos",
     "check_sampling",
     "describe_input",
     "is_array",
