@@ -42,6 +42,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from tqdm import tqdm
 
+from foveated_vlm.data.targets import vae_for
 from processing_foveated import check_prompt_text
 from streaming_foveated import DEFAULT_CHUNK_FRAMES, stream_prompt_inputs
 from video_foveated import iter_video, sampled_frame_count, to_uint8, video_duration
@@ -209,17 +210,6 @@ def sampling(args: argparse.Namespace, processor) -> tuple[int | None, float | N
     return num_frames, fps
 
 
-def load_vae(config, device: str):
-    """The ``diffusers`` VAE of VAE-target models (needed to make and decode targets), else None."""
-    if config.target_source != "vae":
-        return None
-    if not config.vae_name_or_path:
-        raise ValueError("the model predicts VAE latents but its config names no vae_name_or_path")
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(config.vae_name_or_path).to(device).eval()
-
-
 def generation_kwargs(args: argparse.Namespace) -> dict:
     """``generate`` arguments from the command line."""
     kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "num_beams": args.num_beams}
@@ -256,7 +246,7 @@ def watch_video(
             seen = int(stream.num_frames[0]) + chunk.pixels.shape[0]
             if seen > fit:
                 raise ValueError(_too_long(path, seen, fit, num_frames, fps, duration))
-            targets = _targets(processor, chunk.resized, vae) if predict else None
+            targets = processor.frame_targets(chunk.resized, vae) if predict else None
             step = stream.extend(
                 chunk.pixels.unsqueeze(0), targets=None if targets is None else targets.unsqueeze(0)
             )
@@ -277,11 +267,6 @@ def caption_dense(
     """Dense baseline (many tokens per frame, no queries): one ``generate`` over every sampled frame."""
     inputs = processor(text=prompt, videos=path, num_frames=num_frames, fps=fps).to(model.device)
     return _decode_caption(processor, model.generate(**inputs, **generate)[:, inputs["input_ids"].shape[1] :])
-
-
-def _targets(processor, resized: torch.Tensor, vae) -> torch.Tensor:
-    """Next-frame targets of resized frames ``[n, 3, S, S]``: VAE latents or downsampled frames."""
-    return processor.frame_targets(resized, vae)
 
 
 def _decode_caption(processor, new_tokens: torch.Tensor) -> str:
@@ -467,7 +452,7 @@ def run(args: argparse.Namespace) -> str:
         if args.attention or args.predictions:
             raise ValueError("a dense-baseline model has no query attention or streaming predictions")
         return caption_dense(model, processor, args.video, args.prompt, num_frames, fps, generate)
-    vae = load_vae(model.config, args.device) if args.predictions else None
+    vae = vae_for(model.config, args.device) if args.predictions else None
     reading = watch_video(
         model,
         processor,

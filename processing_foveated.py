@@ -134,6 +134,22 @@ class FoveatedVLMProcessor(ProcessorMixin):
         tokenizer.padding_side = "left"
 
     @classmethod
+    def from_model_config(cls, tokenizer, config, **kwargs) -> FoveatedVLMProcessor:
+        """The processor matching a :class:`FoveatedVLMConfig`: frame size, target factor and source, motion
+        search radius, tokens per frame and context length; ``kwargs`` set the other arguments
+        (``system_prompt``, ``num_frames``, ...)."""
+        return cls(
+            tokenizer=tokenizer,
+            image_size=config.vision_config.image_size,
+            target_downsample=config.target_downsample,
+            target_source="motion" if config.target_source == "motion" else "downsampled_frames",
+            motion_search_radius=config.motion_search_radius,
+            tokens_per_frame=config.tokens_per_frame,
+            max_sequence_length=config.text_config.max_position_embeddings,
+            **kwargs,
+        )
+
+    @classmethod
     def _load_tokenizer_from_pretrained(cls, sub_processor_type, pretrained_model_name_or_path, **kwargs):
         """The tokenizer, named by its own ``tokenizer_config.json``, without reading the model's config.
 

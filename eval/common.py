@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from foveated_vlm.data.targets import atomic_write_text, load_vae
+from foveated_vlm.data.targets import atomic_write_text, vae_for
 from foveated_vlm.metrics import bootstrap_ci, token_log_likelihoods
 from foveated_vlm.training.config import TrainingConfig, load_config
 from foveated_vlm.training.data import build_split
@@ -183,9 +183,7 @@ def load_context(args: argparse.Namespace) -> EvalContext:
     out_dir.mkdir(parents=True, exist_ok=True)
     model, processor = load_model(model_path, args.device, args.dtype)
     config = data_config(args, model_path, out_dir)
-    vae = None
-    if model.config.target_source == "vae":
-        vae = load_vae(config.model.vae_name_or_path or model.config.vae_name_or_path, args.device)
+    vae = vae_for(model.config, args.device, config.model.vae_name_or_path)
     dataset = build_split(config, args.split, processor, model.config.target_source, vae=vae)
     return EvalContext(model, processor, config, dataset, vae, model_path, out_dir)
 

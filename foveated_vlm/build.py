@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DINOv3ViTConfig, DINOv3ViTModel
 
 from configuration_foveated import DINOV3_VITS16_SHAPES, FoveatedVLMConfig
+from foveated_vlm.data.targets import load_vae
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 from processing_foveated import VIDEO_TOKENS, FoveatedVLMProcessor, add_video_tokens
 
@@ -85,15 +86,6 @@ def load_vision_encoder(vision: str | os.PathLike | None, image_size: int) -> DI
     return DINOv3ViTModel(DINOv3ViTConfig(**{**DINOV3_VITS16_SHAPES, "image_size": image_size}))
 
 
-def load_vae(vae: str | os.PathLike):
-    """The frozen SD-VAE (``diffusers.AutoencoderKL``) that makes and decodes latent targets."""
-    from diffusers import AutoencoderKL
-
-    model = AutoencoderKL.from_pretrained(vae).eval()
-    model.requires_grad_(False)
-    return model
-
-
 def build_foveated_vlm(
     vision: str | os.PathLike | None = DINOV3_VITS16,
     text: str | os.PathLike = SMOLLM2_135M_INSTRUCT,
@@ -144,14 +136,5 @@ def build_foveated_vlm(
     model.language_model.load_state_dict(language_model.state_dict())
     if dtype is not None:
         model = model.to(dtype)
-    processor = FoveatedVLMProcessor(
-        tokenizer=tokenizer,
-        image_size=image_size,
-        target_downsample=config.target_downsample,
-        target_source="motion" if config.target_source == "motion" else "downsampled_frames",
-        motion_search_radius=config.motion_search_radius,
-        tokens_per_frame=config.tokens_per_frame,
-        max_sequence_length=config.text_config.max_position_embeddings,
-        system_prompt=system_prompt,
-    )
+    processor = FoveatedVLMProcessor.from_model_config(tokenizer, config, system_prompt=system_prompt)
     return model, processor

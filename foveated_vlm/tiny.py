@@ -110,13 +110,5 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -
 def tiny_processor(
     config: FoveatedVLMConfig, tokenizer: PreTrainedTokenizerFast | None = None
 ) -> FoveatedVLMProcessor:
-    """The processor matching ``config`` (frame size, target factor, tokens per frame, context)."""
-    return FoveatedVLMProcessor(
-        tokenizer=tokenizer or tiny_tokenizer(),
-        image_size=config.vision_config.image_size,
-        target_downsample=config.target_downsample,
-        target_source="motion" if config.target_source == "motion" else "downsampled_frames",
-        motion_search_radius=config.motion_search_radius,
-        tokens_per_frame=config.tokens_per_frame,
-        max_sequence_length=config.text_config.max_position_embeddings,
-    )
+    """The processor matching ``config`` (:meth:`FoveatedVLMProcessor.from_model_config`), tiny tokenizer."""
+    return FoveatedVLMProcessor.from_model_config(tokenizer or tiny_tokenizer(), config)

@@ -1,13 +1,14 @@
-"""Shared fixtures: one tiny tokenizer per session, tiny configs, processors and models built in code."""
+"""Shared fixtures: one tiny tokenizer per session, tiny configs, processors and models built in code (by
+:class:`tests.builders.FoveatedModelTester`), random videos and a manifest of encoded ones."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from foveated_vlm.tiny import tiny_config, tiny_processor, tiny_tokenizer
-from modeling_foveated import FoveatedVLMForConditionalGeneration
+from foveated_vlm.tiny import tiny_tokenizer
+
+from .builders import FoveatedModelTester, random_frames, write_manifest
 
 
 @pytest.fixture(autouse=True)
@@ -24,24 +25,24 @@ def tokenizer():
     return tiny_tokenizer()
 
 
+@pytest.fixture(scope="session")
+def tester(tokenizer) -> FoveatedModelTester:
+    return FoveatedModelTester(tokenizer)
+
+
 @pytest.fixture
-def make_model(tokenizer):
+def make_model(tester):
     """Build ``(model, processor)`` from tiny-config overrides, seeded, in eval mode."""
-
-    def build(seed: int = 0, **overrides):
-        config = tiny_config(tokenizer, **overrides)
-        torch.manual_seed(seed)
-        model = FoveatedVLMForConditionalGeneration(config).eval()
-        return model, tiny_processor(config, tokenizer)
-
-    return build
+    return tester.model_and_processor
 
 
 @pytest.fixture
 def random_video():
     """``random_video(T, H=32, W=32, seed=0)`` -> uint8 ``[T, H, W, 3]``."""
+    return random_frames
 
-    def make(frames: int, height: int = 32, width: int = 32, seed: int = 0) -> np.ndarray:
-        return np.random.default_rng(seed).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
 
-    return make
+@pytest.fixture
+def manifest(tmp_path):
+    """A JSONL manifest of three good videos and one corrupt file."""
+    return write_manifest(tmp_path)

@@ -7,15 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import caption_video
-from foveated_vlm.tiny import tiny_config, tiny_processor
-from modeling_foveated import FoveatedVLMForConditionalGeneration
+
+from .builders import TINY_VAE_CHANNELS, FoveatedModelTester, encode_video, save_tiny_vae
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO_FRAMES, VIDEO_FPS, READ_FPS = 20, 10, 5  # a 2 s clip read at 5 fps: 10 frames
@@ -25,18 +24,6 @@ CAPTION_TOKENS = 8
 TEXT_INIT_STD = 0.2  # random logits far from ties: greedy captions are not degenerate
 SMALL_CONTEXT = 40  # positions: the prompt and suffix take ~36, so only a few frames fit
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: int = VIDEO_FPS) -> None:
-    """uint8 ``[T, H, W, 3]`` frames -> an MPEG-4 file."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def moving_square() -> np.ndarray:
@@ -51,17 +38,13 @@ def moving_square() -> np.ndarray:
 def save_tiny_model(directory: Path, tokenizer, **overrides) -> Path:
     """A tiny random model + processor saved as the trainer saves ``D/final`` (Hub-loadable, remote code)."""
     text = {"initializer_range": TEXT_INIT_STD, **overrides.pop("text", {})}
-    config = tiny_config(tokenizer, text=text, **overrides)
-    torch.manual_seed(0)
-    FoveatedVLMForConditionalGeneration(config).save_pretrained(directory)
-    tiny_processor(config, tokenizer).save_pretrained(directory)
-    return directory
+    return FoveatedModelTester(tokenizer).save_model(directory, text=text, **overrides)
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("videos") / "square.mp4"
-    write_mp4(path, moving_square())
+    encode_video(path, moving_square(), fps=VIDEO_FPS)
     return path
 
 
@@ -145,20 +128,12 @@ def test_dense_model_is_captioned_with_generate(tokenizer, video, tmp_path, caps
 
 def test_vae_targets_are_decoded_for_the_figure(tokenizer, video, tmp_path):
     """A VAE-target model: targets are made and the predictions decoded through its (tiny, random) VAE."""
-    from diffusers import AutoencoderKL
-
-    blocks = 4  # three 2x downsamplings: the SD-VAE's factor 8
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
-        block_out_channels=(8,) * blocks, latent_channels=4, norm_num_groups=4, layers_per_block=1,
-    )  # fmt: skip
-    vae.save_pretrained(tmp_path / "vae")
     model_dir = save_tiny_model(
         tmp_path / "model",
         tokenizer,
         target_source="vae",
-        target_channels=4,
-        vae_name_or_path=str(tmp_path / "vae"),
+        target_channels=TINY_VAE_CHANNELS,
+        vae_name_or_path=str(save_tiny_vae(tmp_path / "vae")),
     )
     png = tmp_path / "predictions.png"
     args = cli_args(video, model_dir, "--max-new-tokens", "2", "--predictions", str(png))

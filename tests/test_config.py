@@ -12,7 +12,7 @@ import configuration_foveated
 from configuration_foveated import FoveatedVLMConfig
 from modeling_foveated import attention_entropy
 
-from .test_modeling import _batch
+from .builders import caption_batch
 
 
 def _declared_fields() -> dict[str, bool]:
@@ -96,7 +96,7 @@ def test_bad_dense_grid_and_target_factor_raise():
 def _run(make_model, random_video, seed=0, **overrides):
     model, processor = make_model(seed=seed, **overrides)
     with torch.no_grad():
-        return model, model(**_batch(processor, random_video))
+        return model, model(**caption_batch(processor))
 
 
 def test_query_init_std_sets_the_scale_of_learned_queries(make_model):
@@ -110,7 +110,7 @@ def test_temperature_sharpens_attention(make_model, random_video):
     with torch.no_grad():
         for layer in model.fovea_encoder.layers:  # random-init scores are near zero: give them a spread
             layer.attention.q_proj.weight.mul_(10)
-        batch = _batch(processor, random_video)
+        batch = caption_batch(processor)
         entropies = []
         for temperature in (1.0, 0.02):
             model.config.query_attention_temperature = temperature
@@ -194,7 +194,7 @@ def test_inference_mode_coarse_reads_only_with_the_static_query(make_model, rand
 def test_dense_mode_feeds_pooled_patch_tokens(make_model, random_video):
     model, processor = make_model(foveation_mode="dense", dense_tokens_per_frame=4)
     assert processor.tokens_per_frame == 4 and not hasattr(model, "fovea_query_head")
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     assert (batch["input_ids"] == model.config.frame_token_id).sum() == 4 * 8
     with torch.no_grad():
         out = model(**batch)
@@ -223,7 +223,7 @@ def test_special_token_ids_are_used(make_model, random_video):
 
 def test_mean_pool_coarse_reading_averages_the_patch_states(make_model, random_video):
     model, processor = make_model(coarse_reading="mean_pool")
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     with torch.no_grad():
         out = model(**batch)
         frames = batch["pixel_values_videos"][batch["video_frame_mask"]]

@@ -8,16 +8,7 @@ from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTModel
 
 from modeling_foveated import FoveatedVLMOutput
 
-CAPTIONS = ["the red square moves from left to right.", "the blue circle bounces around."]
-PROMPTS = ["Describe the video.", "What does the blue circle do?"]
-
-
-def _batch(processor, random_video, lengths=(5, 3), **kwargs):
-    videos = [random_video(length, seed=index) for index, length in enumerate(lengths)]
-    count = len(lengths)
-    return processor(
-        text=PROMPTS[:count], videos=videos, captions=CAPTIONS[:count], return_targets=True, **kwargs
-    )
+from .builders import CAPTIONS, PROMPTS, caption_batch
 
 
 def _masked_reference(vit: DINOv3ViTModel, pixels: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
@@ -65,7 +56,7 @@ def test_patch_states_equal_plain_forward_and_ignore_the_query(make_model):
 def test_patch_keys_and_values_are_computed_once(make_model, random_video):
     """k_proj sees each frame's S tokens once (patch pass) plus one row per query read (2 passes)."""
     model, processor = make_model()
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     rows = []
     hooks = [
         layer.attention.k_proj.register_forward_hook(
@@ -84,7 +75,7 @@ def test_patch_keys_and_values_are_computed_once(make_model, random_video):
 
 def test_output_shapes(make_model, random_video):
     model, processor = make_model()
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     out = model(**batch)
     frames = int(batch["video_frame_mask"].sum())
     config = model.config
@@ -105,7 +96,7 @@ def test_output_shapes(make_model, random_video):
 
 def test_first_frame_is_read_by_the_initial_query_and_later_frames_by_planned_ones(make_model, random_video):
     model, processor = make_model()
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     out = model(**batch)
     first = torch.tensor([True, False, False, False, False, True, False, False])
     torch.testing.assert_close(out.queries[first], model.fovea_initial_query.expand(2, -1))
@@ -115,7 +106,7 @@ def test_first_frame_is_read_by_the_initial_query_and_later_frames_by_planned_on
 def test_gradients_reach_static_query_through_both_paths(make_model, random_video):
     model, processor = make_model()
     model.train()
-    out = model(**_batch(processor, random_video))
+    out = model(**caption_batch(processor))
     for term in ("loss_coarse", "loss_fine", "loss_caption"):
         (gradient,) = torch.autograd.grad(out[term], model.fovea_static_query, retain_graph=True)
         assert gradient.abs().sum() > 0, f"{term} does not reach q_static"
@@ -127,11 +118,14 @@ def test_gradients_reach_static_query_through_both_paths(make_model, random_vide
 
 def test_padded_batch_matches_unpadded_runs(make_model, random_video):
     model, processor = make_model()
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     out = model(**batch)
-    singles = [_batch(processor, random_video, lengths=(5,)), None]
+    singles = [caption_batch(processor, lengths=(5,)), None]
     singles[1] = processor(
-        text=PROMPTS[1:2], videos=[random_video(3, seed=1)], captions=CAPTIONS[1:2], return_targets=True
+        text=list(PROMPTS[1:2]),
+        videos=[random_video(3, seed=1)],
+        captions=list(CAPTIONS[1:2]),
+        return_targets=True,
     )
     results = [model(**single) for single in singles]
     torch.testing.assert_close(out.predictions_fine[:5], results[0].predictions_fine, atol=1e-5, rtol=1e-4)
@@ -154,7 +148,7 @@ def test_padded_batch_matches_unpadded_runs(make_model, random_video):
 def test_padded_frames_never_reach_the_model(make_model, random_video):
     """Garbage in padded frame slots changes nothing."""
     model, processor = make_model()
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     reference = model(**batch)
     batch["pixel_values_videos"][1, 3:] = 1e6
     batch["prediction_targets"][1, 3:] = float("nan")
@@ -164,7 +158,7 @@ def test_padded_frames_never_reach_the_model(make_model, random_video):
 
 def test_generate_greedy_sampling_and_coarse_mode(make_model, random_video):
     model, processor = make_model()
-    inputs = processor(text=PROMPTS, videos=[random_video(4), random_video(2, seed=3)])
+    inputs = processor(text=list(PROMPTS), videos=[random_video(4), random_video(2, seed=3)])
     greedy = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     again = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     assert greedy.shape == (2, inputs["input_ids"].shape[1] + 6)
@@ -185,7 +179,7 @@ def test_generate_greedy_sampling_and_coarse_mode(make_model, random_video):
 
 def test_generate_with_cache_equals_full_recompute(make_model, random_video):
     model, processor = make_model()
-    inputs = processor(text=PROMPTS[:1], videos=[random_video(4)])
+    inputs = processor(text=list(PROMPTS[:1]), videos=[random_video(4)])
     generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     mask = torch.ones_like(generated)
     video = {k: inputs[k] for k in ("pixel_values_videos", "video_frame_mask")}
@@ -197,7 +191,7 @@ def test_generate_with_cache_equals_full_recompute(make_model, random_video):
 def test_cache_continues_the_prompt_and_accepts_its_deprecated_name(make_model, random_video):
     model, processor = make_model()
     model.eval()
-    inputs = processor(text=PROMPTS[:1], videos=[random_video(4)])
+    inputs = processor(text=list(PROMPTS[:1]), videos=[random_video(4)])
     prompt = model(**inputs, use_cache=True)
     suffix = torch.tensor([[processor.tokenizer.eos_token_id]])
     mask = torch.cat([inputs["attention_mask"], torch.ones_like(suffix)], dim=1)
@@ -222,7 +216,7 @@ def test_text_only_forward_is_a_language_model(make_model, tokenizer):
 
 def test_model_rejects_inconsistent_inputs(make_model, random_video):
     model, processor = make_model()
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     mask = batch["video_frame_mask"].clone()
     mask[0, 4] = False
     with pytest.raises(ValueError, match="frame tokens per sample"):
@@ -252,7 +246,7 @@ def test_activation_checkpointing_covers_both_models_and_refuses_other_layouts(m
     model, processor = make_model()
     model.train().activation_checkpointing_enable()
     assert model.fovea_encoder.gradient_checkpointing and model.language_model.is_activation_checkpointing
-    out = model(**_batch(processor, random_video))
+    out = model(**caption_batch(processor))
     out.loss.backward()
     assert model.fovea_static_query.grad is not None
     model.activation_checkpointing_disable()
@@ -270,7 +264,7 @@ def test_unpadded_batch_attends_causally_with_every_attention_kernel(
     """The mask-free decoder path must equal the decoder's own masked path (eager attention needs the mask)."""
     model, processor = make_model()
     model.language_model.config._attn_implementation = implementation
-    inputs = processor(text=PROMPTS[:1], videos=[random_video(4)])
+    inputs = processor(text=list(PROMPTS[:1]), videos=[random_video(4)])
     positions = torch.arange(inputs["input_ids"].shape[1]).unsqueeze(0)
     with torch.no_grad():
         direct = model(**inputs).logits

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from processing_foveated import FRAME_TOKEN, VIDEO_END_TOKEN, VIDEO_START_TOKEN
+from foveated_vlm.tiny import tiny_config
+from processing_foveated import FRAME_TOKEN, VIDEO_END_TOKEN, VIDEO_START_TOKEN, FoveatedVLMProcessor
 from video_foveated import load_video, resize_frames, sample_frame_indices
 
 
@@ -200,3 +201,23 @@ def test_too_many_frames_says_how_many_fit(processor, random_video):
         processor(text="x", videos=random_video(600, 8, 8))
     fit = int(str(error.value).split("at most ")[1].split()[0])
     assert processor(text="x", videos=random_video(fit, 8, 8))["input_ids"].shape[1] <= 512
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"target_source": "motion", "target_channels": 2, "motion_search_radius": 3},
+        {"text": {"max_position_embeddings": 64}},
+    ],
+)
+def test_the_processor_of_a_model_config_reads_its_frames_targets_and_context(tokenizer, overrides):
+    config = tiny_config(tokenizer, **overrides)
+    processor = FoveatedVLMProcessor.from_model_config(tokenizer, config, system_prompt="You watch.")
+    assert processor.image_size == config.vision_config.image_size
+    assert processor.target_downsample == config.target_downsample
+    assert processor.target_source == ("motion" if config.target_source == "motion" else "downsampled_frames")
+    assert processor.motion_search_radius == config.motion_search_radius
+    assert processor.tokens_per_frame == config.tokens_per_frame
+    assert processor.max_sequence_length == config.text_config.max_position_embeddings
+    assert processor.system_prompt == "You watch."

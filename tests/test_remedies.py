@@ -8,11 +8,11 @@ import torch
 from modeling_foveated import attention_box_loss, attention_entropy, glimpse_location
 from streaming_foveated import stream_prompt_inputs
 
-from .test_modeling import _batch
+from .builders import caption_batch
 
 
 def _forward(model, processor, random_video, **kwargs):
-    return model(**_batch(processor, random_video), **kwargs)
+    return model(**caption_batch(processor), **kwargs)
 
 
 def _spread_scores(model) -> None:
@@ -108,7 +108,7 @@ def test_soft_attention_is_not_one_hot(make_model, random_video):
 @pytest.mark.parametrize("output", ["mean", "tokens"])
 def test_multi_query_reads_k_queries_through_one_cache(make_model, random_video, output):
     model, processor = make_model(num_queries_per_frame=3, multi_query_output=output)
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     frames = int(batch["video_frame_mask"].sum())
     slots = int((batch["input_ids"] == model.config.frame_token_id).sum())
     assert slots == frames * (3 if output == "tokens" else 1)
@@ -181,7 +181,7 @@ def _box_targets(batch, patches: int) -> torch.Tensor:
 def test_attention_supervision_pulls_the_planned_queries_to_the_box(make_model, random_video):
     model, processor = make_model(attention_supervision_weight=2.0)
     model.train()
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     boxes = _box_targets(batch, model.config.num_patches)
     out = model(**batch, attention_targets=boxes)
     torch.testing.assert_close(out.loss_attention, -out.attention_fine[:, 5].log().mean())
@@ -207,7 +207,7 @@ def test_box_loss_ignores_frames_without_the_object():
 
 def test_fine_probes_replace_the_queries_and_confine_the_reading(make_model, random_video):
     model, processor = make_model()
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     frames = int(batch["video_frame_mask"].sum())
     queries = torch.randn(frames, model.config.query_dim)
     bias = torch.full((frames, model.config.num_patches), float("-inf"))
@@ -231,7 +231,7 @@ def test_predict_delta_adds_the_clean_previous_target_despite_dropout(make_model
         decoder = model.fovea_prediction_head.target_decoder[-1]
         decoder.weight.zero_()
         decoder.bias.zero_()  # the head predicts no change
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     model.train()
     with torch.no_grad():
         out = model(**batch)
@@ -243,7 +243,7 @@ def test_predict_delta_adds_the_clean_previous_target_despite_dropout(make_model
 
 def test_predict_delta_l1_penalises_the_predicted_change(make_model, random_video):
     model, processor = make_model(predict_delta=True, delta_l1_weight=0.5)
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     with torch.no_grad():
         out = model(**batch)
         mask = batch["video_frame_mask"]
@@ -285,7 +285,7 @@ def test_query_skip_makes_the_prediction_depend_on_where_the_query_looked(make_m
 
 def test_previous_target_dropout_only_in_training(make_model, random_video):
     model, processor = make_model(previous_target_dropout=0.9)
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     with torch.no_grad():
         evaluated = [model(**batch).predictions_fine for _ in range(2)]
         model.train()
@@ -365,6 +365,6 @@ def test_remedy_switches_survive_a_save_and_load(make_model, random_video, tmp_p
     model.save_pretrained(tmp_path)
     loaded = FoveatedVLMForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert loaded.config.num_queries_per_frame == 2 and loaded.fovea_location_projection is not None
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)

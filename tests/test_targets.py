@@ -18,6 +18,7 @@ from foveated_vlm.data.targets import (
     cache_directory,
     merge_target_shards,
     target_spec,
+    vae_for,
     write_target_shard,
 )
 from foveated_vlm.data.video_folder import VideoClipDataset, manifest_records
@@ -25,7 +26,7 @@ from foveated_vlm.tiny import tiny_config, tiny_processor
 from foveated_vlm.training.config import load_config
 from foveated_vlm.training.data import build_split
 
-from .test_video_folder import manifest  # noqa: F401  (fixture)
+from .builders import TINY_VAE_CHANNELS, save_tiny_vae
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def _spec(processor, dataset, num_frames: int = 4):
     )
 
 
-def test_cache_matches_processor_targets_and_skips_corrupt(manifest, processor, tmp_path, caplog):  # noqa: F811
+def test_cache_matches_processor_targets_and_skips_corrupt(manifest, processor, tmp_path, caplog):
     dataset = _dataset(manifest)
     with caplog.at_level(logging.WARNING):
         cache = build_target_cache(
@@ -58,7 +59,7 @@ def test_cache_matches_processor_targets_and_skips_corrupt(manifest, processor, 
     assert cache["clips/good0.mp4"].shape == (4, 3, 4, 4)
 
 
-def test_cache_is_reused_without_recomputation(manifest, processor, tmp_path, monkeypatch):  # noqa: F811
+def test_cache_is_reused_without_recomputation(manifest, processor, tmp_path, monkeypatch):
     dataset = _dataset(manifest)
     spec = _spec(processor, dataset)
     first = build_target_cache(dataset, processor, spec, tmp_path / "cache", progress=False)
@@ -74,7 +75,7 @@ def test_cache_is_reused_without_recomputation(manifest, processor, tmp_path, mo
     assert cache_directory(tmp_path / "cache", changed) != first.directory, "new sampling, new cache"
 
 
-def test_cache_built_by_two_processes_covers_each_clip_once(manifest, processor, tmp_path, monkeypatch):  # noqa: F811
+def test_cache_built_by_two_processes_covers_each_clip_once(manifest, processor, tmp_path, monkeypatch):
     dataset = _dataset(manifest)
     spec = _spec(processor, dataset)
     directory = cache_directory(tmp_path / "c", spec)
@@ -101,7 +102,7 @@ def test_cache_built_by_two_processes_covers_each_clip_once(manifest, processor,
     assert single.directory == directory, "the cache the two processes built is reused"
 
 
-def test_cached_targets_flow_into_batches(manifest, processor, tmp_path):  # noqa: F811
+def test_cached_targets_flow_into_batches(manifest, processor, tmp_path):
     dataset = _dataset(manifest)
     cache = build_target_cache(
         dataset, processor, _spec(processor, dataset), tmp_path / "cache", progress=False
@@ -116,7 +117,7 @@ def test_cached_targets_flow_into_batches(manifest, processor, tmp_path):  # noq
     assert batch["labels"].shape == batch["input_ids"].shape
 
 
-def test_training_split_from_a_manifest_uses_the_cache(manifest, tmp_path):  # noqa: F811
+def test_training_split_from_a_manifest_uses_the_cache(manifest, tmp_path):
     config = load_config(
         "configs/smoke.yaml",
         [
@@ -138,19 +139,9 @@ def test_training_split_from_a_manifest_uses_the_cache(manifest, tmp_path):  # n
 
 def test_vae_targets_are_cached_and_train(tmp_path):
     """VAE-latent targets (a tiny random AutoencoderKL built in code) are computed once into the cache and train."""
-    from diffusers import AutoencoderKL
-
     import train_accelerate
 
-    blocks = 4  # downsampling by 2 ** (blocks - 1) = 8, the target factor
-    AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
-        block_out_channels=(8,) * blocks,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-    ).save_pretrained(tmp_path / "vae")
+    save_tiny_vae(tmp_path / "vae")
     run = tmp_path / "run"
     metrics = train_accelerate.main(
         [
@@ -175,3 +166,18 @@ def test_vae_targets_are_cached_and_train(tmp_path):
     assert [path.parent.name.split("-")[0] for path in indexes] == ["train", "validation"]
     cache = TargetCache(indexes[0].parent)
     assert cache.spec["target_source"] == "vae" and cache["train-000000"].shape == (4, 4, 4, 4)
+
+
+def test_vae_for_loads_the_named_vae_only_for_models_of_vae_targets(tokenizer, tmp_path):
+    """One loader of the VAE: None for other targets, the config's (or the given) VAE frozen, a clear error."""
+    assert vae_for(tiny_config(tokenizer)) is None
+    vae_targets = {"target_source": "vae", "target_channels": TINY_VAE_CHANNELS}
+    with pytest.raises(ValueError, match="names no vae_name_or_path"):
+        vae_for(tiny_config(tokenizer, **vae_targets))
+    directory = str(save_tiny_vae(tmp_path / "vae"))
+    vae = vae_for(tiny_config(tokenizer, vae_name_or_path=directory, **vae_targets))
+    assert not vae.training and not any(parameter.requires_grad for parameter in vae.parameters())
+    named = vae_for(
+        tiny_config(tokenizer, vae_name_or_path=str(tmp_path / "absent"), **vae_targets), "cpu", directory
+    )
+    assert named.config.latent_channels == TINY_VAE_CHANNELS

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from foveated_vlm.data.sampler import ShardedBatchSampler, shard_indices
 
-REPO = Path(__file__).resolve().parents[1]
+from .builders import launch_two_cpu_processes
 
 
 def _take(sampler: ShardedBatchSampler, count: int) -> list[list[int]]:
@@ -83,23 +78,6 @@ SCRIPT = textwrap.dedent(
         json.dump(everything, open(sys.argv[1], "w"))
     """
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch_two_cpu_processes(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``accelerate launch`` with 2 processes on the CPU (torchrun with no GPU gives a gloo group)."""
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), *args,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_two_processes_two_workers_see_each_sample_once_per_epoch(tmp_path):

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from .test_training_sharding import launch_two_cpu_processes
+from .builders import launch_two_cpu_processes
 
 HUB_REPO = "tester/foveated-smoke"
 

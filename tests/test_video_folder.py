@@ -3,10 +3,8 @@ corrupt files are reported by name with a count and skipped, never a crash mid-e
 
 from __future__ import annotations
 
-import json
 import logging
 
-import av
 import numpy as np
 import pytest
 
@@ -20,42 +18,7 @@ from foveated_vlm.data.video_folder import (
     split_records,
 )
 
-FRAMES, SIZE, RATE = 12, 40, 12
-
-
-def write_video(path, num_frames: int = FRAMES, size: int = SIZE, seed: int = 0) -> np.ndarray:
-    """Write a small mpeg4 video whose frame t is uniformly grey level 20 * t (plus noise); returns frames."""
-    rng = np.random.default_rng(seed)
-    frames = np.stack([np.full((size, size + 8, 3), 20 * t, np.uint8) for t in range(num_frames)])
-    frames = np.clip(frames + rng.integers(0, 3, frames.shape), 0, 255).astype(np.uint8)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=RATE)
-        stream.width, stream.height, stream.pix_fmt = size + 8, size, "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return frames
-
-
-def write_corrupt(path) -> None:
-    path.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a decodable video")
-
-
-@pytest.fixture
-def manifest(tmp_path):
-    """A JSONL manifest of three good videos and one corrupt file."""
-    (tmp_path / "clips").mkdir()
-    rows = []
-    for index in range(3):
-        write_video(tmp_path / "clips" / f"good{index}.mp4", seed=index)
-        rows.append({"video": f"clips/good{index}.mp4", "caption": f"clip number {index}", "split": "train"})
-    write_corrupt(tmp_path / "clips" / "broken.mp4")
-    rows.insert(1, {"video": "clips/broken.mp4", "caption": "never decoded", "split": "train"})
-    path = tmp_path / "manifest.jsonl"
-    path.write_text("\n".join(json.dumps(row) for row in rows))
-    return path
+from .builders import RAMP_FRAMES, RAMP_RATE, RAMP_SIZE, write_video
 
 
 def test_manifest_with_a_corrupt_file_is_reported_and_skipped(manifest, caplog):
@@ -90,12 +53,12 @@ def test_uniform_and_fps_sampling_and_resizing(tmp_path):
     frames = write_video(tmp_path / "v.mp4")
     record = manifest_records(_single_manifest(tmp_path, "v.mp4"))
     uniform = VideoClipDataset(record, num_frames=4)[0]["frames"]
-    assert uniform.shape == (4, SIZE, SIZE + 8, 3)
+    assert uniform.shape == (4, RAMP_SIZE, RAMP_SIZE + 8, 3)
     levels = uniform.reshape(4, -1).mean(1)
-    expected = frames[np.linspace(0, FRAMES - 1, 4).round().astype(int)].reshape(4, -1).mean(1)
+    expected = frames[np.linspace(0, RAMP_FRAMES - 1, 4).round().astype(int)].reshape(4, -1).mean(1)
     np.testing.assert_allclose(levels, expected, atol=6)
-    at_fps = VideoClipDataset(record, num_frames=None, fps=RATE / 3)[0]["frames"]
-    assert len(at_fps) == FRAMES // 3
+    at_fps = VideoClipDataset(record, num_frames=None, fps=RAMP_RATE / 3)[0]["frames"]
+    assert len(at_fps) == RAMP_FRAMES // 3
     resized = VideoClipDataset(record, num_frames=2, image_size=16)[0]["frames"]
     assert resized.shape == (2, 16, 16, 3)
 
@@ -174,6 +137,6 @@ def test_hub_dataset_with_paths_and_with_bytes(tmp_path):
         "hub", str(tmp_path / "bytes"), "train", video_column="clip", caption_column="text"
     )
     item = VideoClipDataset(records, num_frames=2)[0]
-    assert item["caption"] == "from bytes" and item["frames"].shape == (2, SIZE, SIZE + 8, 3)
+    assert item["caption"] == "from bytes" and item["frames"].shape == (2, RAMP_SIZE, RAMP_SIZE + 8, 3)
     validation = split_records("hub", str(tmp_path / "paths"), "validation", validation_fraction=0.99)
     assert validation, "a missing split is carved from train"

@@ -92,13 +92,27 @@ def compute_targets(frames, processor, vae=None) -> torch.Tensor:
     return processor.frame_targets(resized, vae)
 
 
-def load_vae(name_or_path: str, device: torch.device | str = "cpu"):
-    """The frozen ``diffusers.AutoencoderKL`` that makes VAE targets."""
+def load_vae(name_or_path: str | os.PathLike, device: torch.device | str = "cpu"):
+    """The frozen ``diffusers.AutoencoderKL`` (eval mode, no gradients) that makes and decodes VAE targets."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(name_or_path).to(device)
+    vae = AutoencoderKL.from_pretrained(os.fspath(name_or_path)).to(device)
     vae.requires_grad_(False)
     return vae.eval()
+
+
+def vae_for(model_config, device: torch.device | str = "cpu", name_or_path: str | None = None):
+    """The VAE of a model that predicts VAE latents (``name_or_path``, else its config's); None for other targets.
+
+    Raises:
+        ValueError: if the model predicts VAE latents but no VAE is named.
+    """
+    if model_config.target_source != "vae":
+        return None
+    name = name_or_path or model_config.vae_name_or_path
+    if not name:
+        raise ValueError("the model predicts VAE latents but its config names no vae_name_or_path")
+    return load_vae(name, device)
 
 
 class TargetCache:
@@ -280,4 +294,5 @@ __all__ = [
     "load_vae",
     "spec_fingerprint",
     "target_spec",
+    "vae_for",
 ]

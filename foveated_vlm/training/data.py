@@ -14,7 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader
 from foveated_vlm.data.collate import VideoCaptionCollator
 from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset
 from foveated_vlm.data.sampler import ShardedBatchSampler, shard_indices
-from foveated_vlm.data.targets import WithCachedTargets, build_target_cache, load_vae, target_spec
+from foveated_vlm.data.targets import WithCachedTargets, build_target_cache, target_spec, vae_for
 from foveated_vlm.data.video_folder import VideoClipDataset, report_skipped, scan_clips, split_records
 
 from .config import TrainingConfig
@@ -160,11 +160,8 @@ def _scan_sharded(dataset: VideoClipDataset, accelerator) -> dict[str, str]:
 
 def build_datasets(config: TrainingConfig, processor, model_config, accelerator=None) -> dict[str, Any]:
     """``{"train": ..., "validation": ...}`` data sets (held-out clips are built by the demo report)."""
-    vae = None
-    if model_config.target_source == "vae":
-        name = config.model.vae_name_or_path or model_config.vae_name_or_path
-        device = accelerator.device if accelerator is not None else "cpu"
-        vae = load_vae(name, device)
+    device = accelerator.device if accelerator is not None else "cpu"
+    vae = vae_for(model_config, device, config.model.vae_name_or_path)
     return {
         role: build_split(config, role, processor, model_config.target_source, accelerator, vae)
         for role in ("train", "validation")

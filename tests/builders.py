@@ -1,0 +1,158 @@
+"""Shared test builders, in the style of transformers' model testers: the one place tests get tiny configs,
+models, processors, batches, saved model folders, tiny VAEs, encoded videos and two-process launches from.
+
+Tests import helpers from here (or take the fixtures of ``conftest.py``), never from another test file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from foveated_vlm.tiny import tiny_config, tiny_processor
+from modeling_foveated import FoveatedVLMForConditionalGeneration
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTIONS = ("the red square moves from left to right.", "the blue circle bounces around.")
+PROMPTS = ("Describe the video.", "What does the blue circle do?")
+TINY_VAE_BLOCKS = 4
+"""Encoder blocks of the tiny VAE: three 2x downsamplings, the SD-VAE's factor 8 (the target factor)."""
+TINY_VAE_CHANNELS = 4
+"""Latent channels of the tiny VAE (as the SD-VAE's)."""
+
+
+class FoveatedModelTester:
+    """Builds tiny configs, models, processors and batches around one tokenizer (no hub, no downloads)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def config(self, **overrides):
+        """A tiny :class:`FoveatedVLMConfig` (``foveated_vlm.tiny.tiny_config``) with ``overrides``."""
+        return tiny_config(self.tokenizer, **overrides)
+
+    def processor(self, config=None):
+        """The processor matching ``config`` (the default tiny config when None)."""
+        return tiny_processor(config if config is not None else self.config(), self.tokenizer)
+
+    def model_and_processor(self, seed: int = 0, **overrides):
+        """``(model, processor)`` of a tiny config with ``overrides``, initialised from ``seed``, in eval mode."""
+        config = self.config(**overrides)
+        torch.manual_seed(seed)
+        return FoveatedVLMForConditionalGeneration(config).eval(), self.processor(config)
+
+    def save_model(self, directory: Path, seed: int = 0, **overrides) -> Path:
+        """A tiny random model + processor saved as the trainer saves ``D/final`` (Hub-loadable, remote code)."""
+        model, processor = self.model_and_processor(seed, **overrides)
+        model.save_pretrained(directory)
+        processor.save_pretrained(directory)
+        return directory
+
+
+def random_frames(frames: int, height: int = 32, width: int = 32, seed: int = 0) -> np.ndarray:
+    """uint8 noise ``[T, H, W, 3]``."""
+    return np.random.default_rng(seed).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+
+
+def caption_batch(processor, lengths: Sequence[int] = (5, 3), **kwargs):
+    """A captioned batch with targets: one random video per entry of ``lengths`` (its frame count), at most
+    ``len(PROMPTS)`` videos."""
+    videos = [random_frames(length, seed=index) for index, length in enumerate(lengths)]
+    count = len(lengths)
+    return processor(
+        text=list(PROMPTS[:count]),
+        videos=videos,
+        captions=list(CAPTIONS[:count]),
+        return_targets=True,
+        **kwargs,
+    )
+
+
+def save_tiny_vae(directory: Path) -> Path:
+    """A tiny random ``diffusers.AutoencoderKL`` (factor 8, ``TINY_VAE_CHANNELS`` latents) saved to ``directory``."""
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * TINY_VAE_BLOCKS,
+        up_block_types=("UpDecoderBlock2D",) * TINY_VAE_BLOCKS,
+        block_out_channels=(8,) * TINY_VAE_BLOCKS,
+        latent_channels=TINY_VAE_CHANNELS,
+        norm_num_groups=4,
+        layers_per_block=1,
+    ).save_pretrained(directory)
+    return directory
+
+
+def encode_video(
+    path: Path, frames: np.ndarray, fps: int, codec: str = "mpeg4", pix_fmt: str = "yuv420p"
+) -> Path:
+    """uint8 ``[T, H, W, 3]`` frames -> an encoded video file at ``path`` (PyAV)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+RAMP_FRAMES, RAMP_SIZE, RAMP_RATE = 12, 40, 12
+"""The grey-ramp video of :func:`write_video`: frames, height (width is 8 more) and frame rate."""
+PIXEL_NOISE = 3  # grey levels of noise added to the ramp (exclusive bound)
+RAMP_STEP = 20  # grey levels between consecutive frames of the ramp
+
+
+def write_video(path, num_frames: int = RAMP_FRAMES, size: int = RAMP_SIZE, seed: int = 0) -> np.ndarray:
+    """Write a small mpeg4 video whose frame t is uniformly grey level 20 * t (plus noise); returns frames."""
+    rng = np.random.default_rng(seed)
+    frames = np.stack([np.full((size, size + 8, 3), RAMP_STEP * t, np.uint8) for t in range(num_frames)])
+    frames = np.clip(frames + rng.integers(0, PIXEL_NOISE, frames.shape), 0, 255).astype(np.uint8)
+    encode_video(Path(path), frames, fps=RAMP_RATE)
+    return frames
+
+
+def write_corrupt(path) -> None:
+    """A file named like a video that holds no decodable video."""
+    path.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a decodable video")
+
+
+def write_manifest(directory: Path) -> Path:
+    """A JSONL manifest in ``directory`` of three good videos and one corrupt file (the second row)."""
+    (directory / "clips").mkdir()
+    rows = []
+    for index in range(3):
+        write_video(directory / "clips" / f"good{index}.mp4", seed=index)
+        rows.append({"video": f"clips/good{index}.mp4", "caption": f"clip number {index}", "split": "train"})
+    write_corrupt(directory / "clips" / "broken.mp4")
+    rows.insert(1, {"video": "clips/broken.mp4", "caption": "never decoded", "split": "train"})
+    path = directory / "manifest.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_two_cpu_processes(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with 2 processes on the CPU (torchrun with no GPU gives a gloo group)."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
