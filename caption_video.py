@@ -30,7 +30,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -43,6 +42,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from foveated_vlm.data.targets import vae_for
+from foveated_vlm.files import atomic_path
 from processing_foveated import check_prompt_text
 from streaming_foveated import DEFAULT_CHUNK_FRAMES, stream_prompt_inputs
 from video_foveated import iter_video, sampled_frame_count, to_uint8, video_duration
@@ -317,12 +317,10 @@ def write_attention_gif(path: str, frames: torch.Tensor, attention: torch.Tensor
     images = attention_overlays(frames[keep], attention[keep])
     step = (frames.shape[0] - 1) / max(1, len(keep) - 1) if len(keep) > 1 else 1.0
     duration_ms = round(1000 * step / (fps or GIF_FPS))
-    _atomic_write(
-        path,
-        lambda tmp: images[0].save(
-            tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0
-        ),
-    )
+    with atomic_path(path) as temporary:
+        images[0].save(
+            temporary, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0
+        )
 
 
 def write_predictions_png(path: str, real: torch.Tensor, predicted: torch.Tensor) -> None:
@@ -343,20 +341,8 @@ def write_predictions_png(path: str, real: torch.Tensor, predicted: torch.Tensor
     axes[0, 0].set_ylabel("real")
     axes[1, 0].set_ylabel("predicted")
     figure.tight_layout()
-    _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-
-
-def _atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` then move the file into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
 
 
 # ---------------------------------------------------------------------------------------------- main

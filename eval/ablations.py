@@ -52,7 +52,7 @@ from eval.common import (  # noqa: E402
     markdown_table,
     write_report,
 )
-from foveated_vlm.data.targets import atomic_write_text  # noqa: E402
+from foveated_vlm.files import atomic_write_text  # noqa: E402
 from foveated_vlm.metrics import BACKENDS  # noqa: E402
 from foveated_vlm.training.config import load_config, parse_yaml  # noqa: E402
 

@@ -53,7 +53,7 @@ from configuration_foveated import FoveatedVLMConfig
 from eval.common import markdown_table
 from foveated_vlm.data.collate import VideoCaptionCollator
 from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset
-from foveated_vlm.data.targets import atomic_write_text
+from foveated_vlm.files import atomic_write_text
 from foveated_vlm.tiny import tiny_config, tiny_processor, tiny_tokenizer
 from foveated_vlm.training.modeling import set_encoder_trainable
 from foveated_vlm.training.speed import GRAPH_WARMUP_STEPS as TRAIN_GRAPH_WARMUP_STEPS

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ if __package__ in (None, ""):  # run as `python eval/build_mcq.py`: import from 
 import numpy as np  # noqa: E402
 
 from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset  # noqa: E402
-from foveated_vlm.data.targets import atomic_write_text  # noqa: E402
+from foveated_vlm.files import atomic_path, atomic_write_text  # noqa: E402
 from foveated_vlm.training.config import load_config  # noqa: E402
 from foveated_vlm.training.data import procedural_config  # noqa: E402
 
@@ -45,22 +44,19 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int = VIDEO_FPS) -> None:
 
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise ValueError(f"H.264 with 4:2:0 chroma needs even frame sides, got {frames.shape[1:3]}")
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    with av.open(str(temporary), mode="w", format="mp4") as container:
+    with atomic_path(path) as temporary, av.open(str(temporary), mode="w", format="mp4") as container:
         stream = container.add_stream(VIDEO_CODEC, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], VIDEO_PIXEL_FORMAT
         stream.options = {"crf": VIDEO_CRF}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
-    os.replace(temporary, path)
 
 
 def write_npy(frames: np.ndarray, path: Path) -> None:
     """Save frames as ``.npy``, atomically."""
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
-    np.save(temporary, frames)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        np.save(handle, frames)
 
 
 def mcq_row(clip: dict[str, Any], video: str) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from eval.common import (  # noqa: E402
 )
 from foveated_vlm.data.collate import VideoCaptionCollator  # noqa: E402
 from foveated_vlm.data.procedural import parse_caption  # noqa: E402
-from foveated_vlm.data.targets import atomic_write_text  # noqa: E402
+from foveated_vlm.files import atomic_write_text  # noqa: E402
 from foveated_vlm.metrics import BACKENDS, CAPTION_METRICS, caption_metrics  # noqa: E402
 
 MODES = ("two_pass", "coarse")

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from foveated_vlm.data.targets import atomic_write_text, vae_for
+from foveated_vlm.data.targets import vae_for
+from foveated_vlm.files import atomic_write_text
 from foveated_vlm.metrics import bootstrap_ci, token_log_likelihoods
 from foveated_vlm.training.config import TrainingConfig, load_config
 from foveated_vlm.training.data import build_split

@@ -37,6 +37,7 @@ from eval.common import (  # noqa: E402
     script_parser,
     write_report,
 )
+from foveated_vlm.files import atomic_path  # noqa: E402
 from foveated_vlm.metrics import crop_boxes  # noqa: E402
 from foveated_vlm.training.figures import read_log  # noqa: E402
 from video_foveated import to_uint8  # noqa: E402
@@ -181,14 +182,11 @@ def side_by_side(panels: list[np.ndarray], labels: list[str]) -> np.ndarray:
 
 def save_gif(images: list[np.ndarray], path: Path) -> None:
     """An endlessly looping GIF of uint8 ``[H, W, 3]`` images, written atomically."""
-    import os
-
     from PIL import Image
 
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.gif")
     first, *rest = [Image.fromarray(image) for image in images]
-    first.save(temporary, save_all=True, append_images=rest, duration=GIF_FRAME_MS, loop=0)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        first.save(temporary, format="GIF", save_all=True, append_images=rest, duration=GIF_FRAME_MS, loop=0)
 
 
 def plot_grid(rows: dict[str, list[np.ndarray]], title: str, path: Path) -> None:

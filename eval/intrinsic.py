@@ -49,7 +49,7 @@ from eval.common import (  # noqa: E402
     summarise,
     write_report,
 )
-from foveated_vlm.data.targets import atomic_write_text  # noqa: E402
+from foveated_vlm.files import atomic_write_text  # noqa: E402
 from foveated_vlm.metrics import (  # noqa: E402
     attention_coverage,
     attention_entropy,

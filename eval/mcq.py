@@ -43,7 +43,7 @@ from eval.common import (  # noqa: E402
     summarise,
     write_report,
 )
-from foveated_vlm.data.targets import atomic_write_text  # noqa: E402
+from foveated_vlm.files import atomic_write_text  # noqa: E402
 from foveated_vlm.metrics import token_log_likelihoods  # noqa: E402
 from processing_foveated import END_OF_TURN, IGNORE_INDEX  # noqa: E402
 from video_foveated import load_video, sample_frame_indices  # noqa: E402

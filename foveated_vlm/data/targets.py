@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from configuration_foveated import TARGET_SOURCES
+from foveated_vlm.files import atomic_path, atomic_write_text
 from video_foveated import video_to_array
 
 from .sampler import shard_indices
@@ -36,14 +37,6 @@ CACHE_FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 FINGERPRINT_LENGTH = 16
 DEFAULT_CHUNK_CLIPS = 512
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def target_spec(
@@ -160,9 +153,8 @@ def _load_item(dataset, index: int) -> dict[str, Any]:
 
 
 def _write_chunk(directory: Path, name: str, tensors: dict[str, torch.Tensor]) -> None:
-    temporary = directory / f".{name}.tmp-{os.getpid()}"
-    save_file({key: value.contiguous() for key, value in tensors.items()}, str(temporary))
-    os.replace(temporary, directory / name)
+    with atomic_path(directory / name) as temporary:
+        save_file({key: value.contiguous() for key, value in tensors.items()}, str(temporary))
 
 
 def write_target_shard(
@@ -287,7 +279,6 @@ class WithCachedTargets(torch.utils.data.Dataset):
 __all__ = [
     "TargetCache",
     "WithCachedTargets",
-    "atomic_write_text",
     "build_target_cache",
     "cache_directory",
     "compute_targets",

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from foveated_vlm.data.targets import atomic_write_text
+from foveated_vlm.files import atomic_write_text, replace_directory
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_NAME = "trainer_state.json"
@@ -88,9 +88,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_text(temporary / STATE_NAME, json.dumps({**state, "step": step}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temporary, final)
+        replace_directory(temporary, final)
         for _, old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()

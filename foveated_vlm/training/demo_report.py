@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from foveated_vlm.files import atomic_write_text
 from layout_foveated import UnnormalisedPixelsWarning
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 from processing_foveated import FoveatedVLMProcessor
 
-from ..data.targets import atomic_write_text
 from .config import load_config
 from .data import build_split
 from .figures import plot_fovea_on_named_object, plot_loss_curve

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
+
+from foveated_vlm.files import atomic_path
 
 FIGURE_DPI = 120
 TRAIN_CURVES = ("loss_fine", "loss_coarse", "loss_caption")
@@ -26,11 +27,9 @@ def save_figure(figure, path: str | os.PathLike) -> None:
     """Save a matplotlib figure atomically (PNG at ``FIGURE_DPI``) and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    figure.savefig(temporary, dpi=FIGURE_DPI, bbox_inches="tight")
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=FIGURE_DPI, bbox_inches="tight")
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 def plot_loss_curve(log_path: str | os.PathLike, out_path: str | os.PathLike) -> None:

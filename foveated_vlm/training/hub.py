@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from ..data.targets import atomic_write_text
+from foveated_vlm.files import atomic_write_text, replace_directory, temporary_sibling
+
 from .config import TrainingConfig
 
 HUB_LOCAL_DIR_ENV = "FOVEATED_HUB_LOCAL_DIR"
@@ -153,13 +154,10 @@ def push_to_hub(
     local_dir = local_dir or os.environ.get(HUB_LOCAL_DIR_ENV)
     if local_dir:
         destination = Path(local_dir) / repo_id
-        temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
+        temporary = temporary_sibling(destination)
         shutil.rmtree(temporary, ignore_errors=True)
         shutil.copytree(folder, temporary)
-        if destination.exists():
-            shutil.rmtree(destination)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temporary, destination)
+        replace_directory(temporary, destination)
         return str(destination)
     from huggingface_hub import HfApi
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,10 +23,10 @@ from typing import Any
 import torch
 import yaml
 
+from foveated_vlm.files import atomic_write_text, replace_directory
 from modeling_foveated import attention_entropy
 
 from ..data.collate import VideoCaptionCollator
-from ..data.targets import atomic_write_text
 from ..metrics import attention_mass_in_box
 from .checkpoint import read_trainer_state, resolve_resume, save_checkpoint
 from .config import TrainingConfig, flat_config
@@ -458,9 +457,7 @@ def save_final(
         if log_path.is_file() and log_path.stat().st_size:
             plot_loss_curve(log_path, temporary / "loss_curve.png")
         write_model_card(temporary, config, metrics, repo_id)
-        if final_dir.exists():
-            shutil.rmtree(final_dir)
-        os.replace(temporary, final_dir)
+        replace_directory(temporary, final_dir)
     accelerator.wait_for_everyone()
     return final_dir
 
