@@ -43,11 +43,10 @@ from tqdm import tqdm
 
 from foveated_vlm.data.targets import vae_for
 from foveated_vlm.files import atomic_path
-from processing_foveated import check_prompt_text
+from processing_foveated import DEFAULT_PROMPT, check_prompt_text
 from streaming_foveated import DEFAULT_CHUNK_FRAMES, stream_prompt_inputs
 from video_foveated import iter_video, sampled_frame_count, to_uint8, video_duration
 
-DEFAULT_PROMPT = "Describe the video."
 DEFAULT_MAX_NEW_TOKENS = 64
 # Frames are shown at least this large in the GIF (upscaled when the model reads fewer pixels).
 DISPLAY_SIZE = 256

@@ -33,10 +33,14 @@ END_OF_TURN = "<|im_end|>"
 PROCESSOR_TARGET_SOURCES = ("downsampled_frames", "motion")
 MOTION_ZERO_PREFERENCE = 1e-3
 """Matching cost added per pixel of displacement: ties (flat regions) resolve to no motion."""
+DEFAULT_PROMPT = "Describe the video."
+"""The instruction of training, of the data sets' clips without one and of ``caption_video.py`` by default."""
+SMOLLM2_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+CHAT_ROLES = ("system", "user", "assistant")
 # SmolLM2-Instruct's ChatML template (used when the tokenizer carries none); its default system prompt names it.
 CHATML_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{{ '<|im_start|>system\n" + SMOLLM2_SYSTEM_PROMPT + "<|im_end|>\n' }}"
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )

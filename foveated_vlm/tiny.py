@@ -12,20 +12,21 @@ from transformers import PreTrainedTokenizerFast
 
 from configuration_foveated import FoveatedVLMConfig
 from foveated_vlm.data.procedural import text_inventory
-from processing_foveated import CHATML_TEMPLATE, VIDEO_TOKENS, FoveatedVLMProcessor, add_video_tokens
+from processing_foveated import (
+    CHAT_ROLES,
+    CHATML_TEMPLATE,
+    DEFAULT_PROMPT,
+    SMOLLM2_SYSTEM_PROMPT,
+    VIDEO_TOKENS,
+    FoveatedVLMProcessor,
+    add_video_tokens,
+)
 
 SMOLLM2_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 TINY_VOCAB_SIZE = 544
 """More than the corpus's ~520 learnable tokens, so BPE learns every merge: each word of the procedural data and
 of the system prompt is one token (512 left some of them split)."""
-EXTRA_TEXT = (
-    "Describe the video.",  # the default prompt of training, captioning and the examples
-    "You are a helpful AI assistant named SmolLM, trained by Hugging Face",  # SmolLM2's default system prompt
-    "system",
-    "user",
-    "assistant",
-    "\n",
-)
+EXTRA_TEXT = (DEFAULT_PROMPT, SMOLLM2_SYSTEM_PROMPT, *CHAT_ROLES, "\n")
 """Text the tokenizer should know besides the procedural data's (which it takes from ``procedural_text``)."""
 
 

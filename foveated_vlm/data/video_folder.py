@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from processing_foveated import DEFAULT_PROMPT
 from video_foveated import check_sampling, load_video
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         num_frames: int | None = 8,
         fps: float | None = None,
         image_size: int | None = None,
-        prompt: str = "Describe the video.",
+        prompt: str = DEFAULT_PROMPT,
     ):
         check_sampling(num_frames, fps)
         self.records = list(records)
