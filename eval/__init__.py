@@ -11,4 +11,6 @@
 * ``python -m eval.ablations``  train and evaluate each arm of §13.2 with the same data, steps and seed.
 * ``python -m eval.figures``    loss curves, attention heat maps, predicted vs real next frames (PNG + GIF).
 * ``python -m eval.benchmark``  GPU speed of foveated vs dense (see its own docstring).
+
+Run them from the repository root as modules (``python -m eval.NAME``), not as files.
 """

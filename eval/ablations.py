@@ -37,13 +37,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python eval/ablations.py`: import from the repository root
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
 
-import torch  # noqa: E402
-
-from eval import captioning, fovea, intrinsic, probes  # noqa: E402
-from eval.common import (  # noqa: E402
+from eval import captioning, fovea, intrinsic, probes
+from eval.common import (
     FINAL_DIR,
     REPORT_JSON,
     add_override_argument,
@@ -52,9 +49,9 @@ from eval.common import (  # noqa: E402
     markdown_table,
     write_report,
 )
-from foveated_vlm.files import atomic_write_text  # noqa: E402
-from foveated_vlm.metrics import BACKENDS  # noqa: E402
-from foveated_vlm.training.config import load_config, parse_yaml  # noqa: E402
+from foveated_vlm.files import atomic_write_text
+from foveated_vlm.metrics import BACKENDS
+from foveated_vlm.training.config import load_config, parse_yaml
 
 logger = logging.getLogger(__name__)
 

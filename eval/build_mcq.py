@@ -18,15 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python eval/build_mcq.py`: import from the repository root
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset  # noqa: E402
-from foveated_vlm.files import atomic_path, atomic_write_text  # noqa: E402
-from foveated_vlm.training.config import load_config  # noqa: E402
-from foveated_vlm.training.data import procedural_config  # noqa: E402
+from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset
+from foveated_vlm.files import atomic_path, atomic_write_text
+from foveated_vlm.training.config import load_config
+from foveated_vlm.training.data import procedural_config
 
 MCQ_NAME = "mcq.jsonl"
 VIDEO_DIR = "videos"

@@ -16,15 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
-if __package__ in (None, ""):  # run as `python eval/captioning.py`: import from the repository root
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from eval.common import (  # noqa: E402
+from eval.common import (
     command_line,
     default_inference_mode,
     format_ci,
@@ -35,10 +31,10 @@ from eval.common import (  # noqa: E402
     summarise,
     write_report,
 )
-from foveated_vlm.data.collate import VideoCaptionCollator  # noqa: E402
-from foveated_vlm.data.procedural import parse_caption  # noqa: E402
-from foveated_vlm.files import atomic_write_text  # noqa: E402
-from foveated_vlm.metrics import BACKENDS, CAPTION_METRICS, caption_metrics  # noqa: E402
+from foveated_vlm.data.collate import VideoCaptionCollator
+from foveated_vlm.data.procedural import parse_caption
+from foveated_vlm.files import atomic_write_text
+from foveated_vlm.metrics import BACKENDS, CAPTION_METRICS, caption_metrics
 
 MODES = ("two_pass", "coarse")
 DEFAULT_MAX_NEW_TOKENS = 24

@@ -19,13 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python eval/figures.py`: import from the repository root
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from eval.common import (  # noqa: E402
+from eval.common import (
     LOG_NAME,
     ClipOutputs,
     command_line,
@@ -37,10 +34,10 @@ from eval.common import (  # noqa: E402
     script_parser,
     write_report,
 )
-from foveated_vlm.files import atomic_path  # noqa: E402
-from foveated_vlm.metrics import crop_boxes  # noqa: E402
-from foveated_vlm.training.figures import read_log  # noqa: E402
-from video_foveated import to_uint8  # noqa: E402
+from foveated_vlm.files import atomic_path
+from foveated_vlm.metrics import crop_boxes
+from foveated_vlm.training.figures import read_log
+from video_foveated import to_uint8
 
 DISPLAY_SIDE = 160
 """Frames are upscaled (nearest) to about this many pixels for the GIFs."""

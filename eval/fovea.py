@@ -22,13 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python eval/fovea.py`: import from the repository root
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from eval.common import (  # noqa: E402
+from eval.common import (
     ClipOutputs,
     command_line,
     format_ci,
@@ -42,7 +39,7 @@ from eval.common import (  # noqa: E402
     summarise,
     write_report,
 )
-from foveated_vlm.metrics import (  # noqa: E402
+from foveated_vlm.metrics import (
     attention_mass_in_box,
     bootstrap_ci,
     ratio_of_means,

@@ -27,17 +27,13 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python eval/intrinsic.py`: import from the repository root
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from eval.common import (  # noqa: E402
+from eval.common import (
     ClipOutputs,
     command_line,
     format_ci,
@@ -49,8 +45,8 @@ from eval.common import (  # noqa: E402
     summarise,
     write_report,
 )
-from foveated_vlm.files import atomic_write_text  # noqa: E402
-from foveated_vlm.metrics import (  # noqa: E402
+from foveated_vlm.files import atomic_write_text
+from foveated_vlm.metrics import (
     attention_coverage,
     attention_entropy,
     bootstrap_ci,

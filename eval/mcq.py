@@ -26,13 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python eval/mcq.py`: import from the repository root
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from eval.common import (  # noqa: E402
+from eval.common import (
     command_line,
     format_ci,
     load_model,
@@ -43,10 +40,10 @@ from eval.common import (  # noqa: E402
     summarise,
     write_report,
 )
-from foveated_vlm.files import atomic_write_text  # noqa: E402
-from foveated_vlm.metrics import token_log_likelihoods  # noqa: E402
-from processing_foveated import END_OF_TURN, IGNORE_INDEX  # noqa: E402
-from video_foveated import load_video, sample_frame_indices  # noqa: E402
+from foveated_vlm.files import atomic_write_text
+from foveated_vlm.metrics import token_log_likelihoods
+from processing_foveated import END_OF_TURN, IGNORE_INDEX
+from video_foveated import load_video, sample_frame_indices
 
 MODES = ("coarse", "two_pass", "streaming")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -38,14 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python eval/probes.py`: import from the repository root
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from eval.common import (  # noqa: E402
+from eval.common import (
     command_line,
     default_inference_mode,
     format_ci,
@@ -59,8 +56,8 @@ from eval.common import (  # noqa: E402
     summarise,
     write_report,
 )
-from foveated_vlm.data.procedural import parse_caption  # noqa: E402
-from foveated_vlm.metrics import (  # noqa: E402
+from foveated_vlm.data.procedural import parse_caption
+from foveated_vlm.metrics import (
     attention_mass_in_box,
     bootstrap_ci,
     ratio_of_means,

@@ -318,11 +318,12 @@ def test_mcq_end_to_end_from_a_built_set(run_dir, tmp_path, video_format):
     assert read_report(tmp_path / "out")["num_questions"] == 3
 
 
-def test_build_mcq_runs_as_a_script(tmp_path):
+def test_build_mcq_runs_as_a_module(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            "eval/build_mcq.py",
+            "-m",
+            "eval.build_mcq",
             "--out",
             str(tmp_path),
             "--num_clips",
