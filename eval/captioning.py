@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from eval.attributes import DEFAULT_SCORED_ATTRIBUTES, score_caption
 from eval.common import (
     command_line,
     default_inference_mode,
@@ -32,7 +33,6 @@ from eval.common import (
     write_report,
 )
 from foveated_vlm.data.collate import VideoCaptionCollator
-from foveated_vlm.data.procedural import parse_caption
 from foveated_vlm.files import atomic_write_text
 from foveated_vlm.metrics import BACKENDS, CAPTION_METRICS, caption_metrics
 
@@ -40,9 +40,8 @@ MODES = ("two_pass", "coarse")
 DEFAULT_MAX_NEW_TOKENS = 24
 NUM_EXAMPLES = 8
 CAPTIONS_NAME = "captions.jsonl"
-ATTRIBUTES = ("colour", "shape", "motion")
-"""What :func:`attribute_accuracy` scores (``eval.probes`` scores each clip's own ``scored_attributes``)."""
-ACCURACY_KEYS = (*ATTRIBUTES, "all")
+ACCURACY_KEYS = (*DEFAULT_SCORED_ATTRIBUTES, "all")
+"""Attribute accuracies reported: each of :data:`DEFAULT_SCORED_ATTRIBUTES` and all of them together."""
 
 
 @torch.no_grad()
@@ -68,20 +67,11 @@ def caption_clips(model, processor, dataset, batch_size: int, max_new_tokens: in
     return results
 
 
-def attribute_accuracy(results: list[dict[str, str]]) -> dict[str, float]:
-    """Exact-match accuracy of colour, shape and motion (parsed from the text), their mean, and whole triples."""
-    if not results:
-        raise ValueError("no captions to score")
-    hits = {key: 0 for key in (*ATTRIBUTES, "all")}
-    for result in results:
-        reference, generated = parse_caption(result["reference"]), parse_caption(result["generated"])
-        matched = [generated[key] == reference[key] for key in ATTRIBUTES]
-        for key, match in zip(ATTRIBUTES, matched, strict=True):
-            hits[key] += match
-        hits["all"] += all(matched)
-    accuracy = {key: value / len(results) for key, value in hits.items()}
-    accuracy["mean"] = sum(accuracy[key] for key in ATTRIBUTES) / len(ATTRIBUTES)
-    return accuracy
+def attribute_hits(result: dict[str, str]) -> dict[str, float]:
+    """1.0 or 0.0 per key of ``ACCURACY_KEYS``: the generated caption's attributes against the reference's
+    (:func:`eval.attributes.score_caption`)."""
+    hits = score_caption({"caption": result["reference"]}, result["generated"])
+    return {**{key: float(hit) for key, hit in hits.items()}, "all": float(all(hits.values()))}
 
 
 def score_captions(results: list[dict[str, str]], procedural: bool, backend: str) -> dict[str, Any]:
@@ -90,7 +80,7 @@ def score_captions(results: list[dict[str, str]], procedural: bool, backend: str
     scores, implementations = caption_metrics(predictions, [[r["reference"]] for r in results], backend)
     figures: dict[str, Any] = {"metrics": scores, "implementations": implementations}
     if procedural:
-        hits = [attribute_accuracy([result]) for result in results]
+        hits = [attribute_hits(result) for result in results]
         figures["attribute_accuracy"] = {key: summarise([hit[key] for hit in hits]) for key in ACCURACY_KEYS}
     return figures
 

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from eval.attributes import ATTRIBUTES, score_caption, scored_attributes_of, true_attributes
 from eval.common import (
     command_line,
     default_inference_mode,
@@ -56,7 +57,6 @@ from eval.common import (
     summarise,
     write_report,
 )
-from foveated_vlm.data.procedural import parse_caption
 from foveated_vlm.metrics import (
     attention_mass_in_box,
     bootstrap_ci,
@@ -77,9 +77,6 @@ READER_DESCRIPTIONS = {
     "oracle": "planned queries confined to the target box's patches",
     "blank": "mean-colour frames, planned queries",
 }
-ATTRIBUTES = ("colour", "shape", "size", "motion")
-DEFAULT_SCORED_ATTRIBUTES = ("colour", "shape", "motion")
-"""Scored when a clip does not say (clips made before ``scored_attributes`` existed)."""
 SUBSETS = {"all": None, "named": True, "generic": False}
 DEFAULT_MAX_NEW_TOKENS = 24
 DEFAULT_BATCH_SIZE = 8
@@ -95,7 +92,6 @@ _RANDOM_STREAM, _SHUFFLE_STREAM = 1, 2
 """Second entries of the per-clip seed sequences, so that readers draw independent numbers."""
 
 __all__ = [
-    "ATTRIBUTES",
     "READERS",
     "ProbeBatch",
     "blank_inputs",
@@ -111,50 +107,8 @@ __all__ = [
     "random_queries",
     "reader_call",
     "run_probes",
-    "score_caption",
-    "scored_attributes_of",
     "shuffled_order",
-    "true_attributes",
 ]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Caption scoring
-# ----------------------------------------------------------------------------------------------------
-
-
-def scored_attributes_of(item: dict[str, Any]) -> tuple[str, ...]:
-    """The attributes a clip's caption is scored on (``item["scored_attributes"]``, else colour/shape/motion)."""
-    scored = tuple(item.get("scored_attributes") or DEFAULT_SCORED_ATTRIBUTES)
-    unknown = [name for name in scored if name not in ATTRIBUTES]
-    if unknown:
-        raise ValueError(
-            f"clip {item.get('clip_id')!r} scores unknown attributes {unknown}; known: {ATTRIBUTES}"
-        )
-    return scored
-
-
-def true_attributes(item: dict[str, Any]) -> dict[str, str | None]:
-    """The clip's attributes read from its exact caption; the target object's record fills what the parser lacks."""
-    truth = dict(parse_caption(item["caption"]))
-    objects, target = item.get("objects"), item.get("target_index")
-    if objects is not None and target is not None:
-        for name in ATTRIBUTES:
-            if truth.get(name) is None:
-                truth[name] = objects[target].get(name)
-    return truth
-
-
-def score_caption(item: dict[str, Any], generated: str) -> dict[str, bool]:
-    """Exact match of each scored attribute between the generated text and the clip (``parse_caption``).
-
-    An attribute the parser cannot read from text (absent from its result) is never matched.
-    """
-    truth, predicted = true_attributes(item), parse_caption(generated)
-    return {
-        name: truth.get(name) is not None and predicted.get(name) == truth.get(name)
-        for name in scored_attributes_of(item)
-    }
 
 
 # ----------------------------------------------------------------------------------------------------

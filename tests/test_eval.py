@@ -191,6 +191,17 @@ def test_captioning_end_to_end(run_dir, tmp_path):
     assert len((tmp_path / captioning.CAPTIONS_NAME).read_text().splitlines()) == 8
 
 
+def test_captioning_scores_attributes_with_the_probes_recipe():
+    """One recipe (eval.attributes.score_caption): exact colour, shape and motion of the generated text."""
+    reference = "the small red square moves from left to right."
+    right = captioning.attribute_hits(
+        {"reference": reference, "generated": "The RED square moves from left to right!"}
+    )
+    assert right == {"colour": 1.0, "shape": 1.0, "motion": 1.0, "all": 1.0}
+    wrong = captioning.attribute_hits({"reference": reference, "generated": "a red circle"})
+    assert wrong == {"colour": 1.0, "shape": 0.0, "motion": 0.0, "all": 0.0}
+
+
 def test_caption_report_is_written_when_a_metric_is_unavailable(monkeypatch):
     from foveated_vlm import metrics
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval import probes
+from eval import attributes, probes
 from foveated_vlm.data.collate import VideoCaptionCollator
 from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset
 from foveated_vlm.metrics import target_box_coverage
@@ -227,7 +227,7 @@ def test_report_numbers_are_the_models_own(tiny, clips, report):
     scored = [
         clip for clip in clips if "colour" in clip["scored_attributes"]
     ]  # generic clips: the prompt names none
-    colours = [probes.true_attributes(clip)["colour"] for clip in scored]
+    colours = [attributes.true_attributes(clip)["colour"] for clip in scored]
     assert baseline["colour"] == pytest.approx(max(colours.count(c) for c in colours) / len(scored))
     assert 0 < baseline["all_attributes"] <= baseline["colour"]
     named = report["summary"]["named"]["num_clips"]
@@ -255,25 +255,25 @@ def test_random_and_shuffled_draws_do_not_depend_on_the_batching(tiny, clips, re
 
 def test_captions_are_scored_on_the_clips_scored_attributes():
     item = {"caption": "the red square moves from left to right.", "clip_id": "x"}
-    assert probes.score_caption(item, "The RED square moves from left to right!") == {
+    assert attributes.score_caption(item, "The RED square moves from left to right!") == {
         "colour": True,
         "shape": True,
         "motion": True,
     }
-    assert probes.score_caption(item, "a blue square bounces") == {
+    assert attributes.score_caption(item, "a blue square bounces") == {
         "colour": False,
         "shape": True,
         "motion": False,
     }
     named = {**item, "scored_attributes": ("shape", "motion"), "named": True}
-    assert probes.score_caption(named, "the blue square moves from left to right") == {
+    assert attributes.score_caption(named, "the blue square moves from left to right") == {
         "shape": True,
         "motion": True,
     }
     with pytest.raises(ValueError, match="unknown attributes"):
-        probes.score_caption({**item, "scored_attributes": ("weight",)}, "")
+        attributes.score_caption({**item, "scored_attributes": ("weight",)}, "")
     sized = {**item, "objects": [{"size": "small"}], "target_index": 0}
-    assert probes.true_attributes(sized)["size"] == "small"
+    assert attributes.true_attributes(sized)["size"] == "small"
 
 
 # ----------------------------------------------------------------------------------------------- outputs
