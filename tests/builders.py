@@ -11,12 +11,16 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 from foveated_vlm.tiny import tiny_config, tiny_processor
 from modeling_foveated import FoveatedVLMForConditionalGeneration
@@ -156,3 +160,128 @@ def launch_two_cpu_processes(*args: str, timeout: int = 240) -> subprocess.Compl
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------------------ battery
+# The first-hour battery (tests/test_battery_*.py): clips made from a real photograph, panned into odd shapes and
+# written in the common containers, a model and the saved folders the CLI reads.
+PHOTO = Path(__import__("matplotlib").get_data_path()) / "sample_data" / "grace_hopper.jpg"
+CLIP_FPS = 10
+LONG_CLIP_FRAMES = 45  # the clip that the CLI used to read whole ("square square ...")
+TRAINED_FRAMES = 4  # the sampling the saved model's processor records
+
+
+# ------------------------------------------------------------------------------------------------ videos
+def photo() -> np.ndarray:
+    with Image.open(PHOTO) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def pan(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """``[T, H, W, 3]`` uint8: a window of the photo moving over it (a real image, real motion)."""
+    picture = photo()
+    rng = np.random.default_rng(seed)
+    scale = max(height / picture.shape[0], width / picture.shape[1], 0.25)
+    size = (max(width, round(picture.shape[1] * scale * 2)), max(height, round(picture.shape[0] * scale * 2)))
+    big = np.asarray(Image.fromarray(picture).resize(size))
+    y0 = rng.integers(0, big.shape[0] - height + 1)
+    x0 = rng.integers(0, big.shape[1] - width + 1)
+    span = max(0, big.shape[1] - width - x0)
+    return np.stack(
+        [
+            big[y0 : y0 + height, x0 + t * span // max(1, frames) : x0 + t * span // max(1, frames) + width]
+            for t in range(frames)
+        ]
+    )
+
+
+CONTAINERS = {  # name: (suffix, codec, pixel format, shape [T, H, W])
+    "mp4-h264": (".mp4", "libx264", "yuv420p", (12, 48, 64)),
+    "mov-mpeg4": (".mov", "mpeg4", "yuv420p", (9, 64, 36)),
+    "webm-vp9": (".webm", "libvpx-vp9", "yuv420p", (8, 40, 72)),
+    "webm-vp8": (".webm", "libvpx", "yuv420p", (6, 32, 32)),
+    "avi-mjpeg": (".avi", "mjpeg", "yuvj420p", (7, 48, 48)),
+    "mkv-ffv1-odd": (".mkv", "ffv1", "bgr0", (5, 37, 53)),
+    "gif-odd": (".gif", "gif", "rgb8", (6, 33, 47)),
+}
+
+
+def encode_audio_only(path: Path) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the world
+@dataclass
+class World:
+    model: Any
+    processor: Any
+    files: dict[str, Path]
+    tmp: Path
+    model_dir: Path
+    bare_model_dir: Path
+    long_clip: Path
+
+    def pixels(self, video, **kwargs) -> torch.Tensor:
+        return self.processor(text="Describe the video.", videos=video, **kwargs)["pixel_values_videos"]
+
+    def inputs(self, frames: int = 3, **kwargs):
+        return self.processor(text="Describe the video.", videos=pan(frames, 32, 32), **kwargs)
+
+
+def build_world(tmp: Path, tokenizer) -> World:
+    """The battery's model, processors, encoded clips (every container of ``CONTAINERS``, an audio-only file, a
+    text file named .mp4, a long clip) and saved model folders (with and without a recorded sampling)."""
+    config = tiny_config(tokenizer, text={"initializer_range": 0.2})
+    torch.manual_seed(0)
+    model = FoveatedVLMForConditionalGeneration(config).eval()
+    processor = tiny_processor(config, tokenizer)
+    files = {
+        name: encode_video(tmp / f"{name}{suffix}", pan(*shape, seed=i), CLIP_FPS, codec, pix_fmt)
+        for i, (name, (suffix, codec, pix_fmt, shape)) in enumerate(CONTAINERS.items())
+    }
+    files["audio-only"] = encode_audio_only(tmp / "audio.wav")
+    (tmp / "text.mp4").write_text("this is not a video\n" * 50)
+    files["text"] = tmp / "text.mp4"
+    long_clip = encode_video(tmp / "long.mp4", pan(LONG_CLIP_FRAMES, 48, 64, seed=9), CLIP_FPS, "libx264")
+    model_dir = tmp / "model"
+    model.save_pretrained(model_dir)
+    recorded = tiny_processor(config, tokenizer)
+    recorded.num_frames = TRAINED_FRAMES
+    recorded.save_pretrained(model_dir)
+    bare_model_dir = tmp / "model-without-sampling"
+    model.save_pretrained(bare_model_dir)
+    processor.save_pretrained(bare_model_dir)
+    return World(model, processor, files, tmp, model_dir, bare_model_dir, long_clip)
+
+
+@dataclass
+class Case:
+    """``run(world)`` either returns (then ``check(world, result)``, if any) or raises ``error`` (a regex)."""
+
+    id: str
+    run: Callable[[World], Any]
+    error: str | None = None
+    check: Callable[[World, Any], None] | None = None
+    exception: type[Exception] = ValueError
+
+
+def run_case(world: World, case: Case) -> None:
+    """Run one battery case: it returns (and passes its check) or raises its error; the model ends in eval mode."""
+    try:
+        if case.error is None:
+            result = case.run(world)
+            if case.check is not None:
+                case.check(world, result)
+        else:
+            with pytest.raises(case.exception, match=case.error):
+                case.run(world)
+    finally:
+        world.model.eval()

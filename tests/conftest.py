@@ -8,7 +8,7 @@ import torch
 
 from foveated_vlm.tiny import tiny_tokenizer
 
-from .builders import FoveatedModelTester, random_frames, write_manifest
+from .builders import FoveatedModelTester, World, build_world, random_frames, write_manifest
 
 
 @pytest.fixture(autouse=True)
@@ -46,3 +46,9 @@ def random_video():
 def manifest(tmp_path):
     """A JSONL manifest of three good videos and one corrupt file."""
     return write_manifest(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, tokenizer) -> World:
+    """The first-hour battery's model, processors, encoded clips and saved model folders (built once)."""
+    return build_world(tmp_path_factory.mktemp("battery"), tokenizer)

@@ -13,6 +13,8 @@ from foveated_vlm.tiny import tiny_config
 from processing_foveated import FRAME_TOKEN, VIDEO_END_TOKEN, VIDEO_START_TOKEN, FoveatedVLMProcessor
 from video_foveated import load_video, resize_frames, sample_frame_indices
 
+from .builders import encode_video
+
 
 @pytest.fixture
 def processor(make_model):
@@ -104,15 +106,9 @@ def test_precomputed_targets_pass_through(processor, random_video):
 
 
 def test_video_files_are_decoded_and_sampled(processor, tmp_path):
-    av = pytest.importorskip("av")
-    path = tmp_path / "clip.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for index in range(20):
-            frame = np.full((32, 32, 3), index * 12, dtype=np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
+    path = encode_video(
+        tmp_path / "clip.mp4", np.stack([np.full((32, 32, 3), i * 12, np.uint8) for i in range(20)]), 10
+    )
     assert load_video(path).shape == (20, 32, 32, 3)
     assert load_video(path, num_frames=5).shape[0] == 5
     assert load_video(path, fps=2).shape[0] == 4
