@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 import torch
@@ -27,7 +26,7 @@ from eval.common import (
     format_ci,
     load_context,
     markdown_table,
-    run_script,
+    script_main,
     script_parser,
     summarise,
     write_report,
@@ -164,9 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run_script(run, build_parser(), format_markdown, argv)
-
+main = script_main(run, build_parser, format_markdown)
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

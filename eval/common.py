@@ -15,7 +15,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +58,8 @@ __all__ = [
     "markdown_table",
     "model_inputs",
     "pyplot",
-    "run_script",
     "save_figure",
+    "script_main",
     "script_parser",
     "summarise",
     "write_report",
@@ -82,13 +82,20 @@ def script_parser(description: str, data: bool = True) -> argparse.ArgumentParse
     return parser
 
 
-def run_script(
-    run, parser: argparse.ArgumentParser, format_markdown, argv: list[str] | None
-) -> dict[str, Any]:
-    """Parse ``argv``, ``run`` the evaluation, print its Markdown report, return the report."""
-    report = run(parser.parse_args(argv))
-    print(format_markdown(report))
-    return report
+def script_main(
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    build_parser: Callable[[], argparse.ArgumentParser],
+    format_markdown: Callable[[dict[str, Any]], str],
+) -> Callable[[list[str] | None], dict[str, Any]]:
+    """The ``main(argv=None)`` of an evaluation script: parse ``argv`` (the command line when None), ``run`` the
+    evaluation, print its Markdown report and return the report."""
+
+    def main(argv: list[str] | None = None) -> dict[str, Any]:
+        report = run(build_parser().parse_args(argv))
+        print(format_markdown(report))
+        return report
+
+    return main
 
 
 def add_override_argument(parser: argparse.ArgumentParser, help_text: str) -> None:

@@ -15,7 +15,6 @@ Writes ``OUT/report.md`` (embedding every figure) and ``OUT/report.json`` (their
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ from eval.common import (
     forward_clips,
     load_context,
     pyplot,
-    run_script,
     save_figure,
+    script_main,
     script_parser,
     write_report,
 )
@@ -343,9 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run_script(run, build_parser(), format_markdown, argv)
-
+main = script_main(run, build_parser, format_markdown)
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

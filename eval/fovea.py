@@ -18,7 +18,6 @@ the boxes follow the same map (:func:`foveated_vlm.metrics.crop_boxes`). Writes 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,8 @@ from eval.common import (
     load_context,
     markdown_table,
     pyplot,
-    run_script,
     save_figure,
+    script_main,
     script_parser,
     summarise,
     write_report,
@@ -246,9 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run_script(run, build_parser(), format_markdown, argv)
-
+main = script_main(run, build_parser, format_markdown)
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

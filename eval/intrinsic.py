@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from typing import Any
 
 import numpy as np
@@ -40,7 +39,7 @@ from eval.common import (
     forward_clips,
     load_context,
     markdown_table,
-    run_script,
+    script_main,
     script_parser,
     summarise,
     write_report,
@@ -245,9 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run_script(run, build_parser(), format_markdown, argv)
-
+main = script_main(run, build_parser, format_markdown)
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +50,8 @@ from eval.common import (
     markdown_table,
     model_inputs,
     pyplot,
-    run_script,
     save_figure,
+    script_main,
     script_parser,
     summarise,
     write_report,
@@ -706,9 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run_script(run, build_parser(), format_markdown, argv)
-
+main = script_main(run, build_parser, format_markdown)
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,11 +1,6 @@
 """A new user's first hour (issue 12), the command line: odd and bad arguments, videos and models.
 
-Every case either works (and, where a conversion is involved, gives what the documented conversion says) or
-raises an error whose message names the problem and what to do: no traceback, no silent acceptance. The videos
-are made from a real photograph (matplotlib's sample ``grace_hopper.jpg``), panned into clips of odd shapes and
-written in the common containers. The Hub load in a bare torch + transformers environment is
-``test_hub_roundtrip.py``; the packaging of the Hub files ``test_packaging.py``.
-The world (model, processors, encoded clips) is ``tests.builders.build_world``'s, shared by the battery files.
+Each case works or fails with a message naming the problem (``tests.builders``: the battery's world).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from foveated_vlm.metrics import box_patch_masks, crop_boxes, target_box_coverag
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 from processing_foveated import FoveatedVLMProcessor
 
+from .builders import clips_batch
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = str(REPO_ROOT / "configs" / "smoke.yaml")
 SMALL_DATA = [
@@ -30,15 +32,6 @@ SMALL_DATA = [
 NUM_FRAMES = 4  # configs/smoke.yaml
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads; on a loaded 2-core machine two threads are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +64,7 @@ def test_intrinsic_end_to_end_matches_the_models_own_losses(run_dir, tmp_path):
     clips = ProceduralVideoDataset(
         "heldout", 4, ProceduralVideoConfig(image_size=IMAGE_SIZE, num_frames=NUM_FRAMES)
     )
-    batch = processor(
-        text=[c["prompt"] for c in clips],
-        videos=[c["frames"] for c in clips],
-        captions=[c["caption"] for c in clips],
-        return_targets=True,
-    )
+    batch = clips_batch(processor, clips)
     with torch.no_grad():
         output = model(**batch)
     assert metrics["loss_fine"]["estimate"] == pytest.approx(output.loss_fine.item(), rel=1e-4)
@@ -390,28 +378,19 @@ def test_ablation_runner_trains_and_evaluates_each_arm(tmp_path):
         train_accelerate.main(argv)
 
     out = tmp_path / "ablations"
-    report = ablations.main(
-        [
-            "--config",
-            SMOKE_CONFIG,
-            *SMALL_DATA,
-            "--arms",
-            str(arms_file),
-            "--out",
-            str(out),
-            "--max_steps",
-            "2",
-            "--seed",
-            "3",
-            "--eval_clips",
-            "2",
-            "--max_new_tokens",
-            "2",
-            "--metrics_backend",
-            "builtin",
-        ],
-        trainer=trainer,
-    )
+    common = [
+        "--config",
+        SMOKE_CONFIG,
+        *SMALL_DATA,
+        "--arms",
+        str(arms_file),
+        "--out",
+        str(out),
+        "--max_steps",
+        "2",
+    ]
+    quick = ["--eval_clips", "2", "--max_new_tokens", "2", "--metrics_backend", "builtin"]
+    report = ablations.main([*common, "--seed", "3", *quick], trainer=trainer)
     statuses = {record["arm"]["name"]: record for record in report["arms"]}
     assert statuses["two_pass"]["status"] == "ok" and statuses["static_only"]["status"] == "ok"
     assert (
@@ -427,28 +406,7 @@ def test_ablation_runner_trains_and_evaluates_each_arm(tmp_path):
     table = (out / "ablations.md").read_text()
     assert "| two_pass | ok" in table and "unavailable" in table
     assert json.loads((out / "ablations.json").read_text())["max_steps"] == 2
-    again = ablations.main(
-        [
-            "--config",
-            SMOKE_CONFIG,
-            *SMALL_DATA,
-            "--arms",
-            str(arms_file),
-            "--out",
-            str(out),
-            "--max_steps",
-            "2",
-            "--only",
-            "two_pass",
-            "--eval_clips",
-            "2",
-            "--max_new_tokens",
-            "2",
-            "--metrics_backend",
-            "builtin",
-        ],
-        trainer=trainer,
-    )
+    again = ablations.main([*common, "--only", "two_pass", *quick], trainer=trainer)
     assert len(calls) == 2 and again["arms"][0]["reused"]  # a trained arm is not trained again
     assert again["arms"][0]["evaluation"]["intrinsic"] == statuses["two_pass"]["evaluation"]["intrinsic"]
 

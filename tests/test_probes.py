@@ -18,6 +18,8 @@ from foveated_vlm.tiny import tiny_config, tiny_processor
 from foveated_vlm.training.trainer import CONFIG_NAME, FINAL_DIR
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 
+from .builders import clips_batch
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_FRAMES = 4
 NUM_CLIPS = 4
@@ -182,12 +184,7 @@ def test_generation_inputs_are_the_processors_prompt_only_inputs(make_model, cli
 
 def test_report_numbers_are_the_models_own(tiny, clips, report):
     model, processor = tiny
-    inputs = processor(
-        text=[c["prompt"] for c in clips],
-        videos=[c["frames"] for c in clips],
-        captions=[c["caption"] for c in clips],
-        return_targets=True,
-    )
+    inputs = clips_batch(processor, clips)
     with torch.no_grad():
         dynamic = model(**inputs)
         coarse = model(**inputs, inference_mode="coarse")
