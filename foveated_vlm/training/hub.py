@@ -2,8 +2,8 @@
 
 ``OUTPUT/final`` already holds everything a Hub repository needs: weights and config (``save_pretrained``,
 with ``configuration_foveated.py`` and ``modeling_foveated.py`` copied in and ``auto_map`` written), the
-processor with ``processing_foveated.py`` and ``video_foveated.py``, the loss curve and ``README.md`` (the model card). Pushing uploads
-that folder as it is with ``huggingface_hub``. With a local directory (``--hub_local_dir DIR`` or the
+processor with ``processing_foveated.py`` and ``video_foveated.py``, the loss curve and ``README.md`` (the
+model card). Pushing uploads that folder as it is with ``huggingface_hub``. With a local directory (``--hub_local_dir DIR`` or the
 ``FOVEATED_HUB_LOCAL_DIR`` variable) the same files are written to ``DIR/<owner>/<name>/`` instead, which is
 how the push is tested where no hub is reachable.
 """
