@@ -239,3 +239,30 @@ def test_window_frames_per_s_reads_train_rows_of_the_log(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert trainer.window_frames_per_s(log) == [3.0, 5.0]
+
+
+def test_each_variant_step_autocasts_as_its_own_config_says(monkeypatch, tokenizer):
+    """Variants prepare the same model one after another: each gets its own autocast (or none)."""
+    config = workload.benchmark_config(tokenizer, True, "foveated")
+    batch = workload.make_batch(tiny_processor(config, tokenizer), TINY_SETTINGS, CPU)
+    model = workload.build_model(config, CPU).train()
+    autocast = []
+    model.fovea_query_head.register_forward_hook(lambda *_: autocast.append(torch.is_autocast_enabled("cpu")))
+    variant = training.trainer_variant(TINY_SETTINGS, CPU)
+    real_config = training.step_config
+
+    def config_with(precision: str):
+        def make(variant, device):
+            config = real_config(variant, device)
+            config.train.mixed_precision = precision
+            return config
+
+        return make
+
+    for precision in ("bf16", "no", "bf16"):
+        monkeypatch.setattr(training, "step_config", config_with(precision))
+        step = training.VariantStep(model, batch, variant, TINY_SETTINGS, CPU)
+        autocast.clear()
+        step()
+        step.close()
+        assert autocast and all(enabled == (precision == "bf16") for enabled in autocast), precision

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import BatchFeature
 
 from foveated_vlm.tiny import tiny_processor
@@ -133,11 +134,23 @@ def step_config(variant: TrainVariant, device: torch.device) -> TrainingConfig:
     return config_from_dict({"train": train})
 
 
+class Prepared(nn.Module):
+    """A fresh module around the measured model for each variant: Accelerate prepares a module only once (its
+    autocast wrapper, of that variant's settings, then stays), while every variant prepares its own."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs):
+        return self.model(**inputs)
+
+
 class VariantStep:
     """The trainer's step for ``variant`` on one fixed batch: each call is one optimizer step of ``model``.
 
-    ``model`` is already on ``device``, compiled and frozen as the variant asks; :meth:`close` gives it back
-    as it was (the Accelerator's autocast wrapper removed) for the next variant.
+    ``model`` is already on ``device``, compiled and frozen as the variant asks; it is prepared (autocast) through
+    a :class:`Prepared` module of its own, so the next variant prepares the same model afresh.
     """
 
     def __init__(
@@ -146,9 +159,12 @@ class VariantStep:
         config = step_config(variant, device)
         self.accelerator = make_accelerator(config)
         optimizer = build_optimizer(model, config)
-        self.model, optimizer = self.accelerator.prepare(model, optimizer, device_placement=[False, False])
+        self.model = model
+        prepared, optimizer = self.accelerator.prepare(
+            Prepared(model), optimizer, device_placement=[False, False]
+        )
         self.step = TrainStep(
-            self.model,
+            prepared,
             optimizer,
             self.accelerator,
             device,
@@ -172,7 +188,7 @@ class VariantStep:
         return float(self.losses[0])
 
     def close(self) -> None:
-        self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False).zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)
 
 
 def bench_training(

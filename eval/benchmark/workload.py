@@ -47,8 +47,10 @@ def make_batch(processor: FoveatedVLMProcessor, settings: Settings, device: torc
         return_targets=True,
         return_video_layout=True,
     )
-    # VideoLayout.to too
-    return BatchFeature({name: value.to(device, non_blocking=True) for name, value in batch.items()})
+    on_device = {
+        name: value.to(device, non_blocking=True) for name, value in batch.items()
+    }  # VideoLayout.to too
+    return BatchFeature(on_device)  # what the trainer's loader yields: TrainStep moves it with ``.to``
 
 
 def text_tokens_per_clip(batch: BatchFeature, tokens_per_frame: int) -> int:
