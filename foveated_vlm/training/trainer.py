@@ -315,7 +315,8 @@ def _counting_frames(batches: Iterator[Any], window: _Window) -> Iterator[Any]:
 def _log_train(
     run: _Run, step: int, running: torch.Tensor, window: _Window, started: float
 ) -> dict[str, float]:
-    """Read the running losses back (the only host sync of the loop), log them; returns their means.
+    """Read the running losses and the frame count back (the loop's only host syncs), log them; returns the
+    losses' means.
 
     ``samples_per_second`` and ``frames_per_second`` (valid frames, all processes) cover the steps since the
     previous train row, without the validation and checkpoint saving between them; the first row also holds the
