@@ -68,7 +68,6 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -
     a training step then draws no random numbers unless a dropout is configured.
     """
     tokenizer = tokenizer or tiny_tokenizer()
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in VIDEO_TOKENS}
     vision = {
         "image_size": 32,
         "patch_size": 8,
@@ -100,12 +99,28 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -
         "film_hidden_dim": 32,
         "film_channels": [8, 16],
         "target_downsample": 8,
-        "frame_token_id": ids[VIDEO_TOKENS[0]],
-        "video_start_token_id": ids[VIDEO_TOKENS[1]],
-        "video_end_token_id": ids[VIDEO_TOKENS[2]],
+        **video_token_ids(tokenizer),
     }
     settings.update(overrides)
     return FoveatedVLMConfig(vision_config=vision, text_config=text, **settings)
+
+
+def full_size_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -> FoveatedVLMConfig:
+    """The full-size FoveatedVLMConfig (its defaults: DINOv3 ViT-S/16 at 256 px, SmolLM2-135M) for the tiny
+    tokenizer's video tokens: random init of the real shapes without reading a checkpoint (speed measurements).
+
+    ``overrides`` are FoveatedVLMConfig fields; ``vision``/``text`` dicts override the sub-config shapes.
+    """
+    tokenizer = tokenizer or tiny_tokenizer()
+    vision, text = overrides.pop("vision", {}), overrides.pop("text", {})
+    settings = {**video_token_ids(tokenizer), **overrides}
+    return FoveatedVLMConfig(vision_config=dict(vision), text_config=dict(text), **settings)
+
+
+def video_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    """``frame_token_id``, ``video_start_token_id`` and ``video_end_token_id`` of ``tokenizer``."""
+    names = ("frame_token_id", "video_start_token_id", "video_end_token_id")
+    return {name: tokenizer.convert_tokens_to_ids(token) for name, token in zip(names, VIDEO_TOKENS)}
 
 
 def tiny_processor(

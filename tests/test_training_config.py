@@ -8,7 +8,7 @@ import yaml
 import train_accelerate
 from foveated_vlm.training.config import apply_override, config_from_dict, flat_config, load_config
 
-CONFIGS = ("configs/demo.yaml", "configs/full.yaml", "configs/smoke.yaml")
+CONFIGS = ("configs/demo.yaml", "configs/full.yaml", "configs/smoke.yaml", "configs/benchmark_trainer.yaml")
 
 
 def test_defaults_and_sections():

@@ -20,7 +20,7 @@ import yaml
 from configuration_foveated import FoveatedVLMConfig
 from processing_foveated import DEFAULT_PROMPT
 
-MODEL_SIZES = ("tiny", "full")
+MODEL_SIZES = ("tiny", "full", "full_random")
 DATA_KINDS = ("procedural", "folder", "manifest", "hub")
 SCHEDULES = ("cosine", "constant")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
@@ -48,8 +48,9 @@ class ModelSection:
     """Which model to build.
 
     ``size: tiny`` builds :mod:`foveated_vlm.tiny` parts (random init, the tiny tokenizer; ``vision``/``text``
-    override their shapes); ``size: full`` calls ``foveated_vlm.build.build_foveated_vlm`` with the three
-    checkpoints below. ``pretrained`` loads a saved foveated model (e.g. a previous run's ``final/``) instead.
+    override their shapes); ``size: full_random`` the full-size shapes the same way (random init of DINOv3
+    ViT-S/16 + SmolLM2-135M, the tiny tokenizer, no checkpoint read: the speed benchmark's model); ``size: full``
+    calls ``foveated_vlm.build.build_foveated_vlm`` with the three checkpoints below. ``pretrained`` loads a saved foveated model (e.g. a previous run's ``final/``) instead.
     ``system_prompt`` is the chat template's system message (None keeps SmolLM2's default; "" a short empty one).
     ``overrides`` holds every other key of the section: :class:`FoveatedVLMConfig` fields.
     """
@@ -131,6 +132,8 @@ class TrainSection:
     gradient_checkpointing: bool = False
     compile: bool = False
     """Regional ``torch.compile`` of the encoder layers, LLM decoder layers and prediction heads."""
+    fused_adamw: bool = True
+    """AdamW's fused kernels on a GPU (off: its foreach kernels; the CPU always runs the plain loop)."""
     cuda_graph: bool = False
     """Replay each optimizer step as one CUDA graph per batch shape (CUDA, one process, ``grad_accum`` 1, no
     gradient checkpointing, no fp16 loss scaling); needs static batch shapes to pay off (fixed ``data.num_frames``)."""

@@ -55,14 +55,14 @@ def _build_model_and_processor(config: TrainingConfig) -> tuple[FoveatedVLMForCo
     if section.pretrained:
         model = FoveatedVLMForConditionalGeneration.from_pretrained(section.pretrained, **section.overrides)
         return model, FoveatedVLMProcessor.from_pretrained(section.pretrained)
-    if section.size == "tiny":
-        return _build_tiny(config)
+    if section.size in ("tiny", "full_random"):
+        return _build_random(config)
     from foveated_vlm.build import build_foveated_vlm  # imported only for full-size models
 
     shapes = {key: value for key, value in section.vision.items() if key != "image_size"}
     if shapes or section.text:
         raise ValueError(
-            "model.vision/model.text shape overrides apply to size=tiny only (full-size shapes come "
+            "model.vision/model.text shape overrides apply to size=tiny or full_random only (full-size shapes come "
             f"from the checkpoints); got vision={shapes}, text={section.text}"
         )
     image_size = config.data.image_size or section.vision.get("image_size", FULL_IMAGE_SIZE)
@@ -76,8 +76,9 @@ def _build_model_and_processor(config: TrainingConfig) -> tuple[FoveatedVLMForCo
     )
 
 
-def _build_tiny(config: TrainingConfig):
-    from foveated_vlm.tiny import tiny_config, tiny_processor, tiny_tokenizer
+def _build_random(config: TrainingConfig):
+    """The tiny (or full-size) shapes with random weights and the tiny tokenizer: no checkpoint is read."""
+    from foveated_vlm.tiny import full_size_config, tiny_config, tiny_processor, tiny_tokenizer
 
     section = config.model
     tokenizer = tiny_tokenizer()
@@ -87,7 +88,8 @@ def _build_tiny(config: TrainingConfig):
     overrides = dict(section.overrides)
     if section.vae_name_or_path:
         overrides.setdefault("vae_name_or_path", section.vae_name_or_path)
-    model_config = tiny_config(tokenizer, vision=vision, text=dict(section.text), **overrides)
+    make_config = tiny_config if section.size == "tiny" else full_size_config
+    model_config = make_config(tokenizer, vision=vision, text=dict(section.text), **overrides)
     processor = tiny_processor(model_config, tokenizer)
     processor.system_prompt = section.system_prompt
     return FoveatedVLMForConditionalGeneration(model_config), processor
@@ -179,16 +181,18 @@ def parameter_groups(model: nn.Module, config: TrainingConfig) -> list[dict[str,
 
 
 def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW over :func:`parameter_groups`: fused on a GPU; capturable with tensor learning rates for CUDA graphs."""
+    """AdamW over :func:`parameter_groups`: fused on a GPU (``train.fused_adamw``; else the foreach kernels);
+    capturable with tensor learning rates for CUDA graphs (``train.cuda_graph``)."""
     groups = parameter_groups(model, config)
     if not groups:
         raise ValueError("the model has no trainable parameter")
     device = groups[0]["params"][0].device
+    fused = config.train.fused_adamw and device.type == "cuda"
     if config.train.cuda_graph:
         for group in groups:
             group["lr"] = torch.tensor(group["lr"], device=device)
-        return torch.optim.AdamW(groups, fused=True, capturable=True)
-    return torch.optim.AdamW(groups, fused=device.type == "cuda")
+        return torch.optim.AdamW(groups, fused=fused, capturable=True)
+    return torch.optim.AdamW(groups, fused=fused)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):

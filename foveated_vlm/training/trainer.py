@@ -10,13 +10,12 @@ the very losses an uninterrupted run would have logged.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,8 @@ from .modeling import (
     export_model,
     prepare_for_training,
 )
-from .speed import GraphedTrainStep, compile_regions
+from .speed import compile_regions
+from .step import LOSS_KEYS, TrainStep
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ METRICS_NAME = "metrics.json"
 CONFIG_NAME = "training_config.yaml"
 FINAL_DIR = "final"
 TRACKER_PROJECT = "tensorboard"
-LOSS_KEYS = ("loss", "loss_fine", "loss_coarse", "loss_caption", "loss_attention")
 VALIDATION_KEYS = (
     "loss",
     "loss_fine",
@@ -103,20 +102,6 @@ def make_accelerator(config: TrainingConfig):
             # CUDA graph capture cannot keep autocast's cache of cast weights across the captured region
             AutocastKwargs(cache_enabled=not config.train.cuda_graph),
         ],
-    )
-
-
-def _step_losses(output) -> torch.Tensor:
-    """``[len(LOSS_KEYS)]`` detached losses of one micro-batch (NaN for a term the model did not compute)."""
-    values = [getattr(output, key) for key in LOSS_KEYS]
-    reference = output.loss
-    return torch.stack(
-        [
-            value.detach().float()
-            if value is not None
-            else torch.full((), float("nan"), device=reference.device)
-            for value in values
-        ]
     )
 
 
@@ -207,7 +192,7 @@ class _Run:
     log: JsonlLog
     start_step: int
     samples_per_step: int
-    graphed_step: GraphedTrainStep | None = None
+    step: TrainStep | None = None
 
     @property
     def train(self):
@@ -261,8 +246,15 @@ def _setup(config: TrainingConfig, resume: str | None) -> _Run:
         start_step,
         samples_per_step,
     )
-    if train.cuda_graph:
-        run.graphed_step = GraphedTrainStep(partial(_captured_step, run), accelerator.device)
+    run.step = TrainStep(
+        model,
+        optimizer,
+        accelerator,
+        accelerator.device,
+        clip_grad=train.clip_grad,
+        grad_accum=train.grad_accum,
+        cuda_graph=train.cuda_graph,
+    )
     return run
 
 
@@ -303,49 +295,38 @@ def _loaders(run: _Run):
     return training, validation
 
 
-def _forward_backward(run: _Run, batch, loss_scale: float) -> torch.Tensor:
-    """Forward (no logits beyond the last position: the losses never need them) and backward of one batch."""
-    output = run.model(**batch, logits_to_keep=1)
-    run.accelerator.backward(output.loss * loss_scale)
-    return _step_losses(output)
+@dataclass
+class _Window:
+    """The steps since the last train row: their start time, count and valid frames (this process's)."""
+
+    start: float
+    steps: int = 0
+    frames: int = 0
 
 
-def _update(run: _Run) -> None:
-    if run.train.clip_grad:
-        run.accelerator.clip_grad_norm_(run.model.parameters(), run.train.clip_grad)
-    run.optimizer.step()
-
-
-def _captured_step(run: _Run, batch) -> torch.Tensor:
-    """A whole optimizer step for :class:`GraphedTrainStep`: gradients zeroed in place, so they stay put."""
-    run.optimizer.zero_grad(set_to_none=False)
-    losses = _forward_backward(run, batch, 1.0)
-    _update(run)
-    return losses
-
-
-def _optimizer_step(run: _Run, batches, running: torch.Tensor) -> None:
-    """One optimizer step over ``grad_accum`` micro-batches; adds their detached losses to ``running``."""
-    accelerator, train, model = run.accelerator, run.train, run.model
-    if run.graphed_step is not None:
-        running += run.graphed_step(next(batches))
-    else:
-        for micro in range(train.grad_accum):
-            batch = next(batches).to(accelerator.device)
-            last_micro = micro == train.grad_accum - 1
-            with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
-                running += _forward_backward(run, batch, 1.0 / train.grad_accum)
-        _update(run)
-        run.optimizer.zero_grad(set_to_none=True)
-    run.scheduler.step()
+def _counting_frames(batches: Iterator[Any], window: _Window) -> Iterator[Any]:
+    """The loader's batches, each adding its valid frames to ``window`` (a sum over a CPU tensor: no device sync)."""
+    for batch in batches:
+        window.frames += int(batch["video_frame_mask"].sum())
+        yield batch
 
 
 def _log_train(
-    run: _Run, step: int, running: torch.Tensor, micro_batches: int, window: tuple[float, int], started: float
+    run: _Run, step: int, running: torch.Tensor, window: _Window, started: float
 ) -> dict[str, float]:
-    """Read the running losses back (the only host sync of the loop), log them; returns their means."""
+    """Read the running losses and the frame count back (the loop's only host syncs), log them; returns the
+    losses' means.
+
+    ``samples_per_second`` and ``frames_per_second`` (valid frames, all processes) cover the steps since the
+    previous train row, without the validation and checkpoint saving between them; the first row also holds the
+    start-up (compilation, CUDA graph warm-up and capture), later rows of static batch shapes are steady state.
+    """
+    micro_batches = window.steps * run.train.grad_accum
     means = (run.accelerator.reduce(running, reduction="mean") / micro_batches).tolist()
+    frames = torch.tensor(float(window.frames), device=run.accelerator.device)
+    frames = run.accelerator.reduce(frames, reduction="sum").item()
     now = time.perf_counter()
+    seconds = max(now - window.start, 1e-9)
     figures = _clean(dict(zip(LOSS_KEYS, means, strict=True)))
     row = {
         "step": step,
@@ -353,7 +334,8 @@ def _log_train(
         **figures,
         **_learning_rates(run.optimizer),
         "samples": step * run.samples_per_step,
-        "samples_per_second": window[1] * run.samples_per_step / max(now - window[0], 1e-9),
+        "samples_per_second": window.steps * run.samples_per_step / seconds,
+        "frames_per_second": frames / seconds,
         "elapsed_seconds": now - started,
     }
     run.log.write(row)
@@ -393,13 +375,13 @@ def run_training(
     run = _setup(config, resume)
     train, accelerator = run.train, run.accelerator
     training, validation = _loaders(run)
-    batches = iter(training)
+    started = time.perf_counter()
+    window = _Window(started)
+    batches = _counting_frames(iter(training), window)
     state = {"config": config.to_dict(), "samples_per_step": run.samples_per_step}
     running = torch.zeros(len(LOSS_KEYS), device=accelerator.device)
     last_train: dict[str, float] = {}
     last_validation: dict[str, float] = {}
-    started = time.perf_counter()
-    window = (started, 0)
     progress = tqdm(
         total=train.max_steps,
         initial=run.start_step,
@@ -408,18 +390,21 @@ def run_training(
         mininterval=1.0,
     )
     for step in range(run.start_step + 1, train.max_steps + 1):
-        _optimizer_step(run, batches, running)
-        window = (window[0], window[1] + 1)
+        run.step(batches, running)
+        run.scheduler.step()
+        window.steps += 1
         progress.update(1)
-        if _due(step, train.log_every, train.max_steps):
-            last_train = _log_train(run, step, running, window[1] * train.grad_accum, window, started)
+        logged = _due(step, train.log_every, train.max_steps)
+        if logged:
+            last_train = _log_train(run, step, running, window, started)
             progress.set_postfix({k.removeprefix("loss_"): f"{v:.4f}" for k, v in last_train.items()})
             running.zero_()
-            window = (time.perf_counter(), 0)
         if _due(step, train.eval_every, train.max_steps):
             last_validation = _log_validation(run, step, validation, progress)
         if _due(step, train.save_every, train.max_steps):
             save_checkpoint(accelerator, config.output_dir, step, state, train.keep_checkpoints)
+        if logged:  # the next window starts after this step's validation and checkpoint
+            window.start, window.steps, window.frames = time.perf_counter(), 0, 0
     progress.close()
     metrics = {
         "step": max(run.start_step, train.max_steps),
