@@ -17,6 +17,9 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 IGNORE_INDEX = -100
+COARSE, FINE = 0, 1
+"""The two passes (streams) over a video: rows of the learned mode embeddings the sequence carries at
+``<video_start>``. COARSE reads with the static query and plans; FINE reads with the planned queries."""
 
 
 def caption_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,6 +100,16 @@ def check_pixel_values(
             "look like raw pixel values; pass the videos through the processor (processor(text=..., videos=...)), "
             "which divides by 255 and normalises"
         )
+
+
+def select_frames(frames: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
+    """Valid frames ``[N, ...]`` of ``frames [B, T, ...]`` at flat indices ``frame_index [N]``."""
+    return frames.flatten(0, 1).index_select(0, frame_index)
+
+
+def gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows ``[M, H]`` of ``hidden [B, L, H]`` at flat positions ``positions [M]``."""
+    return hidden.flatten(0, 1).index_select(0, positions)
 
 
 @dataclass
@@ -199,10 +212,14 @@ class VideoLayout:
 
 
 __all__ = [
+    "COARSE",
+    "FINE",
     "IGNORE_INDEX",
     "NORMALISED_PIXEL_LIMIT",
     "UnnormalisedPixelsWarning",
     "VideoLayout",
     "caption_positions",
     "check_pixel_values",
+    "gather_positions",
+    "select_frames",
 ]

@@ -125,7 +125,7 @@ def test_frozen_encoder_diagnostic_trains_without_encoder_grads_and_is_never_the
 
     def recording_step_fn(model, optimizer, batch, variant, device):
         step = real_step_fn(model, optimizer, batch, variant, device)
-        encoder = list(model.fovea_encoder.parameters())
+        encoder = list(model.model.fovea_encoder.parameters())
 
         def step_and_record():
             loss = step()

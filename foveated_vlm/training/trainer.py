@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from modeling_foveated import attention_entropy
+from encoder_foveated import attention_entropy
 
 from ..data.collate import VideoCaptionCollator
 from ..data.targets import atomic_write_text
