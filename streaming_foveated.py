@@ -32,9 +32,9 @@ video this holds the encoder K/V of one chunk instead of all frames (17 GB in bf
 at 256 px) and runs the patch pass once per frame instead of twice (a coarse prefill over all frames would need
 the patch K/V again for the fine reads); the LLM work is the same, split into chunk-sized prefills.
 
-Fast path (``max_frames``): ``model.stream(..., max_frames=N)`` reserves static KV caches of prompt + N positions
-(transformers ``StaticCache``) and keeps the attention mask, positions, next query, frame and target in fixed
-buffers, so that :meth:`FoveatedStream.step` does the same work without allocating or synchronising: on CUDA the
+Fast path (``max_frames``, ``streaming_static_foveated.py``): ``model.stream(..., max_frames=N)`` reserves static
+KV caches of prompt + N positions (transformers ``StaticCache``) and keeps the attention mask, positions, next
+query, frame and target in fixed buffers, so that :meth:`FoveatedStream.step` does the same work without allocating or synchronising: on CUDA the
 whole frame (patch pass, query passes, LLM steps, head) is one replayed CUDA graph (``cuda_graph``, on by default
 there), on the CPU it runs eagerly. By default (``fuse_passes``) the static and the planned query read the frame
 as one query pass of two tokens per frame (each token sees the cached patch K/V and its own key only, so this is
