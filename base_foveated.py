@@ -14,75 +14,30 @@ width).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 try:
     from .configuration_foveated import FoveatedVLMConfig
     from .encoder_foveated import GLIMPSE_LOCATION_FEATURES, FoveatedEncoder, PatchCache, glimpse_location
-    from .layout_foveated import (
-        COARSE,
-        FINE,
-        VideoLayout,
-        caption_positions,
-        check_pixel_values,
-        gather_positions,
-        select_frames,
-    )
+    from .layout_foveated import COARSE, FINE, VideoLayout, check_pixel_values, gather_positions
+    from .outputs_foveated import FoveatedVLMModelOutput
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from configuration_foveated import FoveatedVLMConfig
     from encoder_foveated import GLIMPSE_LOCATION_FEATURES, FoveatedEncoder, PatchCache, glimpse_location
-    from layout_foveated import (
-        COARSE,
-        FINE,
-        VideoLayout,
-        caption_positions,
-        check_pixel_values,
-        gather_positions,
-        select_frames,
-    )
+    from layout_foveated import COARSE, FINE, VideoLayout, check_pixel_values, gather_positions
+    from outputs_foveated import FoveatedVLMModelOutput
 
 KAIMING_SLOPE = 5**0.5  # torch.nn.Linear's own default initialisation
 # LLM attention kernels that attend causally when given no mask (eager and flex would attend both ways)
 CAUSAL_WITHOUT_MASK = ("sdpa", "flash_attention_2", "flash_attention_3")
 INFERENCE_MODES = ("two_pass", "coarse")
-
-
-@dataclass
-class FoveatedVLMModelOutput(ModelOutput):
-    """Output of :meth:`FoveatedVLMModel.forward`.
-
-    Args:
-        last_hidden_state: ``[B, L, H]`` LLM states of the pass that feeds the cache (fine; coarse in coarse
-            inference; the only pass in dense mode and without video).
-        cache: the LLM cache of that pass.
-        hidden_fine: ``[B, L, H]`` states of the fine pass (the dense pass in dense mode; None in coarse inference).
-        hidden_coarse: ``[B, L, H]`` states of the coarse pass (None in dense mode).
-        queries: ``[N, Q]`` (``[N, k, Q]``) queries that read each valid frame in the fine pass.
-        attention_fine / attention_coarse: ``[N, P]`` patch part of each reading's full attention distribution.
-        attention_prefix_fine / attention_prefix_coarse: ``[N, 1 + R + 1]`` the rest of it (CLS, registers, own key).
-        visual_tokens_fine / visual_tokens_coarse: ``[N, D]`` (``[N, k, D]``) encoder outputs of the readings.
-        video_layout: where the batch's frames and supervised tokens sit (None without video).
-    """
-
-    last_hidden_state: torch.Tensor | None = None
-    cache: object | None = None
-    hidden_fine: torch.Tensor | None = None
-    hidden_coarse: torch.Tensor | None = None
-    queries: torch.Tensor | None = None
-    attention_fine: torch.Tensor | None = None
-    attention_coarse: torch.Tensor | None = None
-    attention_prefix_fine: torch.Tensor | None = None
-    attention_prefix_coarse: torch.Tensor | None = None
-    visual_tokens_fine: torch.Tensor | None = None
-    visual_tokens_coarse: torch.Tensor | None = None
-    video_layout: VideoLayout | None = None
 
 
 class FoveatedVLMPreTrainedModel(PreTrainedModel):
@@ -378,8 +333,7 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
             )
         layout.check(pixel_values.shape[0] * pixel_values.shape[1], input_ids.numel(), tokens_per_frame)
         if labels is not None and layout.caption_index is None:
-            caption_index, caption_targets = caption_positions(labels)
-            layout = replace(layout, caption_index=caption_index, caption_targets=caption_targets)
+            layout = layout.with_captions(labels)
         return layout.to(input_ids.device, non_blocking=True)
 
     # ----------------------------------------------------------------------------------------- forward
@@ -426,7 +380,7 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
         layout = self.resolve_video_layout(
             input_ids, pixel_values_videos, video_frame_mask, attention_mask, labels, video_layout
         )
-        patches = self.encode_frames(select_frames(pixel_values_videos, layout.frame_index))
+        patches = self.encode_frames(layout.select_frames(pixel_values_videos))
         if not layout.padded and cache is None and position_ids is None:
             attention_mask = None  # no padding and default positions: purely causal attention, no mask at all
         elif position_ids is None:
@@ -531,4 +485,4 @@ class _FineProbe:
     patch_bias: torch.Tensor | None = None
 
 
-__all__ = ["FoveatedVLMModel", "FoveatedVLMModelOutput", "FoveatedVLMPreTrainedModel"]
+__all__ = ["FoveatedVLMModel", "FoveatedVLMPreTrainedModel"]

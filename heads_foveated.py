@@ -95,23 +95,31 @@ def delta_l1_loss(predictions: list[torch.Tensor], previous: torch.Tensor) -> to
     return torch.stack([(p.float() - previous.float()).abs().mean() for p in predictions]).mean()
 
 
-def visual_similarity(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-    """Mean cosine similarity of the fine and coarse visual tokens ``[N, D]`` (the contrastive term: lower is more
-    different readings)."""
-    return F.cosine_similarity(fine.float(), coarse.float(), dim=-1).mean()
+def reading_losses(
+    config: FoveatedVLMConfig, readings, boxes: torch.Tensor | None = None
+) -> dict[str, tuple[float, torch.Tensor]]:
+    """The terms on the two readings whose weights are non-zero: ``name -> (weight, unweighted loss)``, in order.
 
-
-def entropy_gap_loss(
-    fine: torch.Tensor,
-    fine_prefix: torch.Tensor,
-    coarse: torch.Tensor,
-    coarse_prefix: torch.Tensor,
-    margin: float,
-) -> torch.Tensor:
-    """Hinge ``relu(H(fine) - H(coarse) + margin)`` on the entropies of the full attention distributions (patch parts
-    ``[N, P]``, prefix parts ``[N, 1 + R + 1]``): the fine reading should be sharper than the static one."""
-    gap = attention_entropy(fine, fine_prefix) - attention_entropy(coarse, coarse_prefix)
-    return F.relu(gap + margin).mean()
+    ``readings`` has the fields of ``outputs_foveated.FoveatedReadings``. ``loss_contrastive``: mean cosine
+    similarity of the fine and coarse visual tokens ``[N, D]`` (lower: more different readings). ``loss_entropy``:
+    the hinge ``relu(H(fine) - H(coarse) + entropy_margin)`` on the entropies of the full attention distributions
+    (the fine reading should be sharper than the static one). ``loss_attention``: :func:`attention_box_loss` of the
+    fine reading against ``boxes [N, P]`` (the box of the object the text is about).
+    """
+    losses = {}
+    if readings.visual_tokens_fine is not None and config.contrastive_loss_weight:
+        fine, coarse = readings.visual_tokens_fine.float(), readings.visual_tokens_coarse.float()
+        similarity = F.cosine_similarity(fine, coarse, dim=-1).mean()
+        losses["loss_contrastive"] = (config.contrastive_loss_weight, similarity)
+    if readings.attention_fine is not None and config.entropy_loss_weight:
+        fine = attention_entropy(readings.attention_fine, readings.attention_prefix_fine)
+        coarse = attention_entropy(readings.attention_coarse, readings.attention_prefix_coarse)
+        hinge = F.relu(fine - coarse + config.entropy_margin).mean()
+        losses["loss_entropy"] = (config.entropy_loss_weight, hinge)
+    if boxes is not None and readings.attention_fine is not None and config.attention_supervision_weight:
+        mass = attention_box_loss(readings.attention_fine, boxes)
+        losses["loss_attention"] = (config.attention_supervision_weight, mass)
+    return losses
 
 
 __all__ = [
@@ -119,6 +127,5 @@ __all__ = [
     "attention_box_loss",
     "caption_loss",
     "delta_l1_loss",
-    "entropy_gap_loss",
-    "visual_similarity",
+    "reading_losses",
 ]

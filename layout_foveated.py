@@ -102,11 +102,6 @@ def check_pixel_values(
         )
 
 
-def select_frames(frames: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
-    """Valid frames ``[N, ...]`` of ``frames [B, T, ...]`` at flat indices ``frame_index [N]``."""
-    return frames.flatten(0, 1).index_select(0, frame_index)
-
-
 def gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Rows ``[M, H]`` of ``hidden [B, L, H]`` at flat positions ``positions [M]``."""
     return hidden.flatten(0, 1).index_select(0, positions)
@@ -169,10 +164,16 @@ class VideoLayout:
             predictor_index=predictors.flatten().nonzero().flatten(),
             padded=attention_mask is not None and not bool(attention_mask.bool().all()),
         )
-        if labels is None:
-            return layout
+        return layout if labels is None else layout.with_captions(labels)
+
+    def with_captions(self, labels: torch.Tensor) -> VideoLayout:
+        """This layout with the supervised positions of ``labels [B, L]`` (ValueError if they supervise none)."""
         caption_index, caption_targets = caption_positions(labels)
-        return replace(layout, caption_index=caption_index, caption_targets=caption_targets)
+        return replace(self, caption_index=caption_index, caption_targets=caption_targets)
+
+    def select_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """The valid frames ``[N, ...]`` of per-slot values ``frames [B, T, ...]`` (pixels, targets, boxes)."""
+        return frames.flatten(0, 1).index_select(0, self.frame_index)
 
     def check(self, num_frame_slots: int, num_positions: int, tokens_per_frame: int) -> None:
         """Shape checks against a batch of ``num_frame_slots = B * T`` frames and ``B * L`` positions (no sync)."""
@@ -221,5 +222,4 @@ __all__ = [
     "caption_positions",
     "check_pixel_values",
     "gather_positions",
-    "select_frames",
 ]

@@ -20,8 +20,6 @@ S (encoder tokens per frame: CLS + registers + P patches), D (encoder width), H 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,37 +27,24 @@ from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
-from transformers.modeling_outputs import ModelOutput
 from transformers.utils.deprecation import deprecate_kwarg
 
 try:
     from .acceleration_foveated import CompiledRegions
-    from .base_foveated import FoveatedVLMModel, FoveatedVLMModelOutput, FoveatedVLMPreTrainedModel
+    from .base_foveated import FoveatedVLMModel, FoveatedVLMPreTrainedModel
     from .configuration_foveated import FoveatedVLMConfig
     from .encoder_foveated import PatchCache
-    from .heads_foveated import (
-        FiLMPredictionHead,
-        attention_box_loss,
-        caption_loss,
-        delta_l1_loss,
-        entropy_gap_loss,
-        visual_similarity,
-    )
-    from .layout_foveated import VideoLayout, caption_positions, gather_positions, select_frames
+    from .heads_foveated import FiLMPredictionHead, caption_loss, delta_l1_loss, reading_losses
+    from .layout_foveated import VideoLayout, caption_positions, gather_positions
+    from .outputs_foveated import READING_FIELDS, FoveatedVLMModelOutput, FoveatedVLMOutput
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from acceleration_foveated import CompiledRegions
-    from base_foveated import FoveatedVLMModel, FoveatedVLMModelOutput, FoveatedVLMPreTrainedModel
+    from base_foveated import FoveatedVLMModel, FoveatedVLMPreTrainedModel
     from configuration_foveated import FoveatedVLMConfig
     from encoder_foveated import PatchCache
-    from heads_foveated import (
-        FiLMPredictionHead,
-        attention_box_loss,
-        caption_loss,
-        delta_l1_loss,
-        entropy_gap_loss,
-        visual_similarity,
-    )
-    from layout_foveated import VideoLayout, caption_positions, gather_positions, select_frames
+    from heads_foveated import FiLMPredictionHead, caption_loss, delta_l1_loss, reading_losses
+    from layout_foveated import VideoLayout, caption_positions, gather_positions
+    from outputs_foveated import READING_FIELDS, FoveatedVLMModelOutput, FoveatedVLMOutput
 
 # Auto classes that resolve to this model when loaded with trust_remote_code.
 AUTO_MAP = {
@@ -88,52 +73,6 @@ PREVIOUS_LAYOUT_KEYS = {
         )
     },
 }
-
-
-@dataclass
-class FoveatedVLMOutput(ModelOutput):
-    """Output of :meth:`FoveatedVLMForConditionalGeneration.forward`.
-
-    Args:
-        loss: weighted total of the terms below (present when targets or labels are given).
-        loss_fine: next-frame prediction MSE of the fine (dynamic-query) pass.
-        loss_coarse: next-frame prediction MSE of the coarse (static-query) pass.
-        loss_caption: caption cross-entropy of the fine pass (tokens after ``<video_end>``).
-        loss_caption_coarse: caption cross-entropy of the coarse pass.
-        loss_contrastive, loss_entropy, loss_delta_l1: remedy terms (present when their weights are non-zero).
-        logits: ``[B, L', V]`` next-token logits of the pass that feeds the cache (``L'`` per ``logits_to_keep``).
-        cache: the LLM cache (fine stream, or coarse stream in coarse inference).
-        predictions_fine / predictions_coarse: ``[N, C, h, w]`` predicted next-frame targets of the valid frames.
-        queries: ``[N, Q]`` (``[N, k, Q]``) queries that read each valid frame in the fine pass (``q_init`` for
-            first frames).
-        attention_fine / attention_coarse: ``[N, P]`` the query's attention over the patches (mean over heads and
-            over the k queries) as part of its full distribution: it sums to 1 minus the prefix mass.
-        attention_prefix_fine / attention_prefix_coarse: ``[N, 1 + R + 1]`` the rest of that distribution, on CLS,
-            the R registers and the query's own key.
-        visual_tokens_fine / visual_tokens_coarse: ``[N, D]`` (``[N, k, D]``) encoder outputs of the queries.
-        loss_attention: ``-log`` mass of the fine attention in the box of the object the text is about.
-    """
-
-    loss: torch.Tensor | None = None
-    loss_fine: torch.Tensor | None = None
-    loss_coarse: torch.Tensor | None = None
-    loss_caption: torch.Tensor | None = None
-    loss_caption_coarse: torch.Tensor | None = None
-    loss_contrastive: torch.Tensor | None = None
-    loss_entropy: torch.Tensor | None = None
-    loss_delta_l1: torch.Tensor | None = None
-    loss_attention: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    cache: object | None = None
-    predictions_fine: torch.Tensor | None = None
-    predictions_coarse: torch.Tensor | None = None
-    queries: torch.Tensor | None = None
-    attention_fine: torch.Tensor | None = None
-    attention_coarse: torch.Tensor | None = None
-    attention_prefix_fine: torch.Tensor | None = None
-    attention_prefix_coarse: torch.Tensor | None = None
-    visual_tokens_fine: torch.Tensor | None = None
-    visual_tokens_coarse: torch.Tensor | None = None
 
 
 class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, GenerationMixin):
@@ -316,18 +255,8 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         if pixel_values_videos is None:
             return self._text_output(states, labels, logits_to_keep)
         layout = states.video_layout
-        targets = (
-            None if prediction_targets is None else select_frames(prediction_targets, layout.frame_index)
-        )
-        output = FoveatedVLMOutput(
-            queries=states.queries,
-            attention_fine=states.attention_fine,
-            attention_coarse=states.attention_coarse,
-            attention_prefix_fine=states.attention_prefix_fine,
-            attention_prefix_coarse=states.attention_prefix_coarse,
-            visual_tokens_fine=states.visual_tokens_fine,
-            visual_tokens_coarse=states.visual_tokens_coarse,
-        )
+        targets = None if prediction_targets is None else layout.select_frames(prediction_targets)
+        output = FoveatedVLMOutput(**{name: getattr(states, name) for name in READING_FIELDS})
         if targets is not None and states.hidden_coarse is not None:
             coarse_head = self.fovea_coarse_prediction_head or self.fovea_prediction_head
             static = self.model.static_queries(layout.frame_index.numel())
@@ -338,11 +267,8 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             output.predictions_fine = self._predict(
                 self.fovea_prediction_head, states.hidden_fine, layout, targets, states.queries
             )
-        if attention_targets is not None and states.attention_fine is not None:
-            if self.config.attention_supervision_weight:
-                boxes = select_frames(attention_targets, layout.frame_index)
-                output.loss_attention = attention_box_loss(output.attention_fine, boxes)
-        return self._finish(output, states, targets, labels, logits_to_keep)
+        boxes = None if attention_targets is None else layout.select_frames(attention_targets)
+        return self._finish(output, states, targets, labels, logits_to_keep, boxes)
 
     def previous_targets(self, targets: torch.Tensor, first_frame: torch.Tensor) -> torch.Tensor:
         """Conditioning of each prediction: ``[z_init, target_1 .. target_{T-1}]`` per video, ``[N, C, h, w]``."""
@@ -397,8 +323,10 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         targets: torch.Tensor | None,
         labels: torch.Tensor | None,
         logits_to_keep: int,
+        boxes: torch.Tensor | None = None,
     ) -> FoveatedVLMOutput:
-        """Logits of the pass that feeds the cache, every loss term, and their weighted total."""
+        """Logits of the pass that feeds the cache, every loss term, and their weighted total (``boxes [N, P]``:
+        the patch coverage of the box the text is about, for ``loss_attention``)."""
         config = self.config
         layout = states.video_layout
         output.cache = states.cache
@@ -426,22 +354,9 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             if states.hidden_coarse is not None:
                 output.loss_caption_coarse = caption_loss(self.lm_head, states.hidden_coarse, *captions)
                 terms.append(config.caption_loss_weight * config.lambda_coarse * output.loss_caption_coarse)
-        if output.visual_tokens_fine is not None and config.contrastive_loss_weight:
-            output.loss_contrastive = visual_similarity(
-                output.visual_tokens_fine, output.visual_tokens_coarse
-            )
-            terms.append(config.contrastive_loss_weight * output.loss_contrastive)
-        if output.attention_fine is not None and config.entropy_loss_weight:
-            output.loss_entropy = entropy_gap_loss(
-                output.attention_fine,
-                output.attention_prefix_fine,
-                output.attention_coarse,
-                output.attention_prefix_coarse,
-                config.entropy_margin,
-            )
-            terms.append(config.entropy_loss_weight * output.loss_entropy)
-        if output.loss_attention is not None:
-            terms.append(config.attention_supervision_weight * output.loss_attention)
+        for name, (weight, loss) in reading_losses(config, output, boxes).items():
+            setattr(output, name, loss)
+            terms.append(weight * loss)
         if terms:
             output.loss = torch.stack(terms).sum()
         return output
