@@ -29,13 +29,15 @@ def run_on_side_stream(
     device: torch.device,
     runs: int = 1,
     after_each: Callable[[], None] | None = None,
+    stream: torch.cuda.Stream | None = None,
 ) -> Any:
     """Run ``fn`` ``runs`` times on a side stream ordered after, and joined back into, the current stream.
 
-    ``after_each`` runs after every call (e.g. to rewind state the call advanced). Returns the last call's result.
+    ``after_each`` runs after every call (e.g. to rewind state the call advanced); ``stream`` is the side stream to
+    use (default: a new one). Returns the last call's result.
     """
     current = torch.cuda.current_stream(device)
-    side = torch.cuda.Stream(device)
+    side = torch.cuda.Stream(device) if stream is None else stream
     side.wait_stream(current)
     result = None
     with torch.cuda.stream(side):

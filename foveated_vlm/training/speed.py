@@ -128,6 +128,7 @@ class GraphedTrainStep:
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, Any], torch.Tensor]] = {}
         self.warmups: dict[tuple, int] = {}
         self.uncaptured: set[tuple] = set()
+        self.side_stream = torch.cuda.Stream(self.device)  # every eager step runs on it
 
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
         key = batch_signature(batch)
@@ -146,7 +147,9 @@ class GraphedTrainStep:
         return self._capture(key, batch)
 
     def _eager(self, batch: dict[str, Any]) -> torch.Tensor:
-        return run_on_side_stream(lambda: self.step(clone_to(batch, self.device)), self.device)
+        return run_on_side_stream(
+            lambda: self.step(clone_to(batch, self.device)), self.device, stream=self.side_stream
+        )
 
     def _capture(self, key: tuple, batch: dict[str, Any]) -> torch.Tensor:
         """Capture one step of this shape (its warm-up steps ran as real steps before) and replay it once."""
