@@ -17,6 +17,9 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 IGNORE_INDEX = -100
+COARSE, FINE = 0, 1
+"""The two passes (streams) over a video: rows of the learned mode embeddings the sequence carries at
+``<video_start>``. COARSE reads with the static query and plans; FINE reads with the planned queries."""
 
 
 def caption_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,6 +102,11 @@ def check_pixel_values(
         )
 
 
+def gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows ``[M, H]`` of ``hidden [B, L, H]`` at flat positions ``positions [M]``."""
+    return hidden.flatten(0, 1).index_select(0, positions)
+
+
 @dataclass
 class VideoLayout:
     """Flat positions of a batch's frames and supervised tokens (``B`` videos, ``T`` frame slots, ``L`` tokens).
@@ -156,10 +164,16 @@ class VideoLayout:
             predictor_index=predictors.flatten().nonzero().flatten(),
             padded=attention_mask is not None and not bool(attention_mask.bool().all()),
         )
-        if labels is None:
-            return layout
+        return layout if labels is None else layout.with_captions(labels)
+
+    def with_captions(self, labels: torch.Tensor) -> VideoLayout:
+        """This layout with the supervised positions of ``labels [B, L]`` (ValueError if they supervise none)."""
         caption_index, caption_targets = caption_positions(labels)
-        return replace(layout, caption_index=caption_index, caption_targets=caption_targets)
+        return replace(self, caption_index=caption_index, caption_targets=caption_targets)
+
+    def select_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """The valid frames ``[N, ...]`` of per-slot values ``frames [B, T, ...]`` (pixels, targets, boxes)."""
+        return frames.flatten(0, 1).index_select(0, self.frame_index)
 
     def check(self, num_frame_slots: int, num_positions: int, tokens_per_frame: int) -> None:
         """Shape checks against a batch of ``num_frame_slots = B * T`` frames and ``B * L`` positions (no sync)."""
@@ -199,10 +213,13 @@ class VideoLayout:
 
 
 __all__ = [
+    "COARSE",
+    "FINE",
     "IGNORE_INDEX",
     "NORMALISED_PIXEL_LIMIT",
     "UnnormalisedPixelsWarning",
     "VideoLayout",
     "caption_positions",
     "check_pixel_values",
+    "gather_positions",
 ]

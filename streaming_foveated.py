@@ -32,9 +32,9 @@ video this holds the encoder K/V of one chunk instead of all frames (17 GB in bf
 at 256 px) and runs the patch pass once per frame instead of twice (a coarse prefill over all frames would need
 the patch K/V again for the fine reads); the LLM work is the same, split into chunk-sized prefills.
 
-Fast path (``max_frames``): ``model.stream(..., max_frames=N)`` reserves static KV caches of prompt + N positions
-(transformers ``StaticCache``) and keeps the attention mask, positions, next query, frame and target in fixed
-buffers, so that :meth:`FoveatedStream.step` does the same work without allocating or synchronising: on CUDA the
+Fast path (``max_frames``, ``streaming_static_foveated.py``): ``model.stream(..., max_frames=N)`` reserves static
+KV caches of prompt + N positions (transformers ``StaticCache``) and keeps the attention mask, positions, next
+query, frame and target in fixed buffers, so that :meth:`FoveatedStream.step` does the same work without allocating or synchronising: on CUDA the
 whole frame (patch pass, query passes, LLM steps, head) is one replayed CUDA graph (``cuda_graph``, on by default
 there), on the CPU it runs eagerly. By default (``fuse_passes``) the static and the planned query read the frame
 as one query pass of two tokens per frame (each token sees the cached patch K/V and its own key only, so this is
@@ -54,22 +54,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import BatchFeature, DynamicCache, StaticCache
+from transformers import BatchFeature, DynamicCache
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
 try:
-    from .layout_foveated import check_pixel_values
-    from .modeling_foveated import COARSE, FINE
+    from .layout_foveated import COARSE, FINE, check_pixel_values
     from .processing_foveated import VIDEO_START_TOKEN, check_prompt_text
+    from .streaming_static_foveated import DynamicState, SharedBuffers, StaticDecoder, StaticStepper
 except ImportError:  # imported as a top-level module from a checkout of the repository
-    from layout_foveated import check_pixel_values
-    from modeling_foveated import COARSE, FINE
+    from layout_foveated import COARSE, FINE, check_pixel_values
     from processing_foveated import VIDEO_START_TOKEN, check_prompt_text
+    from streaming_static_foveated import DynamicState, SharedBuffers, StaticDecoder, StaticStepper
 
 DEFAULT_CHUNK_FRAMES = 128  # frames per encoder pass in extend(): bounds the patch K/V held at once
 DEFAULT_MAX_NEW_TOKENS = 64
-GRAPH_WARMUP_RUNS = 3  # eager runs on a side stream before a CUDA graph capture (PyTorch's recipe)
 INFERENCE_MODES = {"two_pass": (COARSE, FINE), "coarse": (COARSE,)}
 
 
@@ -227,16 +226,20 @@ class FoveatedStream:
         # updated in place by both paths (the fast step's graph holds their addresses)
         self.num_frames = torch.zeros(batch, dtype=torch.long, device=device)
         self.next_queries = self._start_queries(batch).detach().clone()
-        self._static: _StaticStepper | None = None
+        self._static: StaticStepper | None = None
         self._first_frame_checked = False  # the fast step checks pixel values on its first frame only
         if max_frames is not None:
             try:
                 self._check_context(torch.full_like(self.num_frames, max_frames))
             except ValueError as error:
                 raise ValueError(f"max_frames={max_frames} does not fit: {error}") from None
-            self._static = _StaticStepper(
-                self,
+            self._static = StaticStepper(
+                model,
+                self.modes,
+                input_ids.shape[1],
                 max_frames,
+                SharedBuffers(self.next_queries, self.num_frames),
+                self._predict,
                 cuda_graph=device.type == "cuda" if cuda_graph is None else cuda_graph,
                 torch_compile=torch_compile,
                 fuse_passes=fuse_passes,
@@ -259,7 +262,7 @@ class FoveatedStream:
         After fast steps it reads the static state (positions per row, columns) instead of exporting the caches.
         """
         if self._static is not None and self._static.ahead:
-            used, columns = self._static.position[: self.batch_size, 0], self._static.columns
+            used, columns = self._static.context_used()
         else:
             used, columns = self._attention_mask.sum(1), self._attention_mask.shape[1]
         free = self._max_positions - used - self._suffix_length
@@ -287,7 +290,15 @@ class FoveatedStream:
     def _sync_dynamic(self) -> None:
         """Bring the dynamic caches, ids and mask up to date after fast steps (a copy; the fast state stays)."""
         if self._static is not None and self._static.ahead:
-            self._static.export()
+            state = self._static.export(self._dynamic_state())
+            self._caches, self._input_ids, self._attention_mask = (
+                state.caches,
+                state.input_ids,
+                state.attention_mask,
+            )
+
+    def _dynamic_state(self) -> DynamicState:
+        return DynamicState(self._caches, self._input_ids, self._attention_mask)
 
     # ------------------------------------------------------------------------------------------ set-up
     @property
@@ -333,8 +344,8 @@ class FoveatedStream:
     def _start_queries(self, count: int) -> torch.Tensor:
         """``[count, Q]`` query that reads frame 1: ``q_init`` in two-pass mode, the static query in coarse mode."""
         if self.reading_mode == COARSE:
-            return self.model.static_queries(count)
-        return self.model.initial_queries(count)
+            return self.model.model.static_queries(count)
+        return self.model.model.initial_queries(count)
 
     @torch.no_grad()
     def _open_streams(self) -> torch.Tensor:
@@ -351,7 +362,7 @@ class FoveatedStream:
         if (
             self.reading_mode == FINE and self.model.config.plan_first_query
         ):  # frame 1's query reads the prompt
-            self.next_queries.copy_(self.model.next_queries(hidden[COARSE]))
+            self.next_queries.copy_(self.model.model.next_queries(hidden[COARSE]))
         initial = self.model.fovea_initial_target.unsqueeze(0).expand(self.batch_size, -1, -1, -1)
         return self._predict(hidden[self.reading_mode], initial, self.next_queries)
 
@@ -384,7 +395,10 @@ class FoveatedStream:
                 values=not self._first_frame_checked,
             )
             self._first_frame_checked = True
-            return self._static.step(frames, None if active is None else active[:, 0], targets)
+            if not self._static.current:
+                self._sync_dynamic()
+                self._static.load(self._dynamic_state())
+            return StreamStep(**self._static.step(frames, None if active is None else active[:, 0], targets))
         output = self.extend(frames.unsqueeze(1), active, None if targets is None else targets.unsqueeze(1))
         for name, value in output.items():
             if name != "next_queries":
@@ -413,7 +427,7 @@ class FoveatedStream:
         self._check_context(frame_mask.sum(1).to(self._attention_mask.device))
         if self._static is not None:
             self._static.check_capacity(self._attention_mask.shape[1] + frames.shape[1])
-            self._static.current = False  # the dynamic caches move on: the next fast step reloads
+            self._static.invalidate()  # the dynamic caches move on: the next fast step reloads
         steps = []
         starts = range(0, frames.shape[1], self.chunk_frames)
         for start in logging.tqdm(starts, desc="frames", unit="chunk", disable=not progress):
@@ -474,52 +488,53 @@ class FoveatedStream:
 
     def _extend_chunk(self, frames, frame_mask, targets) -> dict[str, torch.Tensor]:
         """One encoder pass over a chunk's frames ``[B, c, 3, H, W]`` and one LLM prefill in each stream."""
-        model = self.model
+        config, states = self.model.config, self.model.model
         device = self._input_ids.device
-        valid = frame_mask.to(device)
-        pixels = frames.to(device)[valid]
-        new_ids = torch.where(valid, model.config.frame_token_id, model.config.text_config.pad_token_id)
+        valid = frame_mask.to(device)  # (B, c)
+        pixels = frames.to(device)[valid]  # (M, 3, H, W): the chunk's valid frames
+        new_ids = torch.where(valid, config.frame_token_id, config.text_config.pad_token_id)  # (B, c)
         self._input_ids = torch.cat([self._input_ids, new_ids], dim=1)
         self._attention_mask = torch.cat([self._attention_mask, valid.long()], dim=1)
         self.num_frames += valid.sum(1)
 
-        patches = model.encode_frames(pixels)
-        static = model.static_queries(pixels.shape[0])
-        visual_coarse, attention_coarse = model.read_coarse(patches)
-        hidden = self._run_llm(COARSE, new_ids, model.project_visual_tokens(visual_coarse, attention_coarse))[
-            valid
-        ]
+        patches = states.encode_frames(pixels)
+        static = states.static_queries(pixels.shape[0])  # (M, Q)
+        visual_coarse, attention_coarse = states.read_coarse(patches)
+        coarse_tokens = states.project_visual_tokens(visual_coarse, attention_coarse)  # (M, H)
+        hidden = self._run_llm(COARSE, new_ids, coarse_tokens)[valid]  # (M, H)
         queries, attention, next_queries = static, attention_coarse, static
         if self.reading_mode == FINE:
-            next_queries = model.next_queries(hidden)
-            rows = torch.arange(self.batch_size, device=device).unsqueeze(1).expand_as(valid)[valid]
-            first = (valid.cumsum(1) == 1)[valid].unsqueeze(-1)
+            next_queries = states.next_queries(hidden)  # (M, Q)
+            rows = torch.arange(self.batch_size, device=device).unsqueeze(1).expand_as(valid)[valid]  # (M,)
+            first = (valid.cumsum(1) == 1)[valid].unsqueeze(-1)  # (M, 1)
             queries = torch.where(
                 first, self.next_queries[rows].to(next_queries.dtype), next_queries.roll(1, 0)
             )
-            visual_fine, attention = model.read_frames(queries, patches)
-            hidden = self._run_llm(FINE, new_ids, model.project_visual_tokens(visual_fine, attention))[valid]
-        last = (valid & (valid.cumsum(1) == valid.sum(1, keepdim=True)))[valid]
+            visual_fine, attention = states.read_frames(queries, patches)
+            fine_tokens = states.project_visual_tokens(visual_fine, attention)  # (M, H)
+            hidden = self._run_llm(FINE, new_ids, fine_tokens)[valid]
+        last = (valid & (valid.cumsum(1) == valid.sum(1, keepdim=True)))[valid]  # (M,)
         self.next_queries[valid.any(1)] = next_queries[last].to(self.next_queries.dtype)
 
         outputs = {
             "queries": queries,
-            "attention": model.split_attention(attention)[0],
-            "attention_coarse": model.split_attention(attention_coarse)[0],
+            "attention": states.split_attention(attention)[0],  # (M, P)
+            "attention_coarse": states.split_attention(attention_coarse)[0],
         }
         if targets is not None:
-            current = targets.to(device)[valid]
+            current = targets.to(device)[valid]  # (M, C, h, w)
             outputs["predictions"] = self._predict(hidden, current, next_queries)
-        scattered = {name: _scatter(value, valid) for name, value in outputs.items()}
+        scattered = {name: _scatter(value, valid) for name, value in outputs.items()}  # (B, c, ...)
         return {**scattered, "frame_mask": valid}
 
     def _run_llm(self, mode: int, ids: torch.Tensor, visual_tokens: torch.Tensor | None) -> torch.Tensor:
         """Append ``ids [B, n]`` (frame slots filled with ``visual_tokens [M, H]``) to one stream: ``[B, n, H]``."""
         cache = self._caches[mode]
         mask = self._attention_mask[:, : cache.get_seq_length() + ids.shape[1]]
-        positions = self.model.default_position_ids(ids, mask, cache)
-        embeds = self.model.embed_sequence(ids, visual_tokens, mode)
-        return self.model.run_language_model(embeds, mask, positions, cache, use_cache=True).last_hidden_state
+        states = self.model.model
+        positions = states.default_position_ids(ids, mask, cache)
+        embeds = states.embed_sequence(ids, visual_tokens, mode)
+        return states.run_language_model(embeds, mask, positions, cache, use_cache=True).last_hidden_state
 
     def _predict(self, hidden: torch.Tensor, current: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """Next target from reading-stream states ``[M, H]``, current targets ``[M, C, h, w]``, queries ``[M, Q]``."""
@@ -612,7 +627,10 @@ class FoveatedStream:
         pad = (
             config.pad_token_id if config.pad_token_id is not None else (eos[0].item() if eos.numel() else 0)
         )
-        decoder = _StaticDecoder(self, suffix, max_new_tokens, min_new_tokens, eos)
+        cache = self._caches[self.reading_mode]
+        decoder = StaticDecoder(
+            self.model, cache, self._attention_mask, suffix, max_new_tokens, min_new_tokens, eos
+        )
         tokens = decoder.run()
         if not eos.numel():
             return tokens
@@ -623,387 +641,12 @@ class FoveatedStream:
         return tokens
 
 
-class _GraphedRun:
-    """A function over fixed buffers, run eagerly or replayed from one CUDA graph captured at its first call.
-
-    ``state`` lists the tensors ``run`` advances in place: the warm-up runs that precede the capture rewind them,
-    so that every call (the capturing one included) is exactly one real run.
-    """
-
-    def __init__(self, run, state: list[torch.Tensor], cuda_graph: bool, pool=None):
-        self.run = run
-        self.state = state
-        self.cuda_graph = cuda_graph
-        self.pool = pool
-        self.graph: torch.cuda.CUDAGraph | None = None
-
-    def __call__(self) -> None:
-        if not self.cuda_graph:
-            self.run()
-            return
-        if self.graph is None:
-            self._capture()
-        self.graph.replay()
-
-    def _capture(self) -> None:
-        saved = [tensor.clone() for tensor in self.state]
-        device = self.state[0].device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(GRAPH_WARMUP_RUNS):
-                self.run()
-                for tensor, value in zip(self.state, saved):
-                    tensor.copy_(value)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self.run()  # recorded, not executed: the state is unchanged
-        self.graph = graph
-
-
-class _CompiledRegions:
-    """``torch.compile``d encoder patch/query layers and LLM decoder, installed only while a fast step runs."""
-
-    def __init__(self, model, enabled: bool):
-        encoder = model.fovea_encoder
-        self.encoder = encoder
-        self.language_model = model.language_model.model
-        self.layers = {}
-        if enabled:
-            self.language_model = torch.compile(self.language_model, dynamic=False)
-            self.layers = {
-                name: torch.compile(getattr(encoder, name), dynamic=False)
-                for name in ("_patch_layer", "_query_layer")
-            }
-
-    def __enter__(self):
-        self.saved = {name: self.encoder.__dict__.get(name) for name in self.layers}
-        self.encoder.__dict__.update(self.layers)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for name, previous in self.saved.items():
-            if previous is None:
-                del self.encoder.__dict__[name]
-            else:
-                self.encoder.__dict__[name] = previous
-
-
 def _require_tensor(frames) -> None:
     if not isinstance(frames, torch.Tensor):
         raise ValueError(
             f"frames must be a tensor of normalised pixels, got {type(frames).__name__}: use "
             "processor(videos=...)['pixel_values_videos'] (or processor.preprocess_frames for raw frames)"
         )
-
-
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Bool mask -> additive float mask (0 where allowed, the dtype's minimum elsewhere); SDPA and eager take it."""
-    return torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-def _static_cache(model, batch: int, length: int) -> StaticCache:
-    """An allocated ``StaticCache`` of ``length`` positions for ``batch`` rows of the model's LLM."""
-    text = model.config.text_config
-    cache = StaticCache(config=text, max_cache_len=length)
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    cache.early_initialization(batch, text.num_key_value_heads, head_dim, model.dtype, model.device)
-    return cache
-
-
-def _load_cache(static: StaticCache, dynamic: DynamicCache, rows: slice) -> None:
-    """Copy ``dynamic``'s columns into rows ``rows`` of ``static`` (in place) and point it after them."""
-    for target, source in zip(static.layers, dynamic.layers):
-        length = source.keys.shape[-2]
-        target.keys[rows, :, :length].copy_(source.keys)
-        target.values[rows, :, :length].copy_(source.values)
-        target.cumulative_length.fill_(length)
-
-
-def _dynamic_copy(static: StaticCache, rows: slice, length: int, text_config) -> DynamicCache:
-    """A ``DynamicCache`` holding the first ``length`` columns of rows ``rows`` of ``static``."""
-    dynamic = DynamicCache(config=text_config)
-    for index, layer in enumerate(static.layers):
-        dynamic.update(layer.keys[rows, :, :length].clone(), layer.values[rows, :, :length].clone(), index)
-    return dynamic
-
-
-class _StaticStepper:
-    """The fast per-frame path of a :class:`FoveatedStream` (``max_frames``): static caches, fixed buffers.
-
-    ``total`` columns (prompt + max_frames) are reserved. With ``fuse_passes`` and two streams, one cache of 2B rows
-    holds both (rows ``[0, B)`` coarse, ``[B, 2B)`` fine) and the mask and positions have 2B rows. The stream's
-    ``next_queries`` and ``num_frames`` are advanced in place; its dynamic caches, ids and mask are brought up to
-    date by :meth:`export` when asked for, and reloaded by :meth:`load` after the dynamic path moved on.
-    """
-
-    def __init__(
-        self,
-        stream: FoveatedStream,
-        max_frames: int,
-        cuda_graph: bool,
-        torch_compile: bool,
-        fuse_passes: bool,
-    ):
-        model = stream.model
-        config = model.config
-        self.stream = stream
-        self.model = model
-        self.max_frames = max_frames
-        self.total = stream._input_ids.shape[1] + max_frames
-        total = self.total
-        batch = stream.batch_size
-        device = model.device
-        self.two_pass = stream.reading_mode == FINE
-        self.fuse = fuse_passes and self.two_pass
-        self.fused_read = self.fuse and config.coarse_reading == "static_query"
-        self.rows = batch * len(stream.modes) if self.fuse else batch
-        if self.fuse:
-            cache = _static_cache(model, self.rows, total)
-            self.caches = {mode: cache for mode in stream.modes}
-            self.cache_rows = {COARSE: slice(0, batch), FINE: slice(batch, 2 * batch)}
-        else:
-            self.caches = {mode: _static_cache(model, batch, total) for mode in stream.modes}
-            self.cache_rows = {mode: slice(None) for mode in stream.modes}
-        self.mask = torch.zeros(self.rows, 1, 1, total, dtype=model.dtype, device=device)
-        self.position = torch.zeros(self.rows, 1, dtype=torch.long, device=device)
-        self.column = torch.zeros(1, dtype=torch.long, device=device)
-        self.active = torch.ones(batch, dtype=torch.bool, device=device)
-        size = config.vision_config.image_size
-        self.frame = torch.zeros(batch, 3, size, size, dtype=model.dtype, device=device)
-        self.target: torch.Tensor | None = None  # allocated at the first step with targets, in their dtype
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.columns = 0  # host copy of ``column``: steps never read the device
-        self.current = False  # True while the static caches hold the stream's latest state
-        self.ahead = False  # True while the dynamic caches lag behind the static ones
-        self.regions = _CompiledRegions(model, torch_compile)
-        distinct = {id(cache): cache for cache in self.caches.values()}.values()
-        lengths = [layer.cumulative_length for cache in distinct for layer in cache.layers]
-        state = [self.mask, self.position, self.column, stream.next_queries, stream.num_frames, *lengths]
-        pool = torch.cuda.graph_pool_handle() if cuda_graph else None
-        self.runs = {
-            with_targets: _GraphedRun(lambda t=with_targets: self._frame(t), state, cuda_graph, pool)
-            for with_targets in (False, True)
-        }
-
-    # ---------------------------------------------------------------------------------- state transfer
-    def check_capacity(self, columns: int) -> None:
-        """ValueError (nothing consumed) if the stream would need more than the reserved ``total`` columns."""
-        if columns > self.total:
-            raise ValueError(
-                f"the stream was opened with max_frames={self.max_frames}: its static caches hold {self.total} "
-                f"columns (prompt + max_frames) and {columns} would be needed; open it with a larger max_frames "
-                "(frames_that_fit says how many more frames fit now)"
-            )
-
-    def load(self) -> None:
-        """Copy the stream's dynamic state into the static buffers (after ``extend`` or at the first step)."""
-        stream = self.stream
-        mask = stream._attention_mask
-        length = mask.shape[1]
-        for mode, cache in self.caches.items():
-            _load_cache(cache, stream._caches[mode], self.cache_rows[mode])
-        repeat = self.rows // stream.batch_size
-        self.mask.fill_(torch.finfo(self.mask.dtype).min)
-        self.mask[:, 0, 0, :length] = _additive(mask.bool().repeat(repeat, 1), self.mask.dtype)
-        self.position.copy_(mask.sum(1, keepdim=True).repeat(repeat, 1))
-        self.column.fill_(length)
-        self.columns = length
-        self.current = True
-
-    def export(self) -> None:
-        """Bring the stream's dynamic caches, ``input_ids`` and ``attention_mask`` up to the static state."""
-        stream = self.stream
-        text = self.model.config.text_config
-        batch = stream.batch_size
-        stream._caches = {
-            mode: _dynamic_copy(cache, self.cache_rows[mode], self.columns, text)
-            for mode, cache in self.caches.items()
-        }
-        old = stream._attention_mask.shape[1]
-        new = (self.mask[:batch, 0, 0, old : self.columns] == 0).long()
-        frame_id, pad_id = self.model.config.frame_token_id, text.pad_token_id
-        stream._attention_mask = torch.cat([stream._attention_mask, new], dim=1)
-        stream._input_ids = torch.cat([stream._input_ids, torch.where(new.bool(), frame_id, pad_id)], dim=1)
-        self.ahead = False
-
-    # ---------------------------------------------------------------------------------- the step
-    @torch.no_grad()
-    def step(
-        self, frames: torch.Tensor, active: torch.Tensor | None, targets: torch.Tensor | None
-    ) -> StreamStep:
-        if not self.current:
-            self.stream._sync_dynamic()
-            self.load()
-        self.check_capacity(self.columns + 1)
-        self.frame.copy_(frames)
-        if active is None:
-            self.active.fill_(True)
-        else:
-            self.active.copy_(active)
-        if targets is not None:
-            if self.target is None:
-                self.target = torch.empty(targets.shape, dtype=targets.dtype, device=self.frame.device)
-            self.target.copy_(targets)
-        with self.regions:
-            self.runs[targets is not None]()
-        self.columns += 1
-        self.ahead = True
-        names = ["queries", "attention", "attention_coarse", "frame_mask", "next_queries"]
-        if targets is not None:
-            names.insert(0, "predictions")
-        return StreamStep(**{name: self.outputs[name].clone() for name in names})
-
-    def _llm(self, cache: StaticCache, visual: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        """One position per row from visual tokens ``[R, D]`` and their attention ``[R, S+1]``: states ``[R, H]``."""
-        model = self.model
-        embeds = model.project_visual_tokens(visual, attention).unsqueeze(1)
-        embeds = embeds.to(model.get_input_embeddings().weight.dtype)
-        output = self.regions.language_model(
-            inputs_embeds=embeds,
-            attention_mask=self.mask,
-            position_ids=self.position,
-            cache=cache,
-            use_cache=True,
-        )
-        return output.last_hidden_state[:, -1]
-
-    def _frame(self, with_targets: bool) -> None:
-        """Read ``self.frame``: the stream's per-frame work, written into ``self.outputs`` and the state buffers."""
-        model, stream = self.model, self.stream
-        batch = stream.batch_size
-        active = self.active
-        row_active = active.repeat(self.rows // batch)
-        self.mask.index_copy_(3, self.column, _additive(row_active, self.mask.dtype).view(-1, 1, 1, 1))
-        patches = model.encode_frames(self.frame)
-        static = model.static_queries(batch)
-        query = stream.next_queries
-        if self.fused_read:
-            both = torch.stack([static, query.to(static.dtype)], dim=1)
-            visual, attention = model.read_frames(both, patches)  # one pass, two tokens a frame
-            (visual_coarse, visual_fine), (attention_coarse, attention_fine) = (
-                visual.unbind(1),
-                attention.unbind(1),
-            )
-        else:
-            visual_coarse, attention_coarse = model.read_coarse(patches)
-            if self.two_pass:
-                visual_fine, attention_fine = model.read_frames(query, patches)
-        if self.fuse:
-            hidden_coarse, hidden_fine = self._llm(
-                self.caches[COARSE],
-                torch.cat([visual_coarse, visual_fine]),
-                torch.cat([attention_coarse, attention_fine]),
-            ).chunk(2)
-        else:
-            hidden_coarse = self._llm(self.caches[COARSE], visual_coarse, attention_coarse)
-            if self.two_pass:
-                hidden_fine = self._llm(self.caches[FINE], visual_fine, attention_fine)
-        if self.two_pass:
-            planned = model.next_queries(hidden_coarse)
-            values = {"queries": query.to(planned.dtype), "attention": attention_fine, "hidden": hidden_fine}
-        else:
-            planned = static
-            values = {"queries": static, "attention": attention_coarse, "hidden": hidden_coarse}
-        values["attention"] = model.split_attention(values["attention"])[0]
-        values["attention_coarse"] = model.split_attention(attention_coarse)[0]
-        if with_targets:
-            values["predictions"] = stream._predict(values["hidden"], self.target, planned)
-        del values["hidden"]
-        values = {
-            name: torch.where(
-                active.view(-1, *[1] * (value.dim() - 1)),
-                value,
-                torch.zeros((), dtype=value.dtype, device=value.device),
-            )
-            for name, value in values.items()
-        }
-        query.copy_(torch.where(active.unsqueeze(1), planned.to(query.dtype), query))
-        stream.num_frames.add_(active)
-        self.position.add_(row_active.unsqueeze(1))
-        self.column.add_(1)
-        values["next_queries"] = query
-        values["frame_mask"] = active
-        for name, value in values.items():
-            if name in self.outputs:
-                self.outputs[name].copy_(value)
-            else:
-                self.outputs[name] = value.clone()
-
-
-class _StaticDecoder:
-    """``caption(static_cache=True)``: the suffix as one prefill over a static cache, then one graph per token."""
-
-    def __init__(
-        self,
-        stream: FoveatedStream,
-        suffix: torch.Tensor,
-        max_new_tokens: int,
-        min_new_tokens: int,
-        eos: torch.Tensor,
-    ):
-        model = stream.model
-        self.stream, self.model = stream, model
-        self.max_new_tokens, self.min_new_tokens, self.eos = max_new_tokens, min_new_tokens, eos
-        batch = stream.batch_size
-        mask = stream._attention_mask
-        length, count = mask.shape[1], suffix.numel()
-        self.total = length + count + max_new_tokens
-        self.cache = _static_cache(model, batch, self.total)
-        _load_cache(self.cache, stream._caches[stream.reading_mode], slice(None))
-        device = mask.device
-        columns = torch.arange(self.total, device=device)
-        self.suffix_ids = suffix.expand(batch, -1)
-        # prefill: each suffix token sees the stream's columns and the suffix up to itself
-        allowed = torch.cat(
-            [mask.bool(), torch.ones(batch, self.total - length, dtype=torch.bool, device=device)], 1
-        )
-        causal = columns.view(1, -1) <= (length + torch.arange(count, device=device)).view(-1, 1)
-        self.prefill_mask = _additive(allowed[:, None, None, :] & causal[None, None], model.dtype)
-        self.prefill_positions = mask.sum(1, keepdim=True) + torch.arange(count, device=device)
-        # decoding buffers
-        self.mask = _additive(allowed & (columns < length + count), model.dtype)[:, None, None, :].clone()
-        self.position = self.prefill_positions[:, -1:] + 1
-        self.column = torch.tensor([length + count], device=device)
-        self.index = torch.zeros(1, dtype=torch.long, device=device)
-        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        self.tokens = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
-        state = [self.mask, self.position, self.column, self.index, self.token, self.tokens]
-        state += [layer.cumulative_length for layer in self.cache.layers]
-        self.graph = _GraphedRun(self._token, state, cuda_graph=device.type == "cuda")
-
-    def _next(self, hidden: torch.Tensor) -> None:
-        """Greedy token from the last states ``[B, H]`` into ``token`` and ``tokens[:, index]``."""
-        logits = self.model.language_model.lm_head(hidden).float()
-        if self.min_new_tokens and self.eos.numel():
-            early = self.index < self.min_new_tokens
-            logits[:, self.eos] = logits[:, self.eos].masked_fill(early, float("-inf"))
-        token = logits.argmax(-1, keepdim=True)
-        self.token.copy_(token)
-        self.tokens.index_copy_(1, self.index, token)
-        self.index.add_(1)
-
-    def _token(self) -> None:
-        model = self.model
-        self.mask.index_fill_(3, self.column, 0.0)
-        embeds = model.embed_sequence(self.token, None, FINE)
-        output = model.run_language_model(embeds, self.mask, self.position, self.cache, use_cache=True)
-        self._next(output.last_hidden_state[:, -1])
-        self.position.add_(1)
-        self.column.add_(1)
-
-    @torch.no_grad()
-    def run(self) -> torch.Tensor:
-        model = self.model
-        embeds = model.embed_sequence(self.suffix_ids, None, FINE)
-        output = model.run_language_model(
-            embeds, self.prefill_mask, self.prefill_positions, self.cache, use_cache=True
-        )
-        self._next(output.last_hidden_state[:, -1])
-        for _ in range(self.max_new_tokens - 1):
-            self.graph()
-        return self.tokens.clone()
 
 
 def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

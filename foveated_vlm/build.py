@@ -132,8 +132,9 @@ def build_foveated_vlm(
         **{**targets, **config_overrides},
     )
     model = FoveatedVLMForConditionalGeneration(config)
-    model.fovea_encoder.vision_model.load_state_dict(encoder.state_dict())
-    model.language_model.load_state_dict(language_model.state_dict())
+    model.model.fovea_encoder.vision_model.load_state_dict(encoder.state_dict())
+    model.model.language_model.load_state_dict(language_model.model.state_dict())
+    model.lm_head.load_state_dict(language_model.lm_head.state_dict())  # tied: SmolLM2's embeddings again
     if dtype is not None:
         model = model.to(dtype)
     processor = FoveatedVLMProcessor.from_model_config(tokenizer, config, system_prompt=system_prompt)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modeling_foveated import attention_entropy
+from encoder_foveated import attention_entropy
 
 from .data.boxes import box_patch_masks, crop_boxes, target_box_coverage
 

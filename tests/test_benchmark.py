@@ -163,7 +163,7 @@ def test_frozen_encoder_diagnostic_trains_without_encoder_grads_and_is_never_the
     class RecordingStep(training.VariantStep):
         def __init__(self, model, batch, variant, settings, device):
             super().__init__(model, batch, variant, settings, device)
-            self.name, self.encoder = variant.name, list(model.fovea_encoder.parameters())
+            self.name, self.encoder = variant.name, list(model.model.fovea_encoder.parameters())
 
         def __call__(self):
             super().__call__()

@@ -47,11 +47,11 @@ def test_build_copies_the_parts_and_adds_the_video_tokens(parts, random_video):
     )
     assert model.config.lambda_coarse == 0.5 and model.config.vision_config.image_size == 32
     for key, value in vision.state_dict().items():
-        assert torch.equal(model.fovea_encoder.vision_model.state_dict()[key], value), key
+        assert torch.equal(model.model.fovea_encoder.vision_model.state_dict()[key], value), key
     embeddings = model.get_input_embeddings().weight
     assert embeddings.shape[0] % VOCAB_MULTIPLE == 0 and embeddings.shape[0] >= len(processor.tokenizer)
     assert torch.equal(embeddings[:450], language.get_input_embeddings().weight)
-    assert model.language_model.lm_head.weight.data_ptr() == embeddings.data_ptr(), "tying kept"
+    assert model.lm_head.weight.data_ptr() == embeddings.data_ptr(), "tying kept"
     ids = [processor.tokenizer.convert_tokens_to_ids(token) for token in VIDEO_TOKENS]
     config = model.config
     assert ids == [config.frame_token_id, config.video_start_token_id, config.video_end_token_id]

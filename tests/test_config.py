@@ -10,7 +10,7 @@ import torch
 
 import configuration_foveated
 from configuration_foveated import FoveatedVLMConfig
-from modeling_foveated import attention_entropy
+from encoder_foveated import attention_entropy
 
 from .builders import caption_batch
 
@@ -102,13 +102,13 @@ def _run(make_model, random_video, seed=0, **overrides):
 def test_query_init_std_sets_the_scale_of_learned_queries(make_model):
     for std in (1.0, 0.1):
         model, _ = make_model(query_init_std=std, query_dim=512)
-        assert abs(model.fovea_static_query.std().item() - std) < 0.15 * std
+        assert abs(model.model.fovea_static_query.std().item() - std) < 0.15 * std
 
 
 def test_temperature_sharpens_attention(make_model, random_video):
     model, processor = make_model()
     with torch.no_grad():
-        for layer in model.fovea_encoder.layers:  # random-init scores are near zero: give them a spread
+        for layer in model.model.fovea_encoder.layers:  # random-init scores are near zero: give them a spread
             layer.attention.q_proj.weight.mul_(10)
         batch = caption_batch(processor)
         entropies = []
@@ -161,10 +161,10 @@ def test_visual_token_scale_multiplies_the_projection(make_model):
     model, _ = make_model(visual_token_scale=3.0)
     tokens = torch.randn(2, model.config.vision_config.hidden_size)
     attention = torch.softmax(
-        torch.randn(2, model.fovea_encoder.num_prefix_tokens + model.config.num_patches + 1), -1
+        torch.randn(2, model.model.fovea_encoder.num_prefix_tokens + model.config.num_patches + 1), -1
     )
     torch.testing.assert_close(
-        model.project_visual_tokens(tokens, attention), 3.0 * model.fovea_visual_projection(tokens)
+        model.project_visual_tokens(tokens, attention), 3.0 * model.model.fovea_visual_projection(tokens)
     )
 
 
@@ -193,7 +193,7 @@ def test_inference_mode_coarse_reads_only_with_the_static_query(make_model, rand
 
 def test_dense_mode_feeds_pooled_patch_tokens(make_model, random_video):
     model, processor = make_model(foveation_mode="dense", dense_tokens_per_frame=4)
-    assert processor.tokens_per_frame == 4 and not hasattr(model, "fovea_query_head")
+    assert processor.tokens_per_frame == 4 and not hasattr(model.model, "fovea_query_head")
     batch = caption_batch(processor)
     assert (batch["input_ids"] == model.config.frame_token_id).sum() == 4 * 8
     with torch.no_grad():
@@ -213,11 +213,11 @@ def test_special_token_ids_are_used(make_model, random_video):
     assert ids.count(config.frame_token_id) == 2
     assert ids.count(config.video_start_token_id) == 1 and ids.count(config.video_end_token_id) == 1
     with torch.no_grad():
-        embeds = model.embed_sequence(batch["input_ids"], torch.zeros(2, 48), mode=0)
+        embeds = model.model.embed_sequence(batch["input_ids"], torch.zeros(2, 48), mode=0)
     start = ids.index(config.video_start_token_id)
-    torch.testing.assert_close(embeds[0, start], model.fovea_mode_embeddings[0])
+    torch.testing.assert_close(embeds[0, start], model.model.fovea_mode_embeddings[0])
     torch.testing.assert_close(
-        embeds[0, ids.index(config.video_end_token_id)], model.fovea_video_end_embedding
+        embeds[0, ids.index(config.video_end_token_id)], model.model.fovea_video_end_embedding
     )
 
 
@@ -227,7 +227,7 @@ def test_mean_pool_coarse_reading_averages_the_patch_states(make_model, random_v
     with torch.no_grad():
         out = model(**batch)
         frames = batch["pixel_values_videos"][batch["video_frame_mask"]]
-        patches = model.encode_frames(frames).patch_states[:, model.fovea_encoder.num_prefix_tokens :]
+        patches = model.encode_frames(frames).patch_states[:, model.model.fovea_encoder.num_prefix_tokens :]
     torch.testing.assert_close(out.visual_tokens_coarse, patches.mean(1))
     torch.testing.assert_close(
         out.attention_coarse, torch.full_like(out.attention_coarse, 1 / patches.shape[1])

@@ -254,7 +254,7 @@ def test_mcq_scoring_finds_a_planted_answer_in_every_mode(make_model):
         def forward(self, hidden):
             return bias.expand(*hidden.shape[:-1], -1)
 
-    model.language_model.lm_head = PlantedHead()
+    model.lm_head = PlantedHead()
     clips = ProceduralVideoDataset("heldout", 3, ProceduralVideoConfig(image_size=IMAGE_SIZE, num_frames=3))
     questions = questions_of(clips, options, answer)
     questions[1]["frames"] = questions[1]["frames"][:2]  # a shorter video in the batch (padding + masks)

@@ -132,7 +132,7 @@ def test_training_forward_with_layout_traces_as_one_graph(make_model, random_vid
     assert batch["video_layout"].padded == (lengths[0] != lengths[1])
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     compiled(**batch).loss.backward()
-    assert model.fovea_encoder.vision_model.embeddings.patch_embeddings.weight.grad is not None
+    assert model.model.fovea_encoder.vision_model.embeddings.patch_embeddings.weight.grad is not None
     torch._dynamo.reset()
     with pytest.raises(torch._dynamo.exc.Unsupported):
         torch.compile(model, backend="eager", fullgraph=True)(**{**batch, "video_layout": None})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import LlamaForCausalLM
 from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTModel
 
 from modeling_foveated import FoveatedVLMOutput
@@ -31,12 +32,12 @@ def _masked_reference(vit: DINOv3ViTModel, pixels: torch.Tensor, query_tokens: t
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_query_pass_equals_masked_self_attention(make_model, implementation):
     model, _ = make_model()
-    vit = model.fovea_encoder.vision_model
+    vit = model.model.fovea_encoder.vision_model
     vit.config._attn_implementation = implementation
     pixels = torch.randn(6, 3, 32, 32)
     queries = torch.randn(6, model.config.query_dim)
     tokens, attention = model.read_frames(queries, model.encode_frames(pixels))
-    reference = _masked_reference(vit, pixels, model.fovea_query_input_projection(queries))
+    reference = _masked_reference(vit, pixels, model.model.fovea_query_input_projection(queries))
     torch.testing.assert_close(tokens, reference, atol=1e-5, rtol=1e-4)
     tokens_per_frame = 1 + model.config.vision_config.num_register_tokens + model.config.num_patches
     assert attention.shape == (6, tokens_per_frame + 1)  # [CLS, registers, patches, own key]
@@ -47,7 +48,7 @@ def test_patch_states_equal_plain_forward_and_ignore_the_query(make_model):
     model, _ = make_model()
     pixels = torch.randn(4, 3, 32, 32)
     cache = model.encode_frames(pixels)
-    plain = model.fovea_encoder.vision_model(pixels).last_hidden_state
+    plain = model.model.fovea_encoder.vision_model(pixels).last_hidden_state
     torch.testing.assert_close(cache.patch_states, plain, atol=1e-5, rtol=1e-4)
     model.read_frames(torch.randn(4, model.config.query_dim), cache)
     torch.testing.assert_close(cache.patch_states, plain, atol=1e-5, rtol=1e-4)
@@ -62,14 +63,14 @@ def test_patch_keys_and_values_are_computed_once(make_model, random_video):
         layer.attention.k_proj.register_forward_hook(
             lambda _m, args, _o: rows.append(args[0].shape[:-1].numel())
         )
-        for layer in model.fovea_encoder.layers
+        for layer in model.model.fovea_encoder.layers
     ]
     model(**batch)
     for hook in hooks:
         hook.remove()
     frames = int(batch["video_frame_mask"].sum())
     tokens_per_frame = 1 + model.config.vision_config.num_register_tokens + model.config.num_patches
-    layers = len(model.fovea_encoder.layers)
+    layers = len(model.model.fovea_encoder.layers)
     assert sum(rows) == layers * (frames * tokens_per_frame + 2 * frames)
 
 
@@ -99,8 +100,8 @@ def test_first_frame_is_read_by_the_initial_query_and_later_frames_by_planned_on
     batch = caption_batch(processor)
     out = model(**batch)
     first = torch.tensor([True, False, False, False, False, True, False, False])
-    torch.testing.assert_close(out.queries[first], model.fovea_initial_query.expand(2, -1))
-    assert not torch.isclose(out.queries[~first], model.fovea_initial_query).all(-1).any()
+    torch.testing.assert_close(out.queries[first], model.model.fovea_initial_query.expand(2, -1))
+    assert not torch.isclose(out.queries[~first], model.model.fovea_initial_query).all(-1).any()
 
 
 def test_gradients_reach_static_query_through_both_paths(make_model, random_video):
@@ -108,11 +109,11 @@ def test_gradients_reach_static_query_through_both_paths(make_model, random_vide
     model.train()
     out = model(**caption_batch(processor))
     for term in ("loss_coarse", "loss_fine", "loss_caption"):
-        (gradient,) = torch.autograd.grad(out[term], model.fovea_static_query, retain_graph=True)
+        (gradient,) = torch.autograd.grad(out[term], model.model.fovea_static_query, retain_graph=True)
         assert gradient.abs().sum() > 0, f"{term} does not reach q_static"
-    (gradient,) = torch.autograd.grad(out.loss_fine, model.fovea_initial_query, retain_graph=True)
+    (gradient,) = torch.autograd.grad(out.loss_fine, model.model.fovea_initial_query, retain_graph=True)
     assert gradient.abs().sum() > 0
-    (gradient,) = torch.autograd.grad(out.loss_coarse, model.fovea_query_head.weight, allow_unused=True)
+    (gradient,) = torch.autograd.grad(out.loss_coarse, model.model.fovea_query_head.weight, allow_unused=True)
     assert gradient is None, "the coarse loss must not depend on the planned queries"
 
 
@@ -209,7 +210,10 @@ def test_text_only_forward_is_a_language_model(make_model, tokenizer):
     model, _ = make_model()
     ids = tokenizer("the red square", return_tensors="pt")["input_ids"]
     out = model(input_ids=ids, labels=ids)
-    reference = model.language_model(input_ids=ids, labels=ids)
+    language_model = LlamaForCausalLM(model.config.text_config).eval()  # the same weights in transformers' LM
+    decoder = {f"model.{name}": value for name, value in model.model.language_model.state_dict().items()}
+    language_model.load_state_dict({**decoder, "lm_head.weight": model.lm_head.weight})
+    reference = language_model(input_ids=ids, labels=ids)
     torch.testing.assert_close(out.logits, reference.logits)
     torch.testing.assert_close(out.loss, reference.loss)
 
@@ -245,10 +249,13 @@ def test_prediction_head_runs_channels_last_and_returns_a_contiguous_prediction(
 def test_activation_checkpointing_covers_both_models_and_refuses_other_layouts(make_model, random_video):
     model, processor = make_model()
     model.train().activation_checkpointing_enable()
-    assert model.fovea_encoder.gradient_checkpointing and model.language_model.is_activation_checkpointing
+    assert (
+        model.model.fovea_encoder.gradient_checkpointing
+        and model.model.language_model.is_activation_checkpointing
+    )
     out = model(**caption_batch(processor))
     out.loss.backward()
-    assert model.fovea_static_query.grad is not None
+    assert model.model.fovea_static_query.grad is not None
     model.activation_checkpointing_disable()
     assert not model.is_activation_checkpointing
     with pytest.raises(ValueError, match="every_n_layers=2"):
@@ -263,7 +270,7 @@ def test_unpadded_batch_attends_causally_with_every_attention_kernel(
 ):
     """The mask-free decoder path must equal the decoder's own masked path (eager attention needs the mask)."""
     model, processor = make_model()
-    model.language_model.config._attn_implementation = implementation
+    model.model.language_model.config._attn_implementation = implementation
     inputs = processor(text=list(PROMPTS[:1]), videos=[random_video(4)])
     positions = torch.arange(inputs["input_ids"].shape[1]).unsqueeze(0)
     with torch.no_grad():

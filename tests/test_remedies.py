@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_foveated import attention_box_loss, attention_entropy, glimpse_location
+from encoder_foveated import attention_entropy, glimpse_location
+from heads_foveated import attention_box_loss
 from streaming_foveated import stream_prompt_inputs
 
 from .builders import caption_batch
@@ -18,7 +19,7 @@ def _forward(model, processor, random_video, **kwargs):
 def _spread_scores(model) -> None:
     """Random-init query scores are near zero; scale them so that sharp and soft attention differ."""
     with torch.no_grad():
-        for layer in model.fovea_encoder.layers:
+        for layer in model.model.fovea_encoder.layers:
             layer.attention.q_proj.weight.mul_(10)
 
 
@@ -66,7 +67,7 @@ def test_prefix_ignore_puts_all_mass_on_the_top_k_patches(make_model, random_vid
 @pytest.mark.parametrize("hard", ["straight_through", "gumbel"])
 def test_hard_attention_is_one_hot_forward_with_a_soft_gradient(make_model, hard):
     model, _ = make_model(query_attention_hard=hard, gumbel_temperature=0.5)
-    encoder = model.fovea_encoder
+    encoder = model.model.fovea_encoder
     scores = torch.randn(3, 2, 1, 20, requires_grad=True)
     for training in (False, True):
         encoder.train(training)
@@ -82,7 +83,7 @@ def test_hard_attention_is_one_hot_forward_with_a_soft_gradient(make_model, hard
 
 def test_gumbel_noise_only_while_training(make_model):
     model, _ = make_model(query_attention_hard="gumbel")
-    encoder = model.fovea_encoder.train()
+    encoder = model.model.fovea_encoder.train()
     scores = torch.zeros(64, 1, 1, 20)  # all ties: the noise alone picks the key
     picks = encoder._attention_weights(scores).argmax(-1)
     assert picks.unique().numel() > 1
@@ -116,7 +117,7 @@ def test_multi_query_reads_k_queries_through_one_cache(make_model, random_video,
     out = model(**batch)
     assert out.queries.shape == (frames, 3, model.config.query_dim)
     assert out.visual_tokens_fine.shape == (frames, 3, model.config.vision_config.hidden_size)
-    (gradient,) = torch.autograd.grad(out.loss, model.fovea_static_query)
+    (gradient,) = torch.autograd.grad(out.loss, model.model.fovea_static_query)
     assert gradient.shape == (3, model.config.query_dim)
     assert (gradient.abs().sum(-1) > 0).all(), "every one of the k static queries must learn"
     model.eval()
@@ -187,7 +188,7 @@ def test_attention_supervision_pulls_the_planned_queries_to_the_box(make_model, 
     torch.testing.assert_close(out.loss_attention, -out.attention_fine[:, 5].log().mean())
     base = out.loss_fine + out.loss_coarse + out.loss_caption + out.loss_caption_coarse
     torch.testing.assert_close(out.loss, base + 2.0 * out.loss_attention)
-    (gradient,) = torch.autograd.grad(out.loss_attention, model.fovea_query_head.weight)
+    (gradient,) = torch.autograd.grad(out.loss_attention, model.model.fovea_query_head.weight)
     assert gradient.abs().sum() > 0, "the box loss must reach the LLM's query head"
     unsupervised, _ = make_model()
     assert unsupervised(**batch, attention_targets=boxes).loss_attention is None
@@ -343,7 +344,7 @@ def test_plan_first_query_reads_frame_one_with_a_query_from_the_prompt(make_mode
         first = out.queries[[0, 3]]  # frame 1 of each video
         assert torch.allclose(first[0], first[1]) is not planned, "frame 1's query must depend on the prompt"
         if not planned:
-            torch.testing.assert_close(first, model.fovea_initial_query.expand(2, -1))
+            torch.testing.assert_close(first, model.model.fovea_initial_query.expand(2, -1))
 
 
 def test_attention_map_layer_none_averages_every_layer(make_model, random_video):
@@ -364,7 +365,7 @@ def test_remedy_switches_survive_a_save_and_load(make_model, random_video, tmp_p
     )
     model.save_pretrained(tmp_path)
     loaded = FoveatedVLMForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert loaded.config.num_queries_per_frame == 2 and loaded.fovea_location_projection is not None
+    assert loaded.config.num_queries_per_frame == 2 and loaded.model.fovea_location_projection is not None
     batch = caption_batch(processor)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from foveated_vlm.training.speed import GraphedTrainStep, batch_signature, clone_to
+from foveated_vlm.training.speed import GraphedTrainStep, batch_signature, clone_to, compile_regions
 from layout_foveated import VideoLayout
 
 
@@ -81,3 +81,45 @@ def test_graphed_training_steps_equal_eager_steps(make_model, random_video):
     graphed_losses, graphed_weights = train(graphed=True)
     torch.testing.assert_close(graphed_losses, eager_losses, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(graphed_weights, eager_weights, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_regions_installs_the_declared_regions_and_undoes_them(make_model, random_video, monkeypatch):
+    """The encoder's patch and query layers, every decoder layer and the heads run compiled until undo()."""
+    model, processor = make_model(separate_prediction_heads=True)
+    compiled, calls = [], []
+
+    def fake_compile(fn, **kwargs):
+        assert kwargs["dynamic"] is False and kwargs["mode"] == "max-autotune"
+        compiled.append(fn)
+
+        def wrapped(*args, **kw):
+            calls.append(fn)
+            return fn(*args, **kw)
+
+        return wrapped
+
+    inputs = processor(text="Describe the video.", videos=random_video(3), return_targets=True)
+    with torch.no_grad():
+        reference = model(**inputs).loss
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    wrapper = type("Wrapped", (), {"get_base_model": lambda self: model})()  # what PEFT's wrapper offers
+    undo = compile_regions(wrapper, mode="max-autotune")
+    modules = [
+        *model.model.language_model.layers,
+        model.fovea_prediction_head,
+        model.fovea_coarse_prediction_head,
+    ]
+    assert len(compiled) == 2 + len(modules)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).loss, reference)
+    assert {getattr(fn, "__name__", None) for fn in calls} >= {"_patch_layer", "_query_layer"}
+    assert sum(getattr(fn, "__name__", None) == "_call_impl" for fn in set(calls)) == len(modules)
+    undo()
+    assert model.model.fovea_encoder.use_regions({}) == {}, "the encoder runs its eager layers again"
+    assert all(module._compiled_call_impl is None for module in modules)
+    calls.clear()
+    with torch.no_grad():
+        model(**inputs)
+    assert not calls
+    with pytest.raises(ValueError, match=r"no regions \['attention'\]"):
+        model.model.fovea_encoder.use_regions({"attention": print})

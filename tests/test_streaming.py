@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_foveated import COARSE, FINE
+from layout_foveated import COARSE, FINE
 from streaming_foveated import FoveatedStream, stream_prompt_inputs
 
 PROMPTS = ("Describe the video.", "What does the red ball do?")
@@ -240,7 +240,7 @@ def test_long_video_in_bounded_memory(build):
     video = torch.randint(0, 256, (LONG_VIDEO_FRAMES, 32, 32, 3), dtype=torch.uint8)
     inputs = processor(text=prompt_text, videos=video)
     encoder_calls: list[tuple[int, int]] = []
-    encode_patches = model.fovea_encoder.encode_patches
+    encode_patches = model.model.fovea_encoder.encode_patches
 
     def counting_encode(pixels):
         cache = encode_patches(pixels)
@@ -248,7 +248,7 @@ def test_long_video_in_bounded_memory(build):
         encoder_calls.append((pixels.shape[0], held))
         return cache
 
-    model.fovea_encoder.encode_patches = counting_encode
+    model.model.fovea_encoder.encode_patches = counting_encode
     stream = model.stream(**stream_prompt_inputs(processor, prompt_text), chunk_frames=LONG_VIDEO_CHUNK)
     step = stream.extend(inputs["pixel_values_videos"])
     streamed = stream.caption(max_new_tokens=CAPTION_TOKENS, output_logits=True, return_dict_in_generate=True)
@@ -261,7 +261,7 @@ def test_long_video_in_bounded_memory(build):
         assert cache.get_seq_length() == inputs["input_ids"].shape[1] - stream.suffix_ids.numel()
     assert step.attention.shape == (1, LONG_VIDEO_FRAMES, model.config.num_patches)
 
-    model.fovea_encoder.encode_patches = encode_patches
+    model.model.fovea_encoder.encode_patches = encode_patches
     expected = model.generate(
         **inputs, max_new_tokens=CAPTION_TOKENS, output_logits=True, return_dict_in_generate=True
     )
@@ -422,7 +422,7 @@ def test_fast_frames_that_fit_reads_the_static_state_without_exporting(build):
         columns_left = FAST_FRAMES + 3 - (t + 1)
         assert fast.frames_that_fit == min(reference.frames_that_fit, columns_left)
         assert fast._static.ahead  # the dynamic caches were not rebuilt to answer
-        used = fast._static.position[: len(PROMPTS), 0]  # what the context part of the answer reads
+        used, _ = fast._static.context_used()  # what the context part of the answer reads
         assert torch.equal(used, reference.attention_mask.sum(1))
 
 
@@ -474,11 +474,11 @@ def test_torch_compile_regions_are_used_and_removed(build, monkeypatch):
     steps = run_steps(
         model.stream(**prompt, max_frames=2, torch_compile=True), frames, targets, active, range(2)
     )
-    encoder = model.fovea_encoder
-    assert len(compiled) == 3 and model.language_model.model in compiled
+    encoder = model.model.fovea_encoder
+    assert len(compiled) == 3 and model.model.language_model in compiled
     assert {getattr(fn, "__name__", None) for fn in calls} >= {"_patch_layer", "_query_layer"}
-    assert model.language_model.model in calls
-    assert "_patch_layer" not in encoder.__dict__ and "_query_layer" not in encoder.__dict__
+    assert model.model.language_model in calls
+    assert encoder.use_regions({}) == {}, "the compiled layers were removed after the steps"
     for step, reference_step in zip(steps, reference):
         assert relative_error(step.attention, reference_step.attention) < FAST_TOLERANCE
 

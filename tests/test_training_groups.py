@@ -23,11 +23,11 @@ SMOKE = "configs/smoke.yaml"
 def _expected_group(name: str) -> str:
     """Independent statement of the grouping rule, from the module tree of the model."""
     bare = name.replace("base_model.model.", "")
-    if bare.startswith("fovea_encoder.vision_model."):
+    if bare.startswith("model.fovea_encoder.vision_model."):
         return "encoder"
-    if bare.startswith("language_model."):
+    if bare.startswith(("model.language_model.", "lm_head.")):
         return "llm"
-    assert bare.startswith("fovea_"), name
+    assert bare.startswith(("model.fovea_", "fovea_")), name
     return "new"
 
 
@@ -71,13 +71,15 @@ def test_full_fine_tune_groups_every_parameter():
         assert lr == rates[expected], name
         assert (decay == 0.0) == group.endswith("_no_decay"), name
     # spot checks of the decay rule: projections decay, queries, biases, norms and embeddings do not
-    assert where["fovea_visual_projection.weight"][2] == pytest.approx(0.05)
+    assert where["model.fovea_visual_projection.weight"][2] == pytest.approx(0.05)
+    assert where["fovea_prediction_head.film.0.weight"][2] == pytest.approx(0.05)
     for name in (
-        "fovea_static_query",
-        "fovea_visual_projection.bias",
-        "fovea_mode_embeddings",
-        "language_model.model.embed_tokens.weight",
-        "language_model.model.norm.weight",
+        "model.fovea_static_query",
+        "model.fovea_visual_projection.bias",
+        "model.fovea_mode_embeddings",
+        "fovea_initial_target",
+        "model.language_model.embed_tokens.weight",
+        "model.language_model.norm.weight",
     ):
         assert where[name][2] == 0.0, name
     assert {group for group, _, _ in where.values()} == {
@@ -93,9 +95,12 @@ def test_full_fine_tune_groups_every_parameter():
 def test_frozen_encoder_leaves_the_optimizer():
     model, config = _build("train.freeze_encoder=true")
     where = _grouping(model, config)
-    assert not any(name.startswith("fovea_encoder.") for name in where)
-    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("fovea_encoder."))
-    assert any(name.startswith("fovea_query_head") for name in where), "new modules keep training"
+    assert not any(name.startswith("model.fovea_encoder.") for name in where)
+    assert all(
+        not p.requires_grad for n, p in model.named_parameters() if n.startswith("model.fovea_encoder.")
+    )
+    assert any(name.startswith("model.fovea_query_head") for name in where), "new modules keep training"
+    assert any(name.startswith("fovea_prediction_head") for name in where), "heads keep training"
 
 
 def test_lora_trains_adapters_and_new_modules_only():
@@ -112,7 +117,7 @@ def test_lora_trains_adapters_and_new_modules_only():
     # the LoRA adapters merge back into a plain model that keeps every new module
     exported = export_model(model)
     assert not any("lora_" in name for name, _ in exported.named_parameters())
-    assert hasattr(exported, "fovea_query_head")
+    assert hasattr(exported.model, "fovea_query_head")
 
 
 def test_unknown_parameter_raises():

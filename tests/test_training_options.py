@@ -54,9 +54,11 @@ def test_accumulation_bf16_checkpointing_frozen_encoder(tmp_path):
     final = FoveatedVLMForConditionalGeneration.from_pretrained(run / "final")
     set_seed(0)  # the run's seed: the same initial weights
     initial, _ = build_model_and_processor(load_config("configs/smoke.yaml"))
-    for name, weight in initial.fovea_encoder.state_dict().items():
-        torch.testing.assert_close(final.fovea_encoder.state_dict()[name], weight, msg=f"frozen {name} moved")
-    assert not torch.equal(final.fovea_query_head.weight, initial.fovea_query_head.weight), (
+    for name, weight in initial.model.fovea_encoder.state_dict().items():
+        torch.testing.assert_close(
+            final.model.fovea_encoder.state_dict()[name], weight, msg=f"frozen {name} moved"
+        )
+    assert not torch.equal(final.model.fovea_query_head.weight, initial.model.fovea_query_head.weight), (
         "new modules train"
     )
 

@@ -25,7 +25,7 @@ DATA_KINDS = ("procedural", "folder", "manifest", "hub")
 SCHEDULES = ("cosine", "constant")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 FRAME_SAMPLINGS = ("uniform", "fps")
-DEFAULT_LORA_TARGETS = r"language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+DEFAULT_LORA_TARGETS = r"model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 FLOAT_PATTERN = re.compile(
     r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
 )

@@ -2,9 +2,11 @@
 
 Parameter groups (each split into weight-decayed and not-decayed halves):
 
-* ``new``: the ``fovea_*`` modules and parameters (queries, projections, heads, mode embeddings), ``lr_new``;
-* ``encoder``: the DINOv3 ViT (``fovea_encoder.*``), ``lr_encoder``;
-* ``llm``: the language model (``language_model.*``, LoRA adapters included), ``lr_llm``.
+* ``new``: the ``fovea_*`` modules and parameters (queries, projections, heads, mode embeddings; in the base
+  model ``model.fovea_*`` or beside it ``fovea_*``), ``lr_new``;
+* ``encoder``: the DINOv3 ViT (``model.fovea_encoder.*``), ``lr_encoder``;
+* ``llm``: the language model (``model.language_model.*`` and an untied ``lm_head``, LoRA adapters included),
+  ``lr_llm``.
 
 A trainable parameter that matches none of them raises a ``ValueError`` (a silently mis-grouped new module
 trained at the backbone's learning rate was one of the peer's bugs). Weight decay applies to the ``weight`` of
@@ -24,10 +26,15 @@ from processing_foveated import FoveatedVLMProcessor
 
 from .config import LoraSection, TrainingConfig
 
-GROUP_PREFIXES = (("encoder", "fovea_encoder."), ("llm", "language_model."), ("new", "fovea_"))
+ENCODER_PREFIX = "model.fovea_encoder."
+GROUP_PREFIXES = (
+    ("encoder", ENCODER_PREFIX),
+    ("llm", "model.language_model."),
+    ("llm", "lm_head."),
+    ("new", "model.fovea_"),
+    ("new", "fovea_"),
+)
 PEFT_PREFIX = re.compile(r"^(base_model\.model\.)+")
-NEW_MODULE_PREFIX = "fovea_"
-ENCODER_PREFIX = "fovea_encoder."
 FULL_IMAGE_SIZE = 256
 
 
@@ -115,9 +122,7 @@ def apply_lora(model: nn.Module, lora: LoraSection) -> nn.Module:
     if not adapted:
         raise ValueError(f"train.lora.target_modules={lora.target_modules!r} matched no module of the model")
     for name, parameter in wrapped.named_parameters():
-        if _strip_peft(name).startswith(NEW_MODULE_PREFIX) and not _strip_peft(name).startswith(
-            ENCODER_PREFIX
-        ):
+        if parameter_group_name(name) == "new":
             parameter.requires_grad_(True)
     return wrapped
 

@@ -20,10 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from acceleration_foveated import GRAPH_WARMUP_RUNS, capture_graph, run_on_side_stream
+
 logger = logging.getLogger(__name__)
 
 GRAPH_WARMUP_STEPS = (
-    3  # eager steps on a side stream before a capture (cuBLAS workspaces, compile, lazy state)
+    GRAPH_WARMUP_RUNS  # eager steps on a side stream before a capture (cuBLAS workspaces, compile)
 )
 MAX_GRAPHS = 8  # batch shapes kept as graphs; further shapes run eagerly (with a warning)
 
@@ -35,22 +37,13 @@ def compile_regions(model: nn.Module, mode: str = "default") -> Callable[[], Non
     LLM decoder layer and the prediction heads (training has no KV cache, so the decoder layers share one graph;
     the streaming fast path compiles its cached decoder as a whole instead, ``FoveatedStream(torch_compile=True)``).
     ``mode="reduce-overhead"`` also replays each compiled region as a CUDA graph (cudagraph trees); leave it at
-    ``"default"`` under :class:`GraphedTrainStep`, which graphs the whole step.
+    ``"default"`` under :class:`GraphedTrainStep`, which graphs the whole step. The model declares the regions
+    (``FoveatedVLMForConditionalGeneration.regional_compile``); a PEFT wrapper is looked through.
     """
-    encoder = model.fovea_encoder
-    encoder._patch_layer = torch.compile(encoder._patch_layer, dynamic=False, mode=mode)
-    encoder._query_layer = torch.compile(encoder._query_layer, dynamic=False, mode=mode)
-    modules: list[nn.Module] = list(model.language_model.model.layers)
-    modules += [head for head in (model.fovea_prediction_head, model.fovea_coarse_prediction_head) if head]
-    for module in modules:
-        module.compile(dynamic=False, mode=mode)
-
-    def undo() -> None:
-        del encoder._patch_layer, encoder._query_layer
-        for module in modules:
-            module._compiled_call_impl = None
-
-    return undo
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    regions = base.regional_compile(mode)
+    regions.install()
+    return regions.remove
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -135,7 +128,7 @@ class GraphedTrainStep:
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, Any], torch.Tensor]] = {}
         self.warmups: dict[tuple, int] = {}
         self.uncaptured: set[tuple] = set()
-        self.side_stream = torch.cuda.Stream(self.device)
+        self.side_stream = torch.cuda.Stream(self.device)  # every eager step runs on it
 
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
         key = batch_signature(batch)
@@ -154,21 +147,20 @@ class GraphedTrainStep:
         return self._capture(key, batch)
 
     def _eager(self, batch: dict[str, Any]) -> torch.Tensor:
-        self.side_stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.side_stream):
-            output = self.step(clone_to(batch, self.device))
-        torch.cuda.current_stream(self.device).wait_stream(self.side_stream)
-        return output
+        return run_on_side_stream(
+            lambda: self.step(clone_to(batch, self.device)), self.device, stream=self.side_stream
+        )
 
     def _capture(self, key: tuple, batch: dict[str, Any]) -> torch.Tensor:
+        """Capture one step of this shape (its warm-up steps ran as real steps before) and replay it once."""
         inputs = clone_to(batch, self.device)
-        graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize(self.device)
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            output = self.step(inputs)
-        self.graphs[key] = (graph, inputs, output)
+        outputs: list[torch.Tensor] = []
+        graph = capture_graph(
+            lambda: outputs.append(self.step(inputs)), self.device, self.pool, warmup_runs=0
+        )
+        self.graphs[key] = (graph, inputs, outputs[0])
         graph.replay()
-        return output.clone()
+        return outputs[0].clone()
 
 
 __all__ = [

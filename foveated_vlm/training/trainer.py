@@ -22,8 +22,8 @@ from typing import Any
 import torch
 import yaml
 
+from encoder_foveated import attention_entropy
 from foveated_vlm.files import atomic_write_text, replace_directory
-from modeling_foveated import attention_entropy
 
 from ..data.collate import VideoCaptionCollator
 from ..metrics import attention_mass_in_box

@@ -1,0 +1,131 @@
+"""The prediction head and the loss terms of the foveated VLM.
+
+:class:`FiLMPredictionHead` predicts the next frame's target from an LLM state; the functions below are the loss
+terms that ``FoveatedVLMForConditionalGeneration`` weights and adds (prediction MSE is ``F.mse_loss``).
+Shapes: N (valid frames), M (supervised caption positions), P (patches), H (LLM width), C x h x w (a target).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:
+    from .configuration_foveated import FoveatedVLMConfig
+    from .encoder_foveated import attention_entropy
+    from .layout_foveated import gather_positions
+except ImportError:  # imported as a top-level module from a checkout of the repository
+    from configuration_foveated import FoveatedVLMConfig
+    from encoder_foveated import attention_entropy
+    from layout_foveated import gather_positions
+
+
+class FiLMPredictionHead(nn.Module):
+    """Predicts the next frame's target from an LLM state and the previous target (FiLM conditioning).
+
+    The previous target ``[N, C, h, w]`` is encoded by convolutions, scaled and shifted channel-wise by values
+    computed from the LLM state ``[N, H]``, and decoded back to a full (non-residual) target ``[N, C, h, w]``.
+    """
+
+    def __init__(self, config: FoveatedVLMConfig):
+        super().__init__()
+        channels = [config.target_channels, *config.film_channels]
+        width = channels[-1]
+        self.film = nn.Sequential(
+            nn.Linear(config.text_config.hidden_size, config.film_hidden_dim),
+            nn.GELU(),
+            nn.Linear(config.film_hidden_dim, 2 * width),
+        )
+        self.target_encoder = self._conv_stack(channels)
+        self.target_decoder = self._conv_stack(channels[::-1])
+        self.query_skip = (
+            nn.Linear(config.query_dim, width, bias=False) if config.query_skip_to_head else None
+        )
+
+    @staticmethod
+    def _conv_stack(channels: list[int]) -> nn.Sequential:
+        modules: list[nn.Module] = []
+        for index, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
+            modules.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1))
+            if index < len(channels) - 2:
+                modules.append(nn.GELU())
+        return nn.Sequential(*modules)
+
+    def forward(
+        self, hidden: torch.Tensor, previous_target: torch.Tensor, query: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``hidden [N, H]``, ``previous_target [N, C, h, w]``, optional ``query [N, Q]`` -> ``[N, C, h, w]``.
+
+        The convolutions run channels-last (the layout cuDNN's bf16 kernels use: no layout conversion of the
+        wide intermediate features); the prediction comes back contiguous.
+        """
+        previous = previous_target.to(hidden.dtype, memory_format=torch.channels_last)
+        features = self.target_encoder(previous)
+        scale, shift = self.film(hidden).chunk(2, dim=-1)
+        features = features * scale[..., None, None] + shift[..., None, None]
+        if self.query_skip is not None and query is not None:
+            features = features + self.query_skip(query.to(hidden.dtype))[..., None, None]
+        return self.target_decoder(features).contiguous()
+
+
+def attention_box_loss(patch_attention: torch.Tensor, box_coverage: torch.Tensor) -> torch.Tensor:
+    """``-log`` attention mass inside a box, mean over the frames where the box is in view.
+
+    ``patch_attention [N, P]`` is the patch part of the full distribution (mass on CLS, registers or the query's
+    own key counts as outside); ``box_coverage [N, P]`` is the fraction of each patch the box covers.
+    """
+    coverage = box_coverage.to(patch_attention.dtype)
+    mass = (patch_attention.float() * coverage.float()).sum(-1)
+    in_view = (coverage.sum(-1) > 0).float()
+    nll = -mass.clamp_min(torch.finfo(torch.float32).tiny).log()
+    return (nll * in_view).sum() / in_view.sum().clamp_min(1.0)
+
+
+def caption_loss(
+    lm_head: nn.Module, hidden: torch.Tensor, caption_index: torch.Tensor, caption_targets: torch.Tensor
+) -> torch.Tensor:
+    """Next-token cross-entropy on the supervised positions ``[M]`` of ``hidden [B, L, H]`` (LM head on those)."""
+    logits = lm_head(gather_positions(hidden, caption_index)).float()  # (M, V)
+    return F.cross_entropy(logits, caption_targets)
+
+
+def delta_l1_loss(predictions: list[torch.Tensor], previous: torch.Tensor) -> torch.Tensor:
+    """Mean absolute change ``|prediction - previous target|`` of predictions ``[N, C, h, w]``, mean over them."""
+    return torch.stack([(p.float() - previous.float()).abs().mean() for p in predictions]).mean()
+
+
+def reading_losses(
+    config: FoveatedVLMConfig, readings, boxes: torch.Tensor | None = None
+) -> dict[str, tuple[float, torch.Tensor]]:
+    """The terms on the two readings whose weights are non-zero: ``name -> (weight, unweighted loss)``, in order.
+
+    ``readings`` has the fields of ``outputs_foveated.FoveatedReadings``. ``loss_contrastive``: mean cosine
+    similarity of the fine and coarse visual tokens ``[N, D]`` (lower: more different readings). ``loss_entropy``:
+    the hinge ``relu(H(fine) - H(coarse) + entropy_margin)`` on the entropies of the full attention distributions
+    (the fine reading should be sharper than the static one). ``loss_attention``: :func:`attention_box_loss` of the
+    fine reading against ``boxes [N, P]`` (the box of the object the text is about).
+    """
+    losses = {}
+    if readings.visual_tokens_fine is not None and config.contrastive_loss_weight:
+        fine, coarse = readings.visual_tokens_fine.float(), readings.visual_tokens_coarse.float()
+        similarity = F.cosine_similarity(fine, coarse, dim=-1).mean()
+        losses["loss_contrastive"] = (config.contrastive_loss_weight, similarity)
+    if readings.attention_fine is not None and config.entropy_loss_weight:
+        fine = attention_entropy(readings.attention_fine, readings.attention_prefix_fine)
+        coarse = attention_entropy(readings.attention_coarse, readings.attention_prefix_coarse)
+        hinge = F.relu(fine - coarse + config.entropy_margin).mean()
+        losses["loss_entropy"] = (config.entropy_loss_weight, hinge)
+    if boxes is not None and readings.attention_fine is not None and config.attention_supervision_weight:
+        mass = attention_box_loss(readings.attention_fine, boxes)
+        losses["loss_attention"] = (config.attention_supervision_weight, mass)
+    return losses
+
+
+__all__ = [
+    "FiLMPredictionHead",
+    "attention_box_loss",
+    "caption_loss",
+    "delta_l1_loss",
+    "reading_losses",
+]
