@@ -19,7 +19,7 @@ START=$(date +%s)
 accelerate launch --cpu --num_processes 1 --num_machines 1 --num_cpu_threads_per_process 2 --mixed_precision no --dynamo_backend no \
   train_accelerate.py --config configs/demo.yaml --output_dir "$OUT" "$@"
 TRAINED=$(date +%s)
-python -m foveated_vlm.training.demo_report --run_dir "$OUT" | tee "$OUT/report.txt"
+python -m eval.demo_report --run_dir "$OUT" | tee "$OUT/report.txt"
 END=$(date +%s)
 echo "wall time: training $((TRAINED - START)) s, evaluation $((END - TRAINED)) s, total $((END - START)) s" \
   | tee -a "$OUT/report.txt"

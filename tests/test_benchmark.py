@@ -247,7 +247,9 @@ def test_each_variant_step_autocasts_as_its_own_config_says(monkeypatch, tokeniz
     batch = workload.make_batch(tiny_processor(config, tokenizer), TINY_SETTINGS, CPU)
     model = workload.build_model(config, CPU).train()
     autocast = []
-    model.fovea_query_head.register_forward_hook(lambda *_: autocast.append(torch.is_autocast_enabled("cpu")))
+    model.model.fovea_query_head.register_forward_hook(
+        lambda *_: autocast.append(torch.is_autocast_enabled("cpu"))
+    )
     variant = training.trainer_variant(TINY_SETTINGS, CPU)
     real_config = training.step_config
 

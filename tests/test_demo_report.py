@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import train_accelerate
-from foveated_vlm.training import demo_report
+from eval import demo_report
 from foveated_vlm.training.config import load_config
 from foveated_vlm.training.data import procedural_config
 from foveated_vlm.training.modeling import build_model_and_processor
@@ -45,7 +45,7 @@ def test_demo_config_is_the_named_object_task_with_the_recipe():
     assert config.data.image_size == vision.image_size and vision.image_size % vision.patch_size == 0
     assert config.eval.num_heldout_clips <= 256, "the report's evaluation stays within two minutes"
     script = (REPO / "scripts" / "demo.sh").read_text()
-    assert "--config configs/demo.yaml" in script and "foveated_vlm.training.demo_report" in script
+    assert "--config configs/demo.yaml" in script and "eval.demo_report" in script
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,9 @@ LONG_BY_DESIGN = {"foveated_vlm/data/procedural.py"}  # the procedural generator
 # Offenders other helpers are fixing on their branches; the lead empties this list after merging them.
 KNOWN_UNTIL_MERGED = {
     "long_files": {
-        "eval/benchmark.py",  # being shrunk by the benchmark helper
-        "processing_foveated.py",  # video decoding being split out by the processor helper
         "eval/probes.py",  # 763 lines at db16495: no helper named for it (readers helper touches it)
     },
-    "package_cycles": [
-        # data.targets -> training.sampler (the data helper removes it) closes data -> training -> data, and with
-        # it metrics and tiny (which import data); training.demo_report -> eval.probes closes training <-> eval
-        {"eval", "foveated_vlm.data", "foveated_vlm.metrics", "foveated_vlm.tiny", "foveated_vlm.training"},
-    ],
+    "package_cycles": [],
 }
 
 

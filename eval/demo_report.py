@@ -1,6 +1,6 @@
 """The demo's report: held-out named-object clips read dynamically, statically and blind, and the fovea figure.
 
-    python -m foveated_vlm.training.demo_report --run_dir outputs/demo
+    python -m eval.demo_report --run_dir outputs/demo
 
 Loads ``RUN/final`` and reads ``eval.num_heldout_clips`` clips of the held-out split (targets whose (shape,
 motion) pair never occurs in training) with :func:`eval.probes.run_probes`, the one scoring path of the
@@ -28,14 +28,13 @@ import numpy as np
 import torch
 
 from foveated_vlm.files import atomic_write_text
+from foveated_vlm.training.config import load_config
+from foveated_vlm.training.data import build_split
+from foveated_vlm.training.figures import plot_fovea_on_named_object, plot_loss_curve
+from foveated_vlm.training.trainer import CONFIG_NAME, FINAL_DIR, LOG_NAME
 from layout_foveated import UnnormalisedPixelsWarning
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 from processing_foveated import FoveatedVLMProcessor
-
-from .config import load_config
-from .data import build_split
-from .figures import plot_fovea_on_named_object, plot_loss_curve
-from .trainer import CONFIG_NAME, FINAL_DIR, LOG_NAME
 
 REPORT_NAME = "report.json"
 FOVEA_FIGURE = "fovea_named_object.png"
