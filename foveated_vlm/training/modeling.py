@@ -29,6 +29,7 @@ PEFT_PREFIX = re.compile(r"^(base_model\.model\.)+")
 NEW_MODULE_PREFIX = "fovea_"
 ENCODER_PREFIX = "fovea_encoder."
 FULL_IMAGE_SIZE = 256
+UNUSED_PARAMETERS = ("fovea_encoder.vision_model.embeddings.mask_token",)  # DINOv3's masked-image pretraining
 
 
 def build_model_and_processor(config: TrainingConfig) -> tuple[FoveatedVLMForConditionalGeneration, Any]:
@@ -127,6 +128,15 @@ def set_encoder_trainable(model: nn.Module, trainable: bool) -> None:
             parameter.requires_grad_(trainable)
 
 
+def freeze_unused_parameters(model: nn.Module) -> None:
+    """Freeze the parameters no forward uses (:data:`UNUSED_PARAMETERS`: the foveated encoder never masks
+    patches). They get no gradient, hence no optimizer state, and FSDP's sharded optimizer state refuses to
+    load with a trainable parameter missing from it."""
+    for name, parameter in model.named_parameters():
+        if _strip_peft(name) in UNUSED_PARAMETERS:
+            parameter.requires_grad_(False)
+
+
 def prepare_for_training(model: nn.Module, config: TrainingConfig) -> nn.Module:
     """LoRA, encoder freezing and gradient checkpointing as configured; returns the (maybe wrapped) model."""
     train = config.train
@@ -217,6 +227,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "export_model",
+    "freeze_unused_parameters",
     "parameter_group_name",
     "parameter_groups",
     "prepare_for_training",
