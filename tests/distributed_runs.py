@@ -2,7 +2,7 @@
 
 ``python distributed_runs.py ddp ROOT`` trains ``ROOT/ddp`` (2 processes, :data:`DDP_ARGS`); ``ddp_resume``
 resumes ``ROOT/single/checkpoints/step-3`` (written by one process beforehand) into ``ROOT/single_to_ddp``.
-Every process records what it writes under ``ROOT`` (``ROOT/writes-MODE-RANK.json``) and, each time
+``ddp_compiled`` is ``ddp`` with regional compile. Every process records what it writes under ``ROOT`` (``ROOT/writes-MODE-RANK.json``) and, each time
 ``save_checkpoint`` returns, whether the checkpoint is complete and visible.
 
 ``fsdp`` trains the same run as ``ddp`` into ``ROOT/fsdp`` under Accelerate's FSDP2 plugin and records the
@@ -141,8 +141,8 @@ def record_final_logits() -> None:
 
 
 def run(mode: str, root: Path) -> None:
-    """One run per launch (``end_training`` ends the process group): ``ddp``, ``ddp_resume``, ``fsdp`` or
-    ``fsdp_resume``."""
+    """One run per launch (``end_training`` ends the process group): ``ddp``, ``ddp_resume``,
+    ``ddp_compiled`` (regional compile), ``fsdp`` or ``fsdp_resume``."""
     from accelerate import PartialState
 
     recorder = WriteRecorder(root)
@@ -152,15 +152,14 @@ def run(mode: str, root: Path) -> None:
         force_fsdp()
         record_final_logits()
     runs = {
-        "ddp": ("ddp", None),
-        "ddp_resume": ("single_to_ddp", root / "single" / "checkpoints" / "step-3"),
-        "fsdp": ("fsdp", None),
-        "fsdp_resume": ("fsdp_resumed", root / "fsdp" / "checkpoints" / "step-3"),
+        "ddp": ("ddp", []),
+        "ddp_resume": ("single_to_ddp", ["--resume", str(root / "single" / "checkpoints" / "step-3")]),
+        "ddp_compiled": ("ddp_compiled", ["--set", "train.compile=true"]),
+        "fsdp": ("fsdp", []),
+        "fsdp_resume": ("fsdp_resumed", ["--resume", str(root / "fsdp" / "checkpoints" / "step-3")]),
     }
-    output, resume = runs[mode]
-    train_accelerate.main(
-        [*DDP_ARGS, "--output_dir", str(root / output), *(["--resume", str(resume)] if resume else [])]
-    )
+    output, extra = runs[mode]
+    train_accelerate.main([*DDP_ARGS, "--output_dir", str(root / output), *extra])
     record = {"writes": recorder.paths, "visible_after_save": visible}
     (root / f"writes-{mode}-{PartialState().process_index}.json").write_text(json.dumps(record))
 
