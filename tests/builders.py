@@ -161,10 +161,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_two_cpu_processes(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``accelerate launch`` with 2 processes on the CPU (torchrun with no GPU gives a gloo group)."""
+def launch_two_cpu_processes(
+    *args: str, timeout: int = 240, distributed: tuple[str, ...] = ("--multi_gpu",)
+) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with 2 processes on the CPU (torchrun with no GPU gives a gloo group).
+
+    ``distributed`` selects the mode: DDP by default, or e.g. ``("--config_file", "configs/accelerate/fsdp.yaml")``.
+    """
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        sys.executable, "-m", "accelerate.commands.launch", *distributed, "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()), *args,
     ]  # fmt: skip

@@ -12,6 +12,7 @@ from foveated_vlm.training.modeling import (
     build_optimizer,
     build_scheduler,
     export_model,
+    freeze_unused_parameters,
     parameter_group_name,
     parameter_groups,
     prepare_for_training,
@@ -138,3 +139,17 @@ def test_schedules_warm_up_then_follow_their_shape(schedule, end_ratio):
     rates.append(optimizer.param_groups[0]["lr"] / config.train.lr_encoder)
     assert rates[0] == 0.0 and rates[2] == pytest.approx(1.0)
     assert rates[-1] == pytest.approx(end_ratio, abs=1e-9)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_freeze_unused_parameters_freezes_the_encoders_mask_token_only(lora):
+    """FSDP's optimizer state must cover every trainable parameter: the never-used mask token is frozen, by name."""
+    model, _ = _build(*(["train.lora.enabled=true", "train.lora.r=4"] if lora else []))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    freeze_unused_parameters(model)
+    frozen = trainable - {name for name, p in model.named_parameters() if p.requires_grad}
+    assert [name.replace("base_model.model.", "") for name in frozen] == [
+        "model.fovea_encoder.vision_model.embeddings.mask_token"
+    ]
+    with pytest.raises(ValueError, match="mask_token"):
+        freeze_unused_parameters(torch.nn.Linear(2, 2))

@@ -3,7 +3,9 @@
 A checkpoint holds what ``accelerator.save_state`` writes (model, optimizer, registered scheduler, every
 process's RNG states) plus ``trainer_state.json`` (the step, hence the data position, and the config). It is
 written into a hidden ``.tmp-step-N`` folder and renamed into place by the main process only when complete, so
-a run killed while saving leaves the previous checkpoints intact and no half-written ``step-N``.
+a run killed while saving leaves the previous checkpoints intact and no half-written ``step-N``. The main
+process writes everything but the other processes' RNG states (``random_states_R.pkl``, which only process R
+has); every process returns once the checkpoint is in place.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def save_checkpoint(
     temporary = root / f".tmp-step-{step}"
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
+        temporary.mkdir(parents=True)  # by the main process: the others only write their RNG state into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()

@@ -36,6 +36,9 @@ GROUP_PREFIXES = (
 )
 PEFT_PREFIX = re.compile(r"^(base_model\.model\.)+")
 FULL_IMAGE_SIZE = 256
+UNUSED_PARAMETERS = (
+    f"{ENCODER_PREFIX}vision_model.embeddings.mask_token",
+)  # DINOv3's masked-image pretraining
 
 
 def build_model_and_processor(config: TrainingConfig) -> tuple[FoveatedVLMForConditionalGeneration, Any]:
@@ -134,6 +137,19 @@ def set_encoder_trainable(model: nn.Module, trainable: bool) -> None:
             parameter.requires_grad_(trainable)
 
 
+def freeze_unused_parameters(model: nn.Module) -> None:
+    """Freeze the parameters no forward uses (:data:`UNUSED_PARAMETERS`: the foveated encoder never masks
+    patches). They get no gradient, hence no optimizer state, and FSDP's sharded optimizer state refuses to
+    load with a trainable parameter missing from it."""
+    found = set()
+    for name, parameter in model.named_parameters():
+        if _strip_peft(name) in UNUSED_PARAMETERS:
+            parameter.requires_grad_(False)
+            found.add(_strip_peft(name))
+    if missing := set(UNUSED_PARAMETERS) - found:
+        raise ValueError(f"freeze_unused_parameters: the model has no parameter {sorted(missing)}")
+
+
 def prepare_for_training(model: nn.Module, config: TrainingConfig) -> nn.Module:
     """LoRA, encoder freezing and gradient checkpointing as configured; returns the (maybe wrapped) model."""
     train = config.train
@@ -226,6 +242,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "export_model",
+    "freeze_unused_parameters",
     "parameter_group_name",
     "parameter_groups",
     "prepare_for_training",

@@ -24,6 +24,7 @@ import yaml
 
 from encoder_foveated import attention_entropy
 from foveated_vlm.files import atomic_write_text, replace_directory
+from modeling_foveated import FoveatedVLMForConditionalGeneration
 
 from ..data.collate import VideoCaptionCollator
 from ..metrics import attention_mass_in_box
@@ -37,6 +38,7 @@ from .modeling import (
     build_optimizer,
     build_scheduler,
     export_model,
+    freeze_unused_parameters,
     prepare_for_training,
 )
 from .speed import compile_regions
@@ -109,8 +111,9 @@ def make_accelerator(config: TrainingConfig):
 def validate(model, loader, accelerator, max_batches: int | None) -> dict[str, float]:
     """Mean validation figures over this process's share of the split, reduced over processes.
 
-    ``model`` is the unwrapped model: processes may read different numbers of batches, and a DDP forward
-    would synchronise buffers with its peers.
+    ``model`` is the unwrapped model: a DDP forward would synchronise buffers with its peers. Every process runs
+    the same number of forwards (a process with a shorter share repeats its last batch with weight 0), since a
+    forward of an FSDP-sharded model gathers weights from all processes.
 
     Returns loss, loss_fine, loss_coarse, loss_caption, ratio_coarse_fine (loss_coarse / loss_fine, > 1 when
     the predicted queries help), the mean attention entropy (nats, of the full distribution) of the fine and
@@ -120,13 +123,11 @@ def validate(model, loader, accelerator, max_batches: int | None) -> dict[str, f
     was_training = model.training
     model.eval()
     sums = torch.zeros(len(VALIDATION_KEYS) + 1, device=accelerator.device)
-    for index, batch in enumerate(loader):
-        if max_batches is not None and index >= max_batches:
-            break
+    for batch, weight in _padded_batches(loader, accelerator, max_batches):
         batch = batch.to(accelerator.device)
         with accelerator.autocast():
             output = model(**batch)
-        size = batch["input_ids"].shape[0]
+        size = batch["input_ids"].shape[0] * weight
         values = [getattr(output, key) for key in VALIDATION_KEYS[:4]]
         reads = [
             (output.attention_fine, output.attention_prefix_fine),
@@ -154,6 +155,23 @@ def validate(model, loader, accelerator, max_batches: int | None) -> dict[str, f
         figures["loss_coarse"] / figures["loss_fine"] if figures["loss_fine"] else None
     )
     return {key: (None if value != value else value) for key, value in figures.items()}
+
+
+def _padded_batches(loader, accelerator, max_batches: int | None):
+    """``(batch, weight)`` pairs: this process's batches (weight 1), then its last batch again (weight 0) until
+    every process has yielded as many as the longest share."""
+    mine = len(loader) if max_batches is None else min(len(loader), max_batches)
+    longest = int(accelerator.gather(torch.tensor([mine], device=accelerator.device)).max())
+    if mine == 0 and longest > 0:
+        raise ValueError(
+            f"validation: process {accelerator.process_index} got no clip; use at least as many validation "
+            f"clips as processes ({accelerator.num_processes})"
+        )
+    batch = None
+    for _, batch in zip(range(mine), loader):
+        yield batch, 1
+    for _ in range(longest - mine):
+        yield batch, 0
 
 
 def _mass_in_box(attention: torch.Tensor | None, batch) -> torch.Tensor | None:
@@ -216,7 +234,9 @@ def _setup(config: TrainingConfig, resume: str | None) -> _Run:
     datasets = build_datasets(config, processor, model.config, accelerator)
     model = prepare_for_training(model, config)
     model.train()
-    _check_cuda_graph(config, accelerator)
+    _check_distributed(config, accelerator)
+    if _is_fsdp(accelerator):
+        freeze_unused_parameters(model)
     model.to(accelerator.device)  # before the optimizer: fused AdamW needs its parameters on the GPU
     if train.compile:
         compile_regions(model)
@@ -224,16 +244,18 @@ def _setup(config: TrainingConfig, resume: str | None) -> _Run:
     scheduler = build_scheduler(optimizer, config)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    samples_per_step = train.batch_size * train.grad_accum * accelerator.num_processes
     checkpoint = resolve_resume(resume, output_dir)
     start_step = 0
     if checkpoint is not None:
+        saved = read_trainer_state(checkpoint)
+        _check_resumable(checkpoint, saved, samples_per_step)
         accelerator.load_state(str(checkpoint))
-        start_step = read_trainer_state(checkpoint)["step"]
+        start_step = saved["step"]
         logger.info("resumed from %s at step %d", checkpoint, start_step)
     log = JsonlLog(output_dir / LOG_NAME, accelerator.is_main_process, start_step if checkpoint else None)
     if accelerator.log_with:
         accelerator.init_trackers(TRACKER_PROJECT, config=flat_config(config))
-    samples_per_step = train.batch_size * train.grad_accum * accelerator.num_processes
     run = _Run(
         config,
         accelerator,
@@ -258,11 +280,40 @@ def _setup(config: TrainingConfig, resume: str | None) -> _Run:
     return run
 
 
-def _check_cuda_graph(config: TrainingConfig, accelerator) -> None:
-    if config.train.cuda_graph and (accelerator.device.type != "cuda" or accelerator.num_processes != 1):
+def _check_distributed(config: TrainingConfig, accelerator) -> None:
+    """Refuse the combinations of speed levers and distributed modes that cannot work (docs/distributed.md)."""
+    if config.train.cuda_graph and accelerator.device.type != "cuda":
         raise ValueError(
             f"train.cuda_graph needs one CUDA process, got {accelerator.num_processes} process(es) on "
             f"{accelerator.device.type}"
+        )
+    if config.train.cuda_graph and accelerator.num_processes != 1:
+        raise ValueError(
+            f"train.cuda_graph captures one process's whole step and cannot run on {accelerator.num_processes} "
+            "processes: DDP's gradient all-reduce is launched by host-side bucket hooks that a replayed graph "
+            "skips, and FSDP gathers and frees weights between layers; use train.compile (regional compile "
+            "works under DDP and FSDP) and see docs/distributed.md"
+        )
+    if _is_fsdp(accelerator) and config.train.lora.enabled:
+        raise ValueError(
+            "train.lora with FSDP: merging the adapters for OUTPUT/final needs the unsharded weights; "
+            "LoRA trains few parameters, so launch it with DDP (configs/accelerate/ddp.yaml) instead"
+        )
+
+
+def _is_fsdp(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _check_resumable(checkpoint: Path, saved: dict[str, Any], samples_per_step: int) -> None:
+    """A checkpoint resumes on any number of processes, but only at the global batch it was trained with."""
+    if saved["samples_per_step"] != samples_per_step:
+        raise ValueError(
+            f"--resume {checkpoint}: it was trained with {saved['samples_per_step']} samples per optimizer "
+            f"step and this run has {samples_per_step} (train.batch_size x train.grad_accum x processes); "
+            "the data position and the schedule are counted in steps, so keep the global batch"
         )
 
 
@@ -378,7 +429,11 @@ def run_training(
     started = time.perf_counter()
     window = _Window(started)
     batches = _counting_frames(iter(training), window)
-    state = {"config": config.to_dict(), "samples_per_step": run.samples_per_step}
+    state = {
+        "config": config.to_dict(),
+        "samples_per_step": run.samples_per_step,
+        "num_processes": accelerator.num_processes,
+    }
     running = torch.zeros(len(LOSS_KEYS), device=accelerator.device)
     last_train: dict[str, float] = {}
     last_validation: dict[str, float] = {}
@@ -432,10 +487,10 @@ def save_final(
     """Write ``OUTPUT/final``: the Hub-loadable model (LoRA merged), processor, loss curve and model card."""
     output_dir = Path(config.output_dir)
     final_dir = output_dir / FINAL_DIR
+    exported = _exportable_model(accelerator, model)
     if accelerator.is_main_process:
         temporary = output_dir / f".{FINAL_DIR}.tmp"
         shutil.rmtree(temporary, ignore_errors=True)
-        exported = export_model(accelerator.unwrap_model(model))
         exported.save_pretrained(temporary)
         processor.save_pretrained(temporary)
         log_path = output_dir / LOG_NAME
@@ -445,6 +500,24 @@ def save_final(
         replace_directory(temporary, final_dir)
     accelerator.wait_for_everyone()
     return final_dir
+
+
+def _exportable_model(accelerator, model) -> FoveatedVLMForConditionalGeneration | None:
+    """The plain model to save on the main process (None elsewhere); every process must call this.
+
+    Under FSDP the weights are sharded across processes: they are gathered into one full state dict on the
+    main process (a collective) and loaded into a fresh, unsharded model, so that ``save_pretrained`` writes
+    the ordinary Hub layout (the sharded module's class is FSDP's, not ours). Otherwise the unwrapped model,
+    LoRA merged.
+    """
+    if not _is_fsdp(accelerator):
+        return export_model(accelerator.unwrap_model(model)) if accelerator.is_main_process else None
+    state_dict = accelerator.get_state_dict(model)  # full, on the main process's CPU; empty elsewhere
+    if not accelerator.is_main_process:
+        return None
+    plain = FoveatedVLMForConditionalGeneration(accelerator.unwrap_model(model).config)
+    plain.load_state_dict(state_dict)
+    return plain
 
 
 __all__ = ["JsonlLog", "run_training", "save_final", "validate"]
