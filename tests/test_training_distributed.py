@@ -17,9 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from foveated_vlm.data.sampler import ShardedBatchSampler
 
 import train_accelerate
+from foveated_vlm.data.sampler import ShardedBatchSampler
 from foveated_vlm.training import trainer
 from foveated_vlm.training.config import load_config
 
