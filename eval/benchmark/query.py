@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from acceleration_foveated import capture_graph
 from configuration_foveated import FoveatedVLMConfig
 from foveated_vlm.training.speed import compile_regions
 
@@ -14,25 +14,10 @@ from .flops import encoder_frame_flops, query_frame_flops
 from .settings import Settings
 from .timing import median, time_calls
 
-GRAPH_WARMUP_STEPS = 3  # eager runs on a side stream before a CUDA graph capture (PyTorch's recipe)
 GRAPHED_VARIANTS = {  # name -> whether the encoder's regions are compiled first
     "eager encode, graphed query": False,
     "compiled encode, compiled+graphed query": True,
 }
-
-
-def capture_graph(fn: Callable[[], Any], device: torch.device) -> torch.cuda.CUDAGraph:
-    """Warm ``fn`` up on a side stream, then capture it in a CUDA graph (its tensors stay allocated)."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(GRAPH_WARMUP_STEPS):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
 
 
 @torch.no_grad()
@@ -58,7 +43,7 @@ def bench_query_pass(model, settings: Settings, device: torch.device, ceilings: 
                 continue
             undo = compile_regions(model) if compiled else None
             try:
-                graph = capture_graph(read, device)  # the one capture of this section
+                graph = capture_graph(read, device)  # the one CUDA-graph recipe (acceleration_foveated)
                 results[name] = _query_figures(encode, graph.replay, settings, device, per_frame)
             finally:
                 if undo is not None:
