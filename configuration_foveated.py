@@ -104,6 +104,32 @@ class FoveatedVLMConfig(PreTrainedConfig):
     reader_loss_weight: float = 1.0
     """Weight of a reader's own auxiliary loss term (``loss_reader``, e.g. the REINFORCE term of hard glimpses);
     readers without one ignore it."""
+    multi_scale_factors: list[int] | tuple[int, ...] = (1, 2, 4)
+    """``frame_reader="multi_scale"``: average-pooling factors of the patch grid (each divides it); the query's
+    attention-weighted pool at each scale, mixed by learned scale weights, is the token."""
+    cascade_steps: int = 2
+    """``frame_reader="cascade"``: glimpses per frame (>= 2); each refines the query (a residual MLP of its output)
+    and centres the next glimpse's Gaussian bias where it looked; the last glimpse is the token."""
+    cascade_sigma: float = 0.5
+    """``frame_reader="cascade"``: std of the Gaussian patch bias around the previous glimpse, in the -1..1 frame
+    coordinates of ``glimpse_location`` (smaller narrows more)."""
+    cascade_hidden_dim: int = 256
+    """``frame_reader="cascade"``: hidden width of the residual MLP that refines the query between glimpses."""
+    log_polar_rings: int = 4
+    """``frame_reader="log_polar"`` / ``"hybrid"``: rings of the log-polar sampling grid around the fixation."""
+    log_polar_wedges: int = 8
+    """``frame_reader="log_polar"`` / ``"hybrid"``: sample points per ring (averaged: one feature per ring)."""
+    log_polar_min_radius: float = 0.1
+    """``frame_reader="log_polar"`` / ``"hybrid"``: radius of the innermost ring in -1..1 frame units (the radii
+    grow geometrically from it to ``log_polar_max_radius``)."""
+    log_polar_max_radius: float = 1.0
+    """``frame_reader="log_polar"`` / ``"hybrid"``: radius of the outermost ring in -1..1 frame units."""
+    top_k_patches: int = 4
+    """``frame_reader="top_k"`` / ``"hybrid"``: patches the query keeps (the K best scores)."""
+    top_k_output: str = "weighted_sum"
+    """``frame_reader="top_k"`` / ``"hybrid"``: ``"weighted_sum"``: one token, the kept patches weighted by the
+    softmax of their scores; ``"tokens"``: the K patches as K tokens (with ``multi_query_output="tokens"`` the
+    LLM sees them; ``"mean"`` averages them)."""
     query_dim: int = 384
     """Width of the query vectors the LLM predicts (and of ``q_static``/``q_init``) for readers whose plan is a
     query (``plan_dim`` is the plan width of the configured reader)."""
@@ -212,6 +238,7 @@ class FoveatedVLMConfig(PreTrainedConfig):
                 setattr(self, name, {**defaults, **value})
         super().__post_init__(**kwargs)
         self.film_channels = list(self.film_channels)
+        self.multi_scale_factors = list(self.multi_scale_factors)
         self._validate_knobs()
 
     def _validate_knobs(self) -> None:

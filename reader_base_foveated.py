@@ -20,7 +20,7 @@ A reader declares (class methods of :class:`FrameReader`, read by the config):
 and implements ``read(inputs, cache, encoder, patch_bias) -> FrameReading(visual, attention)``. Attention is a full
 distribution over ``[CLS, registers, patches, own key]`` (``S + 1`` entries, sums to 1): for readers that do not
 attend it is where the reader looked (its sampling weights on the patch grid; the prefix 0; mass that fell outside
-the frame on the last, "own key", entry), so ``split_attention``, ``glimpse_location``, the attention metrics, the
+the frame on the last, "own key", entry: ``self.full_distribution``), so ``split_attention``, ``glimpse_location``, the attention metrics, the
 attention supervision loss and the probes work for every reader unchanged. A reader may add an auxiliary loss term
 (``auxiliary_loss``, weighted by ``config.reader_loss_weight``) from the extras its fine-pass reading carries.
 
@@ -98,6 +98,49 @@ class FrameReader(nn.Module):
     def init_learned_parameters(self) -> None:
         """Initialise the reader's own ``nn.Parameter`` s (its Linear layers are initialised by the model)."""
 
+    # ------------------------------------------------------------------------------ helpers of the readers
+    @staticmethod
+    def as_plans(inputs: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Plans ``[N, W]`` or ``[N, k, W]`` -> ``([N, k, W], whether there was one plan a frame)``."""
+        one_plan = inputs.dim() == 2
+        return (inputs.unsqueeze(1) if one_plan else inputs), one_plan
+
+    @staticmethod
+    def as_reading(
+        visual: torch.Tensor, attention: torch.Tensor, one_token: bool, extras=None
+    ) -> FrameReading:
+        """Tokens ``[N, m, D]`` and attention ``[N, m, S+1]`` as a reading (``[N, D]``, ``[N, S+1]`` if one token)."""
+        if one_token:
+            return FrameReading(visual.squeeze(1), attention.squeeze(1), extras)
+        return FrameReading(visual, attention, extras)
+
+    @staticmethod
+    def patch_gate(patch_bias: torch.Tensor | None) -> torch.Tensor | None:
+        """A probe's additive patch bias as a multiplicative gate in [0, 1]: ``exp(min(bias, 0))`` (0 keeps a
+        patch, ``-inf`` removes it); None stays None."""
+        return None if patch_bias is None else patch_bias.float().clamp_max(0.0).exp()
+
+    @staticmethod
+    def patch_map(states: torch.Tensor) -> torch.Tensor:
+        """Patch states ``[N, P, D]`` as a square map ``[N, D, g, g]``."""
+        n, p, d = states.shape
+        side = round(p**0.5)
+        return states.transpose(1, 2).reshape(n, d, side, side)  # (N, D, g, g)
+
+    def patch_states(self, cache: PatchCache) -> torch.Tensor:
+        """The final patch states ``[N, P, D]`` of a cache (CLS and registers dropped)."""
+        return cache.patch_states[:, self.num_prefix_tokens :]
+
+    def full_distribution(self, patch_weights: torch.Tensor) -> torch.Tensor:
+        """Where a reader looked, ``[..., P]`` weights summing to at most 1, as a full distribution ``[..., S+1]``:
+        zeros on CLS and registers, the weights on the patches, the rest (mass that fell outside the frame or was
+        gated off) on the last entry."""
+        weights = patch_weights.float()
+        prefix = weights.new_zeros(*weights.shape[:-1], self.num_prefix_tokens)
+        rest = (1.0 - weights.sum(-1, keepdim=True)).clamp_min(0.0)
+        return torch.cat([prefix, weights, rest], -1)
+
+    # ------------------------------------------------------------------------------ the contract
     def read(
         self,
         inputs: torch.Tensor,
@@ -113,7 +156,7 @@ class FrameReader(nn.Module):
             encoder: the model's ``FoveatedEncoder`` (its ``query`` pass, ``layers`` and ``vision_model``).
             patch_bias: ``[N, P]`` (or ``[N, k, P]``) added to the patch scores; ``-inf`` outside a region confines
                 the reading to it (test-time probes). Readers that do not score patches gate the patches by
-                ``patch_gate(patch_bias)``.
+                ``self.patch_gate(patch_bias)``.
         """
         raise NotImplementedError
 
@@ -156,58 +199,11 @@ def patch_coordinates(side: int, device: torch.device) -> torch.Tensor:
     return torch.stack([cols, rows], -1).reshape(side * side, 2)  # (P, 2)
 
 
-def patch_gate(patch_bias: torch.Tensor | None) -> torch.Tensor | None:
-    """A probe's additive patch bias as a multiplicative gate in [0, 1]: ``exp(min(bias, 0))`` (0 keeps a patch,
-    ``-inf`` removes it); None stays None."""
-    return None if patch_bias is None else patch_bias.float().clamp_max(0.0).exp()
-
-
-def patch_states_of(cache: PatchCache, num_prefix_tokens: int) -> torch.Tensor:
-    """The final patch states ``[N, P, D]`` of a cache (CLS and registers dropped)."""
-    return cache.patch_states[:, num_prefix_tokens:]
-
-
-def patch_map(states: torch.Tensor) -> torch.Tensor:
-    """Patch states ``[N, P, D]`` as a square map ``[N, D, g, g]``."""
-    n, p, d = states.shape
-    side = round(p**0.5)
-    return states.transpose(1, 2).reshape(n, d, side, side)  # (N, D, g, g)
-
-
-def full_distribution(patch_weights: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    """Where a reader looked, ``[..., P]`` weights summing to at most 1, as a full distribution ``[..., S+1]``:
-    zeros on CLS and registers, the weights on the patches, the rest (mass that fell outside the frame or was
-    gated off) on the last entry."""
-    weights = patch_weights.float()
-    prefix = weights.new_zeros(*weights.shape[:-1], num_prefix_tokens)
-    rest = (1.0 - weights.sum(-1, keepdim=True)).clamp_min(0.0)
-    return torch.cat([prefix, weights, rest], -1)
-
-
-def as_plans(inputs: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Plans ``[N, W]`` or ``[N, k, W]`` -> ``([N, k, W], whether there was one plan a frame)``."""
-    one_plan = inputs.dim() == 2
-    return (inputs.unsqueeze(1) if one_plan else inputs), one_plan
-
-
-def as_reading(visual: torch.Tensor, attention: torch.Tensor, one_token: bool, extras=None) -> FrameReading:
-    """Tokens ``[N, m, D]`` and attention ``[N, m, S+1]`` as a reading (``[N, D]``, ``[N, S+1]`` if one token)."""
-    if one_token:
-        return FrameReading(visual.squeeze(1), attention.squeeze(1), extras)
-    return FrameReading(visual, attention, extras)
-
-
 __all__ = [
     "FrameReader",
     "FrameReading",
     "PatchCache",
     "QueryReader",
-    "as_plans",
-    "as_reading",
-    "full_distribution",
     "glimpse_location",
     "patch_coordinates",
-    "patch_gate",
-    "patch_map",
-    "patch_states_of",
 ]

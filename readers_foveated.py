@@ -9,10 +9,12 @@ from __future__ import annotations
 
 try:
     from .reader_base_foveated import FrameReader, QueryReader
+    from .spatial_readers_foveated import SPATIAL_READERS
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from reader_base_foveated import FrameReader, QueryReader
+    from spatial_readers_foveated import SPATIAL_READERS
 
-FAMILIES: tuple[dict[str, type[FrameReader]], ...] = ({"query": QueryReader},)
+FAMILIES: tuple[dict[str, type[FrameReader]], ...] = ({"query": QueryReader}, SPATIAL_READERS)
 FRAME_READERS: dict[str, type[FrameReader]] = {}
 for family in FAMILIES:
     clashes = sorted(set(family) & set(FRAME_READERS))

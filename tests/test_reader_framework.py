@@ -9,7 +9,7 @@ from transformers.dynamic_module_utils import get_relative_imports
 
 import readers_foveated
 from configuration_foveated import FoveatedVLMConfig
-from reader_base_foveated import FrameReader, FrameReading, full_distribution, patch_states_of
+from reader_base_foveated import FrameReader, FrameReading
 from readers_foveated import FRAME_READERS, register_reader
 
 from .builders import caption_batch
@@ -37,9 +37,9 @@ class PixelReader(FrameReader):
     def read(self, inputs, cache, encoder, patch_bias=None) -> FrameReading:
         colour = cache.pixels.float().mean((2, 3))  # (N, 3)
         visual = self.colour(torch.cat([colour, inputs.float()], -1))  # (N, D)
-        patches = patch_states_of(cache, self.num_prefix_tokens).shape[1]
+        patches = self.patch_states(cache).shape[1]
         uniform = torch.full((visual.shape[0], patches), 1.0 / patches)
-        return FrameReading(visual, full_distribution(uniform, self.num_prefix_tokens), {"penalty": visual})
+        return FrameReading(visual, self.full_distribution(uniform), {"penalty": visual})
 
     def auxiliary_loss(self, extras, output, targets):
         return extras["penalty"].square().mean()
