@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.dynamic_module_utils import get_relative_imports
 
 import readers_foveated
@@ -18,6 +19,7 @@ from .environments import REPO, hub_modules
 PIXEL_READER = "test_pixel_reader"
 PIXEL_PLAN_WIDTH = 3
 PENALTY_WEIGHT = 0.25
+GAIN_INIT = 0.5
 
 
 class PixelReader(FrameReader):
@@ -29,6 +31,10 @@ class PixelReader(FrameReader):
     def __init__(self, config):
         super().__init__(config)
         self.colour = nn.Linear(3 + PIXEL_PLAN_WIDTH, config.vision_config.hidden_size)
+        self.gain = nn.Parameter(torch.empty(1))
+
+    def init_learned_parameters(self) -> None:
+        init.constant_(self.gain, GAIN_INIT)
 
     @classmethod
     def plan_width(cls, config) -> int:
@@ -36,7 +42,7 @@ class PixelReader(FrameReader):
 
     def read(self, inputs, cache, encoder, patch_bias=None) -> FrameReading:
         colour = cache.pixels.float().mean((2, 3))  # (N, 3)
-        visual = self.colour(torch.cat([colour, inputs.float()], -1))  # (N, D)
+        visual = self.gain * self.colour(torch.cat([colour, inputs.float()], -1))  # (N, D)
         patches = self.patch_states(cache).shape[1]
         uniform = torch.full((visual.shape[0], patches), 1.0 / patches)
         return FrameReading(visual, self.full_distribution(uniform), {"penalty": visual})
@@ -83,6 +89,7 @@ def test_register_reader_refuses_duplicates_and_non_readers():
 def test_a_reader_declares_its_plan_width_pixels_and_auxiliary_loss(make_model):
     model, processor = make_model(frame_reader=PIXEL_READER, reader_loss_weight=PENALTY_WEIGHT)
     states = model.model
+    assert states.fovea_reader.gain.item() == GAIN_INIT, "the model initialises the reader's own parameters"
     assert states.fovea_static_query.shape == (PIXEL_PLAN_WIDTH,)
     assert states.fovea_query_head.out_features == PIXEL_PLAN_WIDTH
     assert not hasattr(states, "fovea_query_input_projection"), "a non-query plan is not projected"

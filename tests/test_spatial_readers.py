@@ -132,10 +132,13 @@ def test_a_probe_bias_confines_where_the_reader_looks(make_model, overrides):
     region[:, :LEFT_HALF_COLUMNS] = True
     bias = torch.zeros(frames, side * side).masked_fill(~region.flatten(), float("-inf"))
     cache = model.encode_frames(torch.randn(frames, 3, 32, 32))
-    _, attention = model.read_frames(model.static_queries(frames), cache, bias)
-    patches, _ = model.split_attention(attention)
+    queries = model.static_queries(frames)
+    patches, _ = model.split_attention(model.read_frames(queries, cache, bias)[1])
     assert patches[:, ~region.flatten()].abs().max() == 0
     assert patches[:, region.flatten()].sum(-1).min() > 0
+    free, _ = model.split_attention(model.read_frames(queries, cache)[1])
+    if torch.allclose(free.sum(-1), torch.ones(frames)):  # a reader that looks at patches only
+        torch.testing.assert_close(patches.sum(-1), torch.ones(frames), msg="confined, it keeps all its mass")
 
 
 def test_log_polar_looks_around_its_fixation(make_model):
@@ -183,6 +186,7 @@ def test_multi_scale_mixes_the_scales_by_learned_weights(make_model):
     cache = model.encode_frames(torch.randn(2, 3, 32, 32))
     queries = model.static_queries(2)
     reader = model.fovea_reader
+    assert torch.equal(reader.scale_logits, torch.zeros(2)), "the scales start equal"
     with torch.no_grad():
         reader.scale_logits.copy_(torch.tensor([-30.0, 30.0]))  # all weight on the whole-frame pool
     visual, attention = model.read_frames(queries, cache)
