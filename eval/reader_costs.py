@@ -33,8 +33,9 @@ if __package__ in (None, ""):  # run as `python eval/reader_costs.py`: import fr
 import torch  # noqa: E402
 
 from eval.ablations import Arm, load_arms  # noqa: E402
-from eval.benchmark import CAPTION, PROMPT, SEED, time_calls  # noqa: E402
-from eval.common import markdown_table, write_report  # noqa: E402
+from eval.benchmark.settings import CAPTION, PROMPT, SEED  # noqa: E402
+from eval.benchmark.timing import time_calls  # noqa: E402
+from eval.common import add_override_argument, markdown_table, script_main, write_report  # noqa: E402
 from foveated_vlm.tiny import tiny_config, tiny_processor, tiny_tokenizer  # noqa: E402
 from foveated_vlm.training.config import load_config, parse_yaml  # noqa: E402
 from foveated_vlm.training.modeling import build_model_and_processor  # noqa: E402
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--tiny", action="store_true", help="the tiny test model instead of a config")
     parser.add_argument("--arms", help="arms YAML (eval.ablations format); default: one per reader + dense")
     parser.add_argument("--only", nargs="+", help="measure only these arms")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
+    add_override_argument(parser, "config override applied before each arm's own")
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
@@ -204,8 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run(build_parser().parse_args(argv))
+main = script_main(run, build_parser, format_markdown)
 
 
 if __name__ == "__main__":

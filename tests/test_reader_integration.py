@@ -14,32 +14,33 @@ from eval import probes
 from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset
 from streaming_foveated import stream_prompt_inputs
 
-from .environments import bare_site, run_isolated
-from .test_probes import NUM_FRAMES
-from .test_spatial_readers import READER_ARMS, TOKENS
-from .test_streaming import (
-    FRAME_COUNTS,
-    PROMPTS,
-    TEXT_INIT_STD,
-    TOLERANCE,
+from .builders import (
+    READER_ARMS,
+    STREAM_FRAME_COUNTS,
+    STREAM_PROMPTS,
+    STREAM_TEXT_INIT_STD,
+    STREAM_TOLERANCE,
+    TOKENS,
     caption_pair,
-    clip_batch,
     relative_error,
     step_through,
+    stream_clip_batch,
 )
+from .environments import bare_site, run_isolated
 
 # One LLM token a frame: what streaming reads (the k-token variants go through model(...) and generate).
 STREAMED = [(name, o) for name, o in READER_ARMS if FoveatedVLMConfig(**o).tokens_per_frame == 1]
 STREAMED_IDS = [name for name, _ in STREAMED]
 WITH_REMEDIES = {"query_skip_to_head": True, "glimpse_location": True, "plan_first_query": True}
 PROBE_CLIPS = 2
+PROBE_FRAMES = 4
 PROBE_TOKENS = 2
 
 
 @pytest.fixture
 def build(make_model):
     def make(**overrides):
-        text = {"initializer_range": TEXT_INIT_STD}
+        text = {"initializer_range": STREAM_TEXT_INIT_STD}
         return make_model(text=text, **overrides)
 
     return make
@@ -49,13 +50,13 @@ def build(make_model):
 @pytest.mark.parametrize("overrides", [o for _, o in STREAMED], ids=STREAMED_IDS)
 def test_stream_equals_parallel_forward(build, overrides, fast):
     model, processor = build(**overrides, **WITH_REMEDIES)
-    inputs = clip_batch(processor)
+    inputs = stream_clip_batch(processor)
     with torch.no_grad():
         parallel = model(**inputs)
-    kwargs = {"max_frames": max(FRAME_COUNTS)} if fast else {}
+    kwargs = {"max_frames": max(STREAM_FRAME_COUNTS)} if fast else {}
     stream, steps = step_through(model, processor, inputs, **kwargs)
     valid = inputs["video_frame_mask"]
-    tolerance = TOLERANCE[torch.float32]
+    tolerance = STREAM_TOLERANCE[torch.float32]
     assert relative_error(steps["attention_coarse"][valid], parallel.attention_coarse) < tolerance
     assert relative_error(steps["queries"][valid], parallel.queries) < tolerance
     assert relative_error(steps["attention"][valid], parallel.attention_fine) < tolerance
@@ -69,14 +70,14 @@ def test_stream_equals_parallel_forward(build, overrides, fast):
 def test_the_fast_path_fuses_the_reads_only_where_the_reader_allows(build):
     for overrides, fused in (({"frame_reader": "multi_scale"}, True), ({"frame_reader": "hybrid"}, False)):
         model, processor = build(**overrides)
-        stream = model.stream(**stream_prompt_inputs(processor, list(PROMPTS)), max_frames=2)
+        stream = model.stream(**stream_prompt_inputs(processor, list(STREAM_PROMPTS)), max_frames=2)
         assert stream._static.fused_read is fused, overrides
 
 
 def test_streaming_refuses_more_than_one_token_a_frame(build):
     model, processor = build(frame_reader="top_k", top_k_output="tokens", **TOKENS)
     with pytest.raises(ValueError, match="one token per frame; frame_reader='top_k' gives 4"):
-        model.stream(**stream_prompt_inputs(processor, list(PROMPTS)))
+        model.stream(**stream_prompt_inputs(processor, list(STREAM_PROMPTS)))
 
 
 LOADER = textwrap.dedent(
@@ -132,7 +133,7 @@ def test_every_reader_loads_from_the_hub_files_with_the_same_logits(make_model, 
 @pytest.fixture(scope="module")
 def probe_clips() -> list[dict]:
     dataset = ProceduralVideoDataset(
-        "heldout", 8, ProceduralVideoConfig(image_size=32, num_frames=NUM_FRAMES)
+        "heldout", 8, ProceduralVideoConfig(image_size=32, num_frames=PROBE_FRAMES)
     )
     return [item for item in dataset if item["named"]][:PROBE_CLIPS]
 

@@ -9,26 +9,8 @@ from configuration_foveated import FoveatedVLMConfig
 from reader_base_foveated import glimpse_location, patch_coordinates
 from spatial_readers_foveated import SPATIAL_READERS
 
-from .test_modeling import _batch
+from .builders import CAPTIONS, PROMPTS, READER_ARMS, TOKENS, caption_batch, random_frames
 
-TOKENS = {"multi_query_output": "tokens"}
-# (test id, config overrides): every reader at one token a frame, and its k-token variants.
-READER_ARMS = [
-    ("multi_scale", {"frame_reader": "multi_scale"}),
-    ("multi_scale-k2", {"frame_reader": "multi_scale", "num_queries_per_frame": 2, **TOKENS}),
-    ("cascade", {"frame_reader": "cascade"}),
-    ("cascade-k2", {"frame_reader": "cascade", "num_queries_per_frame": 2, **TOKENS}),
-    ("log_polar", {"frame_reader": "log_polar"}),
-    ("log_polar-k2", {"frame_reader": "log_polar", "num_queries_per_frame": 2, **TOKENS}),
-    ("top_k", {"frame_reader": "top_k"}),
-    ("top_k-tokens", {"frame_reader": "top_k", "top_k_output": "tokens", **TOKENS}),
-    (
-        "top_k-tokens-k2",
-        {"frame_reader": "top_k", "top_k_output": "tokens", "num_queries_per_frame": 2, **TOKENS},
-    ),
-    ("hybrid", {"frame_reader": "hybrid"}),
-    ("hybrid-tokens", {"frame_reader": "hybrid", **TOKENS}),
-]
 ARM_IDS = [name for name, _ in READER_ARMS]
 ARM_OVERRIDES = [overrides for _, overrides in READER_ARMS]
 LEFT_HALF_COLUMNS = 2  # of the tiny model's 4 x 4 patch grid
@@ -48,7 +30,7 @@ def test_every_spatial_reader_is_tested():
 
 
 @pytest.mark.parametrize("overrides", ARM_OVERRIDES, ids=ARM_IDS)
-def test_reading_shapes_and_full_distributions(make_model, random_video, overrides):
+def test_reading_shapes_and_full_distributions(make_model, overrides):
     model, processor = make_model(**overrides)
     config = model.config
     frames = 3
@@ -63,7 +45,7 @@ def test_reading_shapes_and_full_distributions(make_model, random_video, overrid
     assert (attention >= 0).all()
     torch.testing.assert_close(attention.sum(-1), torch.ones(leading))
 
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     out = model(**batch)
     valid = int(batch["video_frame_mask"].sum())
     assert out.queries.shape[-1] == config.plan_dim
@@ -73,20 +55,20 @@ def test_reading_shapes_and_full_distributions(make_model, random_video, overrid
 
 
 @pytest.mark.parametrize("overrides", ARM_OVERRIDES, ids=ARM_IDS)
-def test_gradients_reach_the_plan_head_and_every_reader_parameter(make_model, random_video, overrides):
+def test_gradients_reach_the_plan_head_and_every_reader_parameter(make_model, overrides):
     model, processor = make_model(**overrides)
     model.train()
-    model(**_batch(processor, random_video)).loss.backward()
+    model(**caption_batch(processor)).loss.backward()
     assert model.fovea_query_head.weight.grad.abs().sum() > 0, "the loss must reach the LLM's plan head"
     for name, parameter in model.fovea_reader.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"no gradient reaches {name}"
 
 
 @pytest.mark.parametrize("overrides", ARM_OVERRIDES, ids=ARM_IDS)
-def test_attention_supervision_reaches_the_plan_head(make_model, random_video, overrides):
+def test_attention_supervision_reaches_the_plan_head(make_model, overrides):
     model, processor = make_model(attention_supervision_weight=1.0, **overrides)
     model.train()
-    batch = _batch(processor, random_video)
+    batch = caption_batch(processor)
     side = round(_patch_count(model) ** 0.5)
     boxes = torch.zeros(*batch["video_frame_mask"].shape, side, side)
     boxes[..., :LEFT_HALF_COLUMNS] = 1.0  # the object covers the left half of every frame
@@ -96,18 +78,16 @@ def test_attention_supervision_reaches_the_plan_head(make_model, random_video, o
 
 
 @pytest.mark.parametrize("overrides", ARM_OVERRIDES, ids=ARM_IDS)
-def test_padded_batch_matches_unpadded_runs(make_model, random_video, overrides):
+def test_padded_batch_matches_unpadded_runs(make_model, overrides):
     model, processor = make_model(**overrides)
     lengths = (5, 3)
-    out = model(**_batch(processor, random_video, lengths=lengths))
+    out = model(**caption_batch(processor, lengths=lengths))
     start = 0
     for row, length in enumerate(lengths):
         single = processor(
-            text=["Describe the video." if row == 0 else "What does the blue circle do?"],
-            videos=[random_video(length, seed=row)],
-            captions=[
-                "the red square moves from left to right." if row == 0 else "the blue circle bounces around."
-            ],
+            text=[PROMPTS[row]],
+            videos=[random_frames(length, seed=row)],
+            captions=[CAPTIONS[row]],
             return_targets=True,
         )
         alone = model(**single)
