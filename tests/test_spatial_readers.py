@@ -59,8 +59,8 @@ def test_gradients_reach_the_plan_head_and_every_reader_parameter(make_model, ov
     model, processor = make_model(**overrides)
     model.train()
     model(**caption_batch(processor)).loss.backward()
-    assert model.fovea_query_head.weight.grad.abs().sum() > 0, "the loss must reach the LLM's plan head"
-    for name, parameter in model.fovea_reader.named_parameters():
+    assert model.model.fovea_query_head.weight.grad.abs().sum() > 0, "the loss must reach the LLM's plan head"
+    for name, parameter in model.model.fovea_reader.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"no gradient reaches {name}"
 
 
@@ -73,7 +73,7 @@ def test_attention_supervision_reaches_the_plan_head(make_model, overrides):
     boxes = torch.zeros(*batch["video_frame_mask"].shape, side, side)
     boxes[..., :LEFT_HALF_COLUMNS] = 1.0  # the object covers the left half of every frame
     out = model(**batch, attention_targets=boxes.flatten(-2))
-    (gradient,) = torch.autograd.grad(out.loss_attention, model.fovea_query_head.weight)
+    (gradient,) = torch.autograd.grad(out.loss_attention, model.model.fovea_query_head.weight)
     assert gradient.abs().sum() > 0, "the box loss must reach the plan head through where the reader looked"
 
 
@@ -135,10 +135,12 @@ def test_top_k_tokens_are_the_best_scored_patches(make_model):
     cache = model.encode_frames(torch.randn(2, 3, 32, 32))
     queries = model.static_queries(2)
     visual, attention = model.read_frames(queries, cache)
-    prefix = model.fovea_encoder.num_prefix_tokens
+    prefix = model.model.fovea_encoder.num_prefix_tokens
     states = cache.patch_states[:, prefix:]
-    selector = model.fovea_reader.selector
-    scores = selector.query_projection(model.fovea_query_input_projection(queries)).unsqueeze(1) @ states.mT
+    selector = model.model.fovea_reader.selector
+    scores = (
+        selector.query_projection(model.model.fovea_query_input_projection(queries)).unsqueeze(1) @ states.mT
+    )
     best = scores.squeeze(1).topk(model.config.top_k_patches, -1).indices  # (N, K)
     torch.testing.assert_close(
         visual, torch.gather(states, 1, best[..., None].expand(-1, -1, states.shape[-1]))
@@ -150,13 +152,13 @@ def test_cascade_narrows_its_second_glimpse_around_the_first(make_model):
     model, _ = make_model(frame_reader="cascade", cascade_sigma=0.2)
     cache = model.encode_frames(torch.randn(2, 3, 32, 32))
     queries = model.static_queries(2)
-    tokens = model.fovea_query_input_projection(queries)
-    _, first = model.fovea_encoder.query(tokens, cache)
+    tokens = model.model.fovea_query_input_projection(queries)
+    _, first = model.model.fovea_encoder.query(tokens, cache)
     _, second = model.read_frames(queries, cache)
     first_where = glimpse_location(model.split_attention(first)[0])
     second_where = glimpse_location(model.split_attention(second)[0])
     assert (second_where[:, 2:] < first_where[:, 2:]).all(), "the second glimpse is narrower"
-    bias = model.fovea_reader.narrowing_bias(first.unsqueeze(1)).squeeze(1)  # (N, P)
+    bias = model.model.fovea_reader.narrowing_bias(first.unsqueeze(1)).squeeze(1)  # (N, P)
     centre = patch_coordinates(round(_patch_count(model) ** 0.5), bias.device)[bias.argmax(-1)]
     assert ((centre - first_where[:, :2]).abs() <= 2.0 / 3).all(), "the bias peaks at the nearest patch"
 
@@ -165,12 +167,12 @@ def test_multi_scale_mixes_the_scales_by_learned_weights(make_model):
     model, _ = make_model(frame_reader="multi_scale", multi_scale_factors=[1, 4])
     cache = model.encode_frames(torch.randn(2, 3, 32, 32))
     queries = model.static_queries(2)
-    reader = model.fovea_reader
+    reader = model.model.fovea_reader
     assert torch.equal(reader.scale_logits, torch.zeros(2)), "the scales start equal"
     with torch.no_grad():
         reader.scale_logits.copy_(torch.tensor([-30.0, 30.0]))  # all weight on the whole-frame pool
     visual, attention = model.read_frames(queries, cache)
-    patches = cache.patch_states[:, model.fovea_encoder.num_prefix_tokens :]
+    patches = cache.patch_states[:, model.model.fovea_encoder.num_prefix_tokens :]
     torch.testing.assert_close(visual, patches.mean(1), atol=1e-5, rtol=1e-4)
     uniform = torch.full((2, _patch_count(model)), 1.0 / _patch_count(model))
     torch.testing.assert_close(model.split_attention(attention)[0], uniform)
