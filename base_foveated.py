@@ -28,11 +28,15 @@ try:
     from .encoder_foveated import GLIMPSE_LOCATION_FEATURES, FoveatedEncoder, PatchCache, glimpse_location
     from .layout_foveated import COARSE, FINE, VideoLayout, check_pixel_values, gather_positions
     from .outputs_foveated import FoveatedVLMModelOutput
+    from .reader_base_foveated import FrameReader, FrameReading
+    from .readers_foveated import build_reader
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from configuration_foveated import FoveatedVLMConfig
     from encoder_foveated import GLIMPSE_LOCATION_FEATURES, FoveatedEncoder, PatchCache, glimpse_location
     from layout_foveated import COARSE, FINE, VideoLayout, check_pixel_values, gather_positions
     from outputs_foveated import FoveatedVLMModelOutput
+    from reader_base_foveated import FrameReader, FrameReading
+    from readers_foveated import build_reader
 
 KAIMING_SLOPE = 5**0.5  # torch.nn.Linear's own default initialisation
 # LLM attention kernels that attend causally when given no mask (eager and flex would attend both ways)
@@ -57,7 +61,7 @@ class FoveatedVLMPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise the new modules; the vision and language sub-models initialise themselves."""
-        if isinstance(module, FoveatedVLMPreTrainedModel):
+        if isinstance(module, (FoveatedVLMPreTrainedModel, FrameReader)):
             module.init_learned_parameters()
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             init.kaiming_uniform_(module.weight, a=KAIMING_SLOPE)
@@ -84,14 +88,16 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
         if config.foveation_mode == "dense":
             self.fovea_dense_projection = nn.Linear(vision_width * self._dense_unshuffle**2, text_width)
         else:
-            queries = config.num_queries_per_frame
-            query_shape = (config.query_dim,) if queries == 1 else (queries, config.query_dim)
+            queries, plan_dim = config.num_queries_per_frame, config.plan_dim
+            query_shape = (plan_dim,) if queries == 1 else (queries, plan_dim)
+            self.fovea_reader = build_reader(config)
             self.fovea_visual_projection = nn.Linear(vision_width, text_width)
             self.fovea_location_projection = (
                 nn.Linear(GLIMPSE_LOCATION_FEATURES, text_width) if config.glimpse_location else None
             )
-            self.fovea_query_head = nn.Linear(text_width, queries * config.query_dim)
-            self.fovea_query_input_projection = nn.Linear(config.query_dim, vision_width, bias=False)
+            self.fovea_query_head = nn.Linear(text_width, queries * plan_dim)
+            if self.fovea_reader.plan_is_query:
+                self.fovea_query_input_projection = nn.Linear(config.query_dim, vision_width, bias=False)
             self.fovea_static_query = nn.Parameter(torch.empty(query_shape))
             self.fovea_initial_query = nn.Parameter(torch.empty(query_shape))
         self.fovea_mode_embeddings = nn.Parameter(torch.empty(2, text_width))
@@ -128,21 +134,29 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
 
     # ----------------------------------------------------------------------------------------- reading
     def encode_frames(self, frames: torch.Tensor) -> PatchCache:
-        """Patch pass over valid frames ``[N, 3, H, W]`` (one batched pass, K/V cached)."""
-        return self.fovea_encoder.encode_patches(frames)
+        """Patch pass over valid frames ``[N, 3, H, W]`` (one batched pass, K/V cached; the frames kept in
+        ``pixels`` for a reader that reads pixels)."""
+        cache = self.fovea_encoder.encode_patches(frames)
+        if self.config.foveation_mode == "foveated" and self.fovea_reader.needs_pixels:
+            cache.pixels = frames
+        return cache
 
     def read_frames(
         self, queries: torch.Tensor, cache: PatchCache, patch_bias: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Read frames with queries ``[N, Q]`` (or k a frame, ``[N, k, Q]``, in one pass).
+    ) -> FrameReading:
+        """Read frames with plans ``[N, W]`` (or k a frame, ``[N, k, W]``) through the configured reader.
 
-        Returns visual tokens ``[N, D]`` (``[N, k, D]``) and each query's full attention distribution ``[N, S+1]``
-        (``[N, k, S+1]``) over ``[CLS, registers, patches, own key]``; ``patch_bias [N, P]`` confines it (probes).
+        Returns visual tokens ``[N, D]`` (``[N, m, D]``, m = k * ``tokens_per_plan``) and each token's full attention
+        distribution ``[N, S+1]`` (``[N, m, S+1]``) over ``[CLS, registers, patches, own key]``, as a
+        :class:`FrameReading` (a pair with the reader's ``extras``); ``patch_bias [N, P]`` confines it (probes).
+        Query plans go through ``fovea_query_input_projection`` to encoder width first.
         """
-        query_tokens = self.fovea_query_input_projection(
-            queries.to(self.fovea_query_input_projection.weight.dtype)
-        )
-        return self.fovea_encoder.query(query_tokens, cache, patch_bias)
+        reader = self.fovea_reader
+        inputs = queries
+        if reader.plan_is_query:
+            projection = self.fovea_query_input_projection
+            inputs = projection(queries.to(projection.weight.dtype))
+        return reader.read(inputs, cache, self.fovea_encoder, patch_bias)
 
     def split_attention(self, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full distributions ``[..., S+1]`` -> patch part ``[..., P]`` and prefix part ``[..., 1 + R + 1]`` (CLS,
@@ -210,7 +224,7 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
         queries = self.fovea_query_head(hidden)
         if self.config.num_queries_per_frame == 1:
             return queries
-        return queries.unflatten(-1, (self.config.num_queries_per_frame, self.config.query_dim))  # (N, k, Q)
+        return queries.unflatten(-1, (self.config.num_queries_per_frame, self.config.plan_dim))  # (N, k, W)
 
     def planned_queries(self, hidden: torch.Tensor, layout: VideoLayout) -> torch.Tensor:
         """The query that reads each valid frame ``[N, Q]`` (``[N, k, Q]``), from coarse-pass states ``[B, L, H]``.
@@ -433,7 +447,8 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
         queries = probe.queries
         if queries is None:
             queries = self.planned_queries(coarse.last_hidden_state, layout)
-        visual_fine, attention_fine = self.read_frames(queries, patches, probe.patch_bias)
+        reading = self.read_frames(queries, patches, probe.patch_bias)
+        visual_fine, attention_fine = reading
         embeds_fine = self.embed_sequence(
             passes.input_ids,
             self.project_visual_tokens(visual_fine, attention_fine),
@@ -448,6 +463,7 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
         output.queries = queries
         output.attention_fine, output.attention_prefix_fine = self.split_attention(attention_fine)
         output.visual_tokens_fine = visual_fine
+        output.reader_extras = reading.extras or None
         return output
 
     def _dense_pass(self, passes: _PassInputs, patches: PatchCache) -> FoveatedVLMModelOutput:

@@ -97,8 +97,42 @@ class FoveatedVLMConfig(PreTrainedConfig):
     dense_tokens_per_frame: int = 64
     """Visual tokens per frame in ``dense`` mode; the patch grid is pixel-unshuffled down to this many tokens."""
 
+    frame_reader: str = "query"
+    """How a frame is read from the LLM's plan (``readers_foveated.FRAME_READERS``; each reader's knobs follow its
+    name below). ``"query"``: the query token goes through every encoder layer against the frame's cached patch
+    K/V (the proposal). The reader fixes the plan's width (``plan_dim``) and the visual tokens of one plan."""
+    reader_loss_weight: float = 1.0
+    """Weight of a reader's own auxiliary loss term (``loss_reader``, e.g. the REINFORCE term of hard glimpses);
+    readers without one ignore it."""
+    multi_scale_factors: list[int] | tuple[int, ...] = (1, 2, 4)
+    """``frame_reader="multi_scale"``: average-pooling factors of the patch grid (each divides it); the query's
+    attention-weighted pool at each scale, mixed by learned scale weights, is the token."""
+    cascade_steps: int = 2
+    """``frame_reader="cascade"``: glimpses per frame (>= 2); each refines the query (a residual MLP of its output)
+    and centres the next glimpse's Gaussian bias where it looked; the last glimpse is the token."""
+    cascade_sigma: float = 0.5
+    """``frame_reader="cascade"``: std of the Gaussian patch bias around the previous glimpse, in the -1..1 frame
+    coordinates of ``glimpse_location`` (smaller narrows more)."""
+    cascade_hidden_dim: int = 256
+    """``frame_reader="cascade"``: hidden width of the residual MLP that refines the query between glimpses."""
+    log_polar_rings: int = 4
+    """``frame_reader="log_polar"`` / ``"hybrid"``: rings of the log-polar sampling grid around the fixation."""
+    log_polar_wedges: int = 8
+    """``frame_reader="log_polar"`` / ``"hybrid"``: sample points per ring (averaged: one feature per ring)."""
+    log_polar_min_radius: float = 0.1
+    """``frame_reader="log_polar"`` / ``"hybrid"``: radius of the innermost ring in -1..1 frame units (the radii
+    grow geometrically from it to ``log_polar_max_radius``)."""
+    log_polar_max_radius: float = 1.0
+    """``frame_reader="log_polar"`` / ``"hybrid"``: radius of the outermost ring in -1..1 frame units."""
+    top_k_patches: int = 4
+    """``frame_reader="top_k"`` / ``"hybrid"``: patches the query keeps (the K best scores)."""
+    top_k_output: str = "weighted_sum"
+    """``frame_reader="top_k"`` / ``"hybrid"``: ``"weighted_sum"``: one token, the kept patches weighted by the
+    softmax of their scores; ``"tokens"``: the K patches as K tokens (with ``multi_query_output="tokens"`` the
+    LLM sees them; ``"mean"`` averages them)."""
     query_dim: int = 384
-    """Width of the query vectors the LLM predicts (and of ``q_static``/``q_init``)."""
+    """Width of the query vectors the LLM predicts (and of ``q_static``/``q_init``) for readers whose plan is a
+    query (``plan_dim`` is the plan width of the configured reader)."""
     coarse_reading: str = "static_query"
     """How pass 1 reads a frame: ``"static_query"`` (the learned ``q_static``) or ``"mean_pool"`` (the average of
     the final patch states: the proposal's ablation without spatial selection)."""
@@ -204,6 +238,7 @@ class FoveatedVLMConfig(PreTrainedConfig):
                 setattr(self, name, {**defaults, **value})
         super().__post_init__(**kwargs)
         self.film_channels = list(self.film_channels)
+        self.multi_scale_factors = list(self.multi_scale_factors)
         self._validate_knobs()
 
     def _validate_knobs(self) -> None:
@@ -228,6 +263,7 @@ class FoveatedVLMConfig(PreTrainedConfig):
                 f"one of {MULTI_QUERY_OUTPUTS}",
             ),
             "attention_supervision_weight": (self.attention_supervision_weight >= 0, ">= 0"),
+            "reader_loss_weight": (self.reader_loss_weight >= 0, ">= 0"),
             "target_channels for target_source='motion'": (
                 self.target_source != "motion" or self.target_channels == MOTION_TARGET_CHANNELS,
                 f"{MOTION_TARGET_CHANNELS} (flow has two components)",
@@ -246,6 +282,7 @@ class FoveatedVLMConfig(PreTrainedConfig):
             if not ok:
                 field = name.split()[0]
                 raise ValueError(f"FoveatedVLMConfig.{name} must be {expected}, got {getattr(self, field)!r}")
+        self._reader().validate(self)
         image_size = self.vision_config.image_size
         if image_size % self.target_downsample:
             raise ValueError(
@@ -272,13 +309,33 @@ class FoveatedVLMConfig(PreTrainedConfig):
         """Patch tokens per frame."""
         return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
 
+    def _reader(self):
+        """The configured reader class (``frame_reader``); a ``ValueError`` naming the readers otherwise."""
+        try:
+            from .readers_foveated import reader_class
+        except ImportError:  # imported as a top-level module from a checkout of the repository
+            from readers_foveated import reader_class
+        return reader_class(self.frame_reader)
+
+    @property
+    def plan_dim(self) -> int:
+        """Width of one plan of the configured reader (``query_dim`` for query plans)."""
+        return self._reader().plan_width(self)
+
+    @property
+    def tokens_per_plan(self) -> int:
+        """Visual tokens the configured reader reads with one plan (1 for the query reader)."""
+        return self._reader().tokens_per_plan(self)
+
     @property
     def tokens_per_frame(self) -> int:
-        """LLM tokens that stand for one frame: 1 when foveated (k with ``multi_query_output="tokens"``),
-        ``dense_tokens_per_frame`` when dense."""
+        """LLM tokens that stand for one frame: 1 when foveated (``num_queries_per_frame * tokens_per_plan`` with
+        ``multi_query_output="tokens"``), ``dense_tokens_per_frame`` when dense."""
         if self.foveation_mode == "dense":
             return self.dense_tokens_per_frame
-        return self.num_queries_per_frame if self.multi_query_output == "tokens" else 1
+        if self.multi_query_output == "tokens":
+            return self.num_queries_per_frame * self.tokens_per_plan
+        return 1
 
 
 __all__ = ["FoveatedVLMConfig"]

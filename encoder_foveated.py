@@ -3,7 +3,8 @@
 The patch pass (:meth:`FoveatedEncoder.encode_patches`) runs each frame through the ViT once and keeps every layer's
 keys/values (:class:`PatchCache`). The query pass (:meth:`FoveatedEncoder.query`) pushes query tokens through the
 same layers against those cached keys/values: each token sees the frame's tokens and itself, the frame's tokens
-never see it. :func:`attention_entropy` and :func:`glimpse_location` describe where a query's attention went.
+never see it. :func:`attention_entropy` and :func:`glimpse_location` (``reader_base_foveated``'s, as is :class:`PatchCache`)
+describe where a query's attention went.
 
 Shapes: N (frames), k (query tokens a frame), S (encoder tokens a frame: CLS + R registers + P patches), D (encoder
 width), hd (D / heads).
@@ -12,37 +13,22 @@ width), hd (D / heads).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DINOv3ViTModel
-from transformers.modeling_outputs import ModelOutput
 from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
 
 try:
     from .configuration_foveated import FoveatedVLMConfig
+    from .reader_base_foveated import PatchCache, glimpse_location
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from configuration_foveated import FoveatedVLMConfig
+    from reader_base_foveated import PatchCache, glimpse_location
 
 GLIMPSE_LOCATION_FEATURES = 4  # mean x, mean y, std x, std y of a query's attention over the patch grid
-
-
-@dataclass
-class PatchCache(ModelOutput):
-    """Per-layer patch keys/values of a batch of frames, computed once by the patch pass.
-
-    Args:
-        keys: one ``[N, heads, S, D/heads]`` tensor per encoder layer (RoPE already applied to the patches).
-        values: one ``[N, heads, S, D/heads]`` tensor per encoder layer.
-        patch_states: ``[N, S, D]`` final (normed) encoder states of CLS, registers and patches.
-    """
-
-    keys: list[torch.Tensor] | None = None
-    values: list[torch.Tensor] | None = None
-    patch_states: torch.Tensor | None = None
 
 
 def attention_entropy(attention: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
@@ -54,23 +40,6 @@ def attention_entropy(attention: torch.Tensor, prefix: torch.Tensor | None = Non
     if prefix is not None:
         attention = torch.cat([attention, prefix.to(attention.dtype)], dim=-1)
     return -(attention * attention.clamp_min(torch.finfo(attention.dtype).tiny).log()).sum(-1)
-
-
-def glimpse_location(patch_attention: torch.Tensor) -> torch.Tensor:
-    """Where attention over a square patch grid looked: ``[..., P]`` -> ``[..., 4]`` (mean x, mean y, std x, std y).
-
-    Coordinates run from -1 (left, top) to 1 (right, bottom); the map is renormalised over the patches first.
-    """
-    side = round(patch_attention.shape[-1] ** 0.5)
-    weights = patch_attention.float() / patch_attention.float().sum(-1, keepdim=True).clamp_min(1e-12)
-    weights = weights.unflatten(-1, (side, side))  # (..., rows, cols)
-    axis = torch.linspace(-1.0, 1.0, side, device=weights.device)
-    marginal_x, marginal_y = weights.sum(-2), weights.sum(-1)  # (..., cols), (..., rows)
-    mean_x, mean_y = (marginal_x * axis).sum(-1), (marginal_y * axis).sum(-1)
-    var_x = (marginal_x * axis.square()).sum(-1) - mean_x.square()
-    var_y = (marginal_y * axis.square()).sum(-1) - mean_y.square()
-    spread = torch.stack([var_x, var_y], -1).clamp_min(0.0).add(1e-6).sqrt()
-    return torch.cat([torch.stack([mean_x, mean_y], -1), spread], -1)
 
 
 class FoveatedEncoder(nn.Module):

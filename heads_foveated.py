@@ -39,9 +39,7 @@ class FiLMPredictionHead(nn.Module):
         )
         self.target_encoder = self._conv_stack(channels)
         self.target_decoder = self._conv_stack(channels[::-1])
-        self.query_skip = (
-            nn.Linear(config.query_dim, width, bias=False) if config.query_skip_to_head else None
-        )
+        self.query_skip = nn.Linear(config.plan_dim, width, bias=False) if config.query_skip_to_head else None
 
     @staticmethod
     def _conv_stack(channels: list[int]) -> nn.Sequential:

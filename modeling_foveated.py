@@ -37,6 +37,7 @@ try:
     from .heads_foveated import FiLMPredictionHead, caption_loss, delta_l1_loss, reading_losses
     from .layout_foveated import VideoLayout, caption_positions, gather_positions
     from .outputs_foveated import READING_FIELDS, FoveatedVLMModelOutput, FoveatedVLMOutput
+    from .reader_base_foveated import FrameReading
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from acceleration_foveated import CompiledRegions
     from base_foveated import FoveatedVLMModel, FoveatedVLMPreTrainedModel
@@ -45,6 +46,7 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
     from heads_foveated import FiLMPredictionHead, caption_loss, delta_l1_loss, reading_losses
     from layout_foveated import VideoLayout, caption_positions, gather_positions
     from outputs_foveated import READING_FIELDS, FoveatedVLMModelOutput, FoveatedVLMOutput
+    from reader_base_foveated import FrameReading
 
 # Auto classes that resolve to this model when loaded with trust_remote_code.
 AUTO_MAP = {
@@ -66,6 +68,7 @@ PREVIOUS_LAYOUT_KEYS = {
             "fovea_location_projection",
             "fovea_query_head",
             "fovea_query_input_projection",
+            "fovea_reader",
             "fovea_static_query",
             "fovea_initial_query",
             "fovea_mode_embeddings",
@@ -166,7 +169,7 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
 
     def read_frames(
         self, queries: torch.Tensor, cache: PatchCache, patch_bias: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> FrameReading:
         return self.model.read_frames(queries, cache, patch_bias)
 
     def read_coarse(self, cache: PatchCache) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,6 +360,10 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         for name, (weight, loss) in reading_losses(config, output, boxes).items():
             setattr(output, name, loss)
             terms.append(weight * loss)
+        if output.reader_extras is not None:
+            output.loss_reader = self.model.fovea_reader.auxiliary_loss(output.reader_extras, output, targets)
+            if output.loss_reader is not None:
+                terms.append(config.reader_loss_weight * output.loss_reader)
         if terms:
             output.loss = torch.stack(terms).sum()
         return output

@@ -29,6 +29,8 @@ class FoveatedReadings(ModelOutput):
         attention_prefix_fine / attention_prefix_coarse: ``[N, 1 + R + 1]`` the rest of that distribution, on CLS,
             the R registers and the query's own key.
         visual_tokens_fine / visual_tokens_coarse: ``[N, D]`` (``[N, k, D]``) encoder outputs of the queries.
+        reader_extras: what the fine pass's frame reader returned for its auxiliary loss (``FrameReading.extras``;
+            None when it returned nothing).
     """
 
     queries: torch.Tensor | None = None
@@ -38,6 +40,7 @@ class FoveatedReadings(ModelOutput):
     attention_prefix_coarse: torch.Tensor | None = None
     visual_tokens_fine: torch.Tensor | None = None
     visual_tokens_coarse: torch.Tensor | None = None
+    reader_extras: dict[str, torch.Tensor] | None = None
 
 
 READING_FIELDS = tuple(field.name for field in fields(FoveatedReadings))
@@ -81,6 +84,7 @@ class FoveatedVLMOutput(FoveatedReadings):
         cache: the LLM cache (fine stream, or coarse stream in coarse inference).
         predictions_fine / predictions_coarse: ``[N, C, h, w]`` predicted next-frame targets of the valid frames.
         loss_attention: ``-log`` mass of the fine attention in the box of the object the text is about.
+        loss_reader: the frame reader's own auxiliary term (``FrameReader.auxiliary_loss``), when it has one.
     """
 
     loss: torch.Tensor | None = None
@@ -92,6 +96,7 @@ class FoveatedVLMOutput(FoveatedReadings):
     loss_entropy: torch.Tensor | None = None
     loss_delta_l1: torch.Tensor | None = None
     loss_attention: torch.Tensor | None = None
+    loss_reader: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     cache: object | None = None
     predictions_fine: torch.Tensor | None = None

@@ -197,6 +197,11 @@ class FoveatedStream:
                 f"streaming reads one query per frame; num_queries_per_frame={config.num_queries_per_frame} runs "
                 "through model(...) and model.generate(...)"
             )
+        if config.tokens_per_frame != 1:
+            raise ValueError(
+                f"streaming gives the LLM one token per frame; frame_reader={config.frame_reader!r} gives "
+                f"{config.tokens_per_frame}: run it through model(...) and model.generate(...)"
+            )
         if model.training:
             raise ValueError(
                 "call model.eval() before streaming (training mode rescales the ViT's RoPE at random)"

@@ -94,7 +94,13 @@ class StaticStepper:
         device = model.device
         self.two_pass = self.modes[-1] == FINE
         self.fuse = fuse_passes and self.two_pass
-        self.fused_read = self.fuse and config.coarse_reading == "static_query"
+        # the static and the planned plan read as one call of two plans a frame, where the reader allows it
+        self.fused_read = (
+            self.fuse
+            and config.coarse_reading == "static_query"
+            and self.states.fovea_reader.fuses_plans
+            and config.tokens_per_plan == 1
+        )
         self.rows = batch * len(self.modes) if self.fuse else batch
         if self.fuse:
             cache = _static_cache(model, self.rows, self.total)

@@ -24,6 +24,7 @@ from PIL import Image
 
 from foveated_vlm.tiny import tiny_config, tiny_processor
 from modeling_foveated import FoveatedVLMForConditionalGeneration
+from streaming_foveated import stream_prompt_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = ("the red square moves from left to right.", "the blue circle bounces around.")
@@ -79,6 +80,83 @@ def caption_batch(processor, lengths: Sequence[int] = (5, 3), **kwargs):
         return_targets=True,
         **kwargs,
     )
+
+
+# ----------------------------------------------------------------------------------------------- streaming
+# The streaming tests' clips and comparisons (tests/test_streaming.py, tests/test_reader_integration.py).
+STREAM_PROMPTS = ("Describe the video.", "What does the red ball do?")
+STREAM_FRAME_COUNTS = (5, 3)  # a batch of streams of different lengths (and prompts of different lengths)
+STREAM_CAPTION_TOKENS = 6
+# Larger than the tiny default so that random logits are far from ties and greedy captions are not degenerate.
+STREAM_TEXT_INIT_STD = 0.2
+# Relative tolerances (max |stream - parallel| / max |parallel|). The stream runs the same ops on other shapes
+# (one token per LLM call instead of one prefill), so results agree to float rounding: ~1e-6 in fp32. bf16 keeps
+# 8 mantissa bits (epsilon 2^-8 = 0.4%); rounding differences pass through the LLM and encoder layers, measured
+# at 0.4-1.6% on these clips: 4% leaves margin while still catching any real mismatch (those are O(1)).
+STREAM_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 4e-2}
+
+
+def stream_clip_batch(processor, rows=slice(None)):
+    """Processor inputs of the test clips (the same frames every call); ``rows`` picks some of them."""
+    generator = torch.Generator().manual_seed(1)
+    videos = [torch.rand(count, 40, 48, 3, generator=generator) for count in STREAM_FRAME_COUNTS]
+    return processor(text=list(STREAM_PROMPTS[rows]), videos=videos[rows], return_targets=True)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
+
+
+def step_through(model, processor, inputs, prompts=STREAM_PROMPTS, **stream_kwargs):
+    """Drive a batch of streams frame by frame, as a padded batch from the processor is driven."""
+    stream = model.stream(**stream_prompt_inputs(processor, list(prompts)), **stream_kwargs)
+    steps = [
+        stream.step(
+            inputs["pixel_values_videos"][:, t],
+            inputs["video_frame_mask"][:, t],
+            inputs["prediction_targets"][:, t],
+        )
+        for t in range(inputs["video_frame_mask"].shape[1])
+    ]
+    stacked = {
+        name: torch.stack([step[name] for step in steps], dim=1)
+        for name in steps[0].keys()
+        if name != "next_queries"
+    }
+    return stream, stacked
+
+
+def caption_pair(model, inputs, stream, mode: str, **generate_kwargs):
+    """(parallel generate, stream caption) with logits; the same seed before each for sampling."""
+    common = {"max_new_tokens": STREAM_CAPTION_TOKENS, "output_logits": True, "return_dict_in_generate": True}
+    parallel_inputs = {k: v for k, v in inputs.items() if k != "prediction_targets"}
+    torch.manual_seed(2)
+    parallel = model.generate(**parallel_inputs, inference_mode=mode, **common, **generate_kwargs)
+    torch.manual_seed(2)
+    streamed = stream.caption(**common, **generate_kwargs)
+    return parallel, streamed
+
+
+# ----------------------------------------------------------------------------------------------- readers
+# The frame readers' test arms (tests/test_spatial_readers.py, tests/test_reader_integration.py).
+TOKENS = {"multi_query_output": "tokens"}
+# (test id, config overrides): every reader at one token a frame, and its k-token variants.
+READER_ARMS = [
+    ("multi_scale", {"frame_reader": "multi_scale"}),
+    ("multi_scale-k2", {"frame_reader": "multi_scale", "num_queries_per_frame": 2, **TOKENS}),
+    ("cascade", {"frame_reader": "cascade"}),
+    ("cascade-k2", {"frame_reader": "cascade", "num_queries_per_frame": 2, **TOKENS}),
+    ("log_polar", {"frame_reader": "log_polar"}),
+    ("log_polar-k2", {"frame_reader": "log_polar", "num_queries_per_frame": 2, **TOKENS}),
+    ("top_k", {"frame_reader": "top_k"}),
+    ("top_k-tokens", {"frame_reader": "top_k", "top_k_output": "tokens", **TOKENS}),
+    (
+        "top_k-tokens-k2",
+        {"frame_reader": "top_k", "top_k_output": "tokens", "num_queries_per_frame": 2, **TOKENS},
+    ),
+    ("hybrid", {"frame_reader": "hybrid"}),
+    ("hybrid-tokens", {"frame_reader": "hybrid", **TOKENS}),
+]
 
 
 def clips_batch(processor, clips: Sequence[dict]):

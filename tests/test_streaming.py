@@ -8,11 +8,14 @@ import torch
 from layout_foveated import COARSE, FINE
 from streaming_foveated import FoveatedStream, stream_prompt_inputs
 
-PROMPTS = ("Describe the video.", "What does the red ball do?")
-FRAME_COUNTS = (5, 3)  # a batch of streams of different lengths (and prompts of different lengths)
-CAPTION_TOKENS = 6
-# Larger than the tiny default so that random logits are far from ties and greedy captions are not degenerate.
-TEXT_INIT_STD = 0.2
+from .builders import STREAM_CAPTION_TOKENS as CAPTION_TOKENS
+from .builders import STREAM_FRAME_COUNTS as FRAME_COUNTS
+from .builders import STREAM_PROMPTS as PROMPTS
+from .builders import STREAM_TEXT_INIT_STD as TEXT_INIT_STD
+from .builders import STREAM_TOLERANCE as TOLERANCE
+from .builders import caption_pair, relative_error, step_through
+from .builders import stream_clip_batch as clip_batch
+
 REMEDIES = {
     "predict_delta": True,
     "query_skip_to_head": True,
@@ -20,11 +23,6 @@ REMEDIES = {
     "plan_first_query": True,
     "glimpse_location": True,
 }
-# Relative tolerances (max |stream - parallel| / max |parallel|). The stream runs the same ops on other shapes
-# (one token per LLM call instead of one prefill), so results agree to float rounding: ~1e-6 in fp32. bf16 keeps
-# 8 mantissa bits (epsilon 2^-8 = 0.4%); rounding differences pass through the LLM and encoder layers, measured
-# at 0.4-1.6% on these clips: 4% leaves margin while still catching any real mismatch (those are O(1)).
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 4e-2}
 LONG_VIDEO_FRAMES = 2000
 LONG_VIDEO_CHUNK = 256
 
@@ -39,47 +37,6 @@ def build(make_model):
         return model.to(dtype), processor
 
     return make
-
-
-def clip_batch(processor, rows=slice(None)):
-    """Processor inputs of the test clips (the same frames every call); ``rows`` picks some of them."""
-    generator = torch.Generator().manual_seed(1)
-    videos = [torch.rand(count, 40, 48, 3, generator=generator) for count in FRAME_COUNTS]
-    return processor(text=list(PROMPTS[rows]), videos=videos[rows], return_targets=True)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
-
-
-def step_through(model, processor, inputs, prompts=PROMPTS, **stream_kwargs):
-    """Drive a batch of streams frame by frame, as a padded batch from the processor is driven."""
-    stream = model.stream(**stream_prompt_inputs(processor, list(prompts)), **stream_kwargs)
-    steps = [
-        stream.step(
-            inputs["pixel_values_videos"][:, t],
-            inputs["video_frame_mask"][:, t],
-            inputs["prediction_targets"][:, t],
-        )
-        for t in range(inputs["video_frame_mask"].shape[1])
-    ]
-    stacked = {
-        name: torch.stack([step[name] for step in steps], dim=1)
-        for name in steps[0].keys()
-        if name != "next_queries"
-    }
-    return stream, stacked
-
-
-def caption_pair(model, inputs, stream, mode: str, **generate_kwargs):
-    """(parallel generate, stream caption) with logits; the same seed before each for sampling."""
-    common = {"max_new_tokens": CAPTION_TOKENS, "output_logits": True, "return_dict_in_generate": True}
-    parallel_inputs = {k: v for k, v in inputs.items() if k != "prediction_targets"}
-    torch.manual_seed(2)
-    parallel = model.generate(**parallel_inputs, inference_mode=mode, **common, **generate_kwargs)
-    torch.manual_seed(2)
-    streamed = stream.caption(**common, **generate_kwargs)
-    return parallel, streamed
 
 
 @pytest.mark.parametrize(
