@@ -22,17 +22,25 @@ COARSE, FINE = 0, 1
 ``<video_start>``. COARSE reads with the static query and plans; FINE reads with the planned queries."""
 
 
-def caption_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def caption_positions(labels: torch.Tensor, bucket: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """States whose next token is supervised by ``labels [B, L]``: flat indices ``[M]`` and next tokens ``[M]``.
 
+    ``bucket > 1`` rounds ``M`` up to a multiple of it with position 0 and target ``-100`` (ignored by the
+    cross-entropy, so the loss is unchanged): batches whose captions differ in length then share a shape, and a
+    CUDA graph captured for one replays for the others.
+
     Raises:
-        ValueError: if the labels supervise no token.
+        ValueError: if the labels supervise no token, or ``bucket`` is not a positive integer.
     """
+    if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
+        raise ValueError(f"caption bucket must be a positive integer, got {bucket!r}")
     next_tokens = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].flatten()
     supervised = (next_tokens != IGNORE_INDEX).nonzero().flatten()
     if supervised.numel() == 0:
         raise ValueError("labels supervise no token: every position is -100")
-    return supervised, next_tokens[supervised]
+    padding = -supervised.numel() % bucket
+    targets = torch.nn.functional.pad(next_tokens[supervised], (0, padding), value=IGNORE_INDEX)
+    return torch.nn.functional.pad(supervised, (0, padding)), targets  # [M'], [M'] with M' % bucket == 0
 
 
 NORMALISED_PIXEL_LIMIT = 5.0
@@ -139,6 +147,7 @@ class VideoLayout:
         tokens_per_frame: int,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        caption_bucket: int = 1,
     ) -> VideoLayout:
         """The layout of ``input_ids [B, L]`` with frames ``video_frame_mask [B, T]`` (and ``labels [B, L]``).
 
@@ -164,11 +173,12 @@ class VideoLayout:
             predictor_index=predictors.flatten().nonzero().flatten(),
             padded=attention_mask is not None and not bool(attention_mask.bool().all()),
         )
-        return layout if labels is None else layout.with_captions(labels)
+        return layout if labels is None else layout.with_captions(labels, caption_bucket)
 
-    def with_captions(self, labels: torch.Tensor) -> VideoLayout:
-        """This layout with the supervised positions of ``labels [B, L]`` (ValueError if they supervise none)."""
-        caption_index, caption_targets = caption_positions(labels)
+    def with_captions(self, labels: torch.Tensor, bucket: int = 1) -> VideoLayout:
+        """This layout with the supervised positions of ``labels [B, L]`` (ValueError if they supervise none),
+        their count rounded up to a multiple of ``bucket`` (see :func:`caption_positions`)."""
+        caption_index, caption_targets = caption_positions(labels, bucket)
         return replace(self, caption_index=caption_index, caption_targets=caption_targets)
 
     def select_frames(self, frames: torch.Tensor) -> torch.Tensor:

@@ -276,6 +276,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
         num_frames: int | None = None,
         fps: float | None = None,
         return_video_layout: bool = False,
+        caption_bucket: int = 1,
         return_tensors: str = "pt",
         **kwargs,
     ) -> BatchFeature:
@@ -297,6 +298,8 @@ class FoveatedVLMProcessor(ProcessorMixin):
             return_video_layout: add ``video_layout``, the batch's frame and caption positions as index tensors
                 (:class:`VideoLayout`), so that the training forward runs without host synchronisation. Leave it
                 off for ``generate`` (it does not expand the layout for beams).
+            caption_bucket: round the layout's count of supervised caption positions up to a multiple of this
+                (ignored padding, same loss), so that batches share shapes for CUDA-graph replay.
 
         Returns:
             ``input_ids``, ``attention_mask`` ``[B, L]`` (left-padded), ``pixel_values_videos [B, T, 3, S, S]``,
@@ -330,6 +333,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
                 self.tokens_per_frame,
                 batch["attention_mask"],
                 batch.get("labels"),
+                caption_bucket,
             )
         return BatchFeature(batch, tensor_type=None)
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -188,6 +187,7 @@ def encode_video(
     path: Path, frames: np.ndarray, fps: int, codec: str = "mpeg4", pix_fmt: str = "yuv420p"
 ) -> Path:
     """uint8 ``[T, H, W, 3]`` frames -> an encoded video file at ``path`` (PyAV)."""
+    av = pytest.importorskip("av")  # the GPU image has no PyAV; CI installs it (scripts/setup.sh)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
@@ -304,6 +304,7 @@ CONTAINERS = {  # name: (suffix, codec, pixel format, shape [T, H, W])
 
 
 def encode_audio_only(path: Path) -> Path:
+    av = pytest.importorskip("av")
     with av.open(str(path), "w") as container:
         stream = container.add_stream("pcm_s16le", rate=8000)
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")

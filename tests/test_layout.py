@@ -137,3 +137,32 @@ def test_training_forward_with_layout_traces_as_one_graph(make_model, random_vid
     with pytest.raises(torch._dynamo.exc.Unsupported):
         torch.compile(model, backend="eager", fullgraph=True)(**{**batch, "video_layout": None})
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("bucket", [1, 7, 64])
+def test_caption_bucket_pads_the_positions_to_a_multiple_and_keeps_the_caption_loss(make_model, bucket):
+    """Padded positions point at state 0 with target -100: the count is a multiple of the bucket, one shape for
+    captions of different lengths, and the training forward's caption loss is exactly that of no padding."""
+    model, processor = make_model()
+    batch = processor(
+        text=["a", "b"], videos=[torch.rand(3, 32, 32, 3)] * 2, captions=["red", "the small blue square moves"],
+        return_video_layout=True, caption_bucket=bucket,
+    )  # fmt: skip
+    layout = batch["video_layout"]
+    unpadded, targets = caption_positions(batch["labels"])
+    assert layout.caption_index.numel() % bucket == 0 and layout.caption_index.numel() >= unpadded.numel()
+    assert torch.equal(layout.caption_index[: unpadded.numel()], unpadded)
+    assert torch.equal(layout.caption_targets[: targets.numel()], targets)
+    assert (layout.caption_targets[targets.numel() :] == -100).all()
+    with torch.no_grad():
+        padded_loss = model(**batch).loss_caption
+        plain_loss = model(**{**batch, "video_layout": layout.with_captions(batch["labels"])}).loss_caption
+    torch.testing.assert_close(padded_loss, plain_loss)
+    if bucket == 64:  # a batch with one short caption has the same shape: one CUDA graph for both
+        assert caption_positions(batch["labels"][:1], bucket)[0].shape == layout.caption_index.shape
+
+
+@pytest.mark.parametrize("bucket", [0, -2, 1.5, True])
+def test_caption_bucket_must_be_a_positive_integer(bucket):
+    with pytest.raises(ValueError, match="caption bucket must be a positive integer"):
+        caption_positions(torch.tensor([[-100, 5, 6]]), bucket)

@@ -52,6 +52,7 @@ def test_set_overrides_are_yaml_typed_and_nested(tmp_path):
         ("model.not_a_config_field=1", "not FoveatedVLMConfig fields"),
         ("train.schedule=linear", "train.schedule must be one of"),
         ("train.batch_size=0", "train.batch_size must be a positive int"),
+        ("train.caption_bucket=0", "train.caption_bucket must be a positive int"),
         ("data.kind=folder", "data.path is required"),
         ("nosection=1", "unknown config sections"),
         ("train..lr_new=1", "--set key must look like section.key"),

@@ -64,9 +64,10 @@ def bench_streaming(
     total = settings.stream_warmup + settings.stream_frames
     size = config.vision_config.image_size
     generator = torch.Generator(device=device).manual_seed(SEED)
-    frames = torch.randn(total + CHECK_FRAMES, 1, 3, size, size, device=device, generator=generator).to(
-        model.dtype
-    )
+    pixels = torch.rand(
+        total + CHECK_FRAMES, size, size, 3, device=device, generator=generator
+    )  # [T, H, W, 3]
+    frames = processor.preprocess_frames(pixels)[0].unsqueeze(1).to(model.dtype)  # [T, 1, 3, S, S] normalised
     targets = torch.randn(total + CHECK_FRAMES, 1, *config.target_shape, device=device, generator=generator)
     targets = targets.to(model.dtype)
     results: dict[str, Any] = {

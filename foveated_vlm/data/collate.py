@@ -28,6 +28,8 @@ class VideoCaptionCollator:
             worker) so that the training forward runs without host synchronisation; False for ``generate``.
         attention_patch_size: when set, add ``attention_targets [B, T, P]``: the patch coverage of each clip's
             target box (items must carry ``boxes`` and ``target_index``; padded frames cover nothing).
+        caption_bucket: the layout's caption positions are padded to a multiple of this (see
+            ``layout_foveated.caption_positions``): one batch shape for captions of different lengths.
     """
 
     def __init__(
@@ -37,12 +39,14 @@ class VideoCaptionCollator:
         with_targets: bool = True,
         with_layout: bool = True,
         attention_patch_size: int | None = None,
+        caption_bucket: int = 1,
     ):
         self.processor = processor
         self.with_captions = with_captions
         self.with_targets = with_targets
         self.with_layout = with_layout
         self.attention_patch_size = attention_patch_size
+        self.caption_bucket = caption_bucket
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> BatchFeature:
         if not items:
@@ -59,6 +63,7 @@ class VideoCaptionCollator:
             text=[item["prompt"] for item in items],
             videos=[item["frames"] for item in items],
             return_video_layout=self.with_layout,
+            caption_bucket=self.caption_bucket,
             **kwargs,
         )
         if self.attention_patch_size is not None:

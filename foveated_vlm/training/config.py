@@ -137,6 +137,9 @@ class TrainSection:
     cuda_graph: bool = False
     """Replay each optimizer step as one CUDA graph per batch shape (CUDA, one process, ``grad_accum`` 1, no
     gradient checkpointing, no fp16 loss scaling); needs static batch shapes to pay off (fixed ``data.num_frames``)."""
+    caption_bucket: int = 64
+    """Round each batch's count of supervised caption tokens up to a multiple of this (ignored padding: the loss
+    is unchanged), so that batches with captions of different lengths share one shape and one CUDA graph."""
     freeze_encoder: bool = False
     lora: LoraSection = field(default_factory=LoraSection)
     eval_every: int = 200
@@ -190,6 +193,7 @@ class TrainingConfig:
             "train.log_every": self.train.log_every,
             "train.eval_every": self.train.eval_every,
             "train.save_every": self.train.save_every,
+            "train.caption_bucket": self.train.caption_bucket,
             "data.num_frames": self.data.num_frames,
         }
         for name, value in positive.items():

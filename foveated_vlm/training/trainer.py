@@ -324,7 +324,9 @@ def _loaders(run: _Run):
     patch_size = (
         run.accelerator.unwrap_model(run.model).config.vision_config.patch_size if procedural else None
     )
-    collator = VideoCaptionCollator(run.processor, attention_patch_size=patch_size)
+    collator = VideoCaptionCollator(
+        run.processor, attention_patch_size=patch_size, caption_bucket=run.train.caption_bucket
+    )
     training = train_loader(
         run.datasets["train"],
         collator,
