@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from eval.probe_report import plot_probes
+from eval.probes import run_probes
 from foveated_vlm.files import atomic_write_text
 from foveated_vlm.training.config import load_config
 from foveated_vlm.training.data import build_split
@@ -178,8 +180,6 @@ def run_report(
 ) -> dict[str, Any]:
     """Probe ``run_dir/final`` on held-out clips (and, with ``validation``, on as many validation clips: the
     training (shape, motion) pairs); write the figures and ``report.json``; return the report."""
-    from eval.probes import plot_probes, run_probes  # eval/ ships with the repository, not with the wheel
-
     run_dir = Path(run_dir)
     config = load_config(run_dir / CONFIG_NAME)
     if config.data.kind != "procedural":

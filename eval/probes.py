@@ -34,7 +34,6 @@ import collections
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,17 +44,14 @@ from eval.attributes import ATTRIBUTES, score_caption, scored_attributes_of, tru
 from eval.common import (
     command_line,
     default_inference_mode,
-    format_ci,
     load_context,
-    markdown_table,
     model_inputs,
-    pyplot,
-    save_figure,
     script_main,
     script_parser,
     summarise,
     write_report,
 )
+from eval.probe_report import format_markdown, plot_probes
 from foveated_vlm.metrics import (
     attention_mass_in_box,
     bootstrap_ci,
@@ -67,24 +63,13 @@ from foveated_vlm.metrics import (
 logger = logging.getLogger(__name__)
 
 READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank")
-READER_DESCRIPTIONS = {
-    "dynamic": "the model's planned queries",
-    "static": "the static query (coarse reading)",
-    "random": "Gaussian queries, std query_init_std",
-    "centre": "planned queries confined to a centred region of the box's patch count",
-    "shuffled": "planned queries permuted in time within each video",
-    "oracle": "planned queries confined to the target box's patches",
-    "blank": "mean-colour frames, planned queries",
-}
 SUBSETS = {"all": None, "named": True, "generic": False}
 DEFAULT_MAX_NEW_TOKENS = 24
 DEFAULT_BATCH_SIZE = 8
-NUM_EXAMPLES = 4
 JSON_NAME = "probes.json"
 MARKDOWN_NAME = "probes.md"
 FIGURE_NAME = "probes.png"
 IGNORE_INDEX = -100
-PLOT_HEADROOM = 1.35
 FIRST_PLANNED_FRAME = 1
 """Mass in box is averaged over frames from this index on: frame 0 of every video is read by ``q_init``."""
 _RANDOM_STREAM, _SHUFFLE_STREAM = 1, 2
@@ -97,11 +82,9 @@ __all__ = [
     "centre_bias",
     "centre_order",
     "derangement",
-    "format_markdown",
     "generation_inputs",
     "main",
     "oracle_bias",
-    "plot_probes",
     "prepare_batch",
     "random_queries",
     "reader_call",
@@ -515,154 +498,6 @@ def run_probes(
         "summary": summary,
         "clips": records,
     }
-
-
-# ----------------------------------------------------------------------------------------------------
-# Report
-# ----------------------------------------------------------------------------------------------------
-
-
-def _table(summary: dict[str, Any], attributes: Sequence[str]) -> str:
-    headers = [
-        "reader",
-        *(f"{name} acc." for name in attributes),
-        "all attributes",
-        "loss_fine",
-        "÷ dynamic",
-        "loss_caption",
-        "mass in box",
-        "chance",
-        "lift",
-    ]
-    rows = []
-    for reader, figures in summary["readers"].items():
-        rows.append(
-            [
-                reader,
-                *(format_ci(figures["accuracy"].get(name), 3) for name in attributes),
-                format_ci(figures["all_attributes"], 3),
-                format_ci(figures["loss_fine"]),
-                format_ci(figures.get("loss_fine_ratio_to_dynamic"), 3),
-                format_ci(figures["loss_caption"], 3),
-                format_ci(figures["mass_in_box"], 3),
-                format_ci(figures["chance"], 3),
-                format_ci(figures["lift"], 2),
-            ]
-        )
-    baseline = summary["majority_baseline"]
-    rows.append(
-        [
-            "*majority answer*",
-            *(f"{baseline[name]:.3f}" if name in baseline else "n/a" for name in attributes),
-            f"{baseline['all_attributes']:.3f}",
-            *([""] * (len(headers) - len(attributes) - 2)),
-        ]
-    )
-    return markdown_table(headers, rows)
-
-
-def format_markdown(report: dict[str, Any]) -> str:
-    """The human-readable report: one table of every reader (and one per clip kind when both occur)."""
-    summary = report["summary"]
-    attributes = report["attributes"]
-    ratio = summary["all"].get("ratio_loss_static_dynamic")
-    header = f"Model `{report['model']}`, " if report.get("model") else ""
-    split = f" of split `{report['split']}`" if report.get("split") else ""
-    lines = ["# Test-time query probes", ""]
-    if report.get("command"):
-        lines += [f"`{report['command']}`", ""]
-    lines += [
-        f"{header}{report['num_clips']} procedural clips{split}, the same weights read by each reader "
-        f"(seed {report['seed']}); greedy captions of at most {report['max_new_tokens']} tokens. "
-        "Mean over clips [95% bootstrap CI]. Accuracy: exact match of each scored attribute parsed from the "
-        "caption; *all attributes*: every scored attribute of the clip right. loss_fine: next-frame prediction "
-        "MSE of the reading pass (static: the coarse pass), ÷ dynamic its ratio of means to the dynamic reader's; "
-        "loss_caption: teacher-forced caption cross-entropy per token. Mass in box: attention inside the target's "
-        "box over frames 2..T where it is in view (patch part of the full distribution); chance: the box's area "
-        "share; lift = mass / chance (ratio of means). *Majority answer*: the accuracy of always giving these clips' most "
-        "common value, what a reader that ignores the video can reach at best (the blank reader's reference).",
-        "",
-        "Readers: " + "; ".join(f"**{r}**: {READER_DESCRIPTIONS[r]}" for r in report["readers"]) + ".",
-        "",
-        _table(summary["all"], attributes),
-        "",
-        f"Coarse / fine prediction-loss ratio (static / dynamic): {format_ci(ratio, 3)}.",
-    ]
-    for subset in ("named", "generic"):
-        if subset in summary:
-            lines += ["", f"## {subset} clips ({summary[subset]['num_clips']})", ""]
-            lines.append(_table(summary[subset], attributes))
-    if report.get("figure"):
-        lines += ["", f"![probes]({report['figure']})"]
-    lines += ["", "## Examples", ""]
-    for record in report["clips"][:NUM_EXAMPLES]:
-        lines.append(f"- `{record['clip_id']}` {record['reference']}")
-        lines += [
-            f"  - {reader}: `{result['generated']}`" if result["generated"] else f"  - {reader}: (empty)"
-            for reader, result in record["readers"].items()
-        ]
-    return "\n".join(lines)
-
-
-READER_COLOURS = {
-    "dynamic": "tab:red",
-    "static": "tab:blue",
-    "random": "tab:grey",
-    "centre": "tab:olive",
-    "shuffled": "tab:purple",
-    "oracle": "tab:green",
-    "blank": "black",
-}
-
-
-def _bars(axis, summary: dict[str, Any], key: str, title: str) -> float:
-    """Bars with CI error bars and their values; returns the highest upper bound drawn."""
-    readers = list(summary["readers"])
-    values = [summary["readers"][reader][key] for reader in readers]
-    estimates = [np.nan if v is None else v["estimate"] for v in values]
-    errors = np.array(
-        [[0.0, 0.0] if v is None else [v["estimate"] - v["low"], v["high"] - v["estimate"]] for v in values]
-    ).T
-    bars = axis.bar(
-        readers,
-        estimates,
-        yerr=np.clip(errors, 0, None),
-        capsize=4,
-        color=[READER_COLOURS[reader] for reader in readers],
-        alpha=0.8,
-    )
-    axis.bar_label(bars, labels=["" if v is None else f"{v['estimate']:.2f}" for v in values], padding=6)
-    for position, value in enumerate(values):
-        if value is None:
-            axis.text(position, 0.01, "n/a", ha="center", va="bottom")
-    axis.set_title(title)
-    axis.grid(axis="y", alpha=0.3)
-    axis.tick_params(axis="x", rotation=30)
-    return max([0.0, *(v["high"] for v in values if v is not None)])
-
-
-def plot_probes(summary: dict[str, Any], path: str | Path) -> None:
-    """Bars per reader: all-attributes accuracy and mass in the target box (with chance), 95% CI error bars."""
-    plt = pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    _bars(left, summary, "all_attributes", "all scored attributes right")
-    left.set_ylim(0, 1.1)
-    majority = summary.get("majority_baseline", {}).get("all_attributes")
-    if majority is not None and np.isfinite(majority):
-        left.axhline(majority, color="grey", linestyle="--", label=f"majority answer {majority:.2f}")
-        left.legend(loc="upper right")
-    left.set_ylabel("fraction of clips")
-    highest = _bars(right, summary, "mass_in_box", "attention mass in target box (frames 2..T)")
-    chances = [f["chance"]["estimate"] for f in summary["readers"].values() if f["chance"] is not None]
-    if chances:
-        chance = float(np.mean(chances))
-        right.axhline(chance, color="grey", linestyle="--", label=f"chance (box area) {chance:.2f}")
-        right.legend(loc="upper left")
-        highest = max(highest, chance)
-    right.set_ylim(0, min(1.1, PLOT_HEADROOM * highest) or 1.0)
-    right.set_ylabel("attention mass")
-    figure.suptitle(f"Test-time query probes ({summary['num_clips']} clips, 95% bootstrap CI)")
-    save_figure(figure, path)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
