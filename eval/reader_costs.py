@@ -23,25 +23,20 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import sys
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python eval/reader_costs.py`: import from the repository root
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
 
-import torch  # noqa: E402
-
-from eval.ablations import Arm, load_arms  # noqa: E402
-from eval.benchmark.settings import CAPTION, PROMPT, SEED  # noqa: E402
-from eval.benchmark.timing import time_calls  # noqa: E402
-from eval.common import add_override_argument, markdown_table, script_main, write_report  # noqa: E402
-from foveated_vlm.tiny import tiny_config, tiny_processor, tiny_tokenizer  # noqa: E402
-from foveated_vlm.training.config import load_config, parse_yaml  # noqa: E402
-from foveated_vlm.training.modeling import build_model_and_processor  # noqa: E402
-from modeling_foveated import FoveatedVLMForConditionalGeneration  # noqa: E402
-from readers_foveated import FRAME_READERS  # noqa: E402
-from streaming_foveated import stream_prompt_inputs  # noqa: E402
+from eval.ablations import Arm, load_arms
+from eval.benchmark.settings import CAPTION, PROMPT, SEED
+from eval.benchmark.timing import time_calls
+from eval.common import add_override_argument, markdown_table, script_main, write_report
+from foveated_vlm.tiny import tiny_config, tiny_processor, tiny_tokenizer
+from foveated_vlm.training.config import load_config, parse_yaml
+from foveated_vlm.training.modeling import build_model_and_processor
+from modeling_foveated import FoveatedVLMForConditionalGeneration
+from readers_foveated import FRAME_READERS
+from streaming_foveated import stream_prompt_inputs
 
 REPORT_NAME = "reader_costs"
 DEFAULT_BATCH_SIZE = 8
