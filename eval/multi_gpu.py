@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from foveated_vlm.files import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 FSDP_CONFIG = "configs/accelerate/fsdp.yaml"
 DDP_CONFIG = "configs/accelerate/ddp.yaml"
@@ -219,13 +221,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     report = run(args)
     out = Path(args.output)
-    (out / "multi_gpu.json").write_text(json.dumps(report, indent=2))
-    Path(args.markdown or out / "multi_gpu.md").write_text(render_markdown(report))
+    atomic_write_text(out / "multi_gpu.json", json.dumps(report, indent=2))
+    atomic_write_text(Path(args.markdown or out / "multi_gpu.md"), render_markdown(report))
     print(render_markdown(report))
     return report
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):
-        sys.path.insert(0, str(REPO))
     main()
