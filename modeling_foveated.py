@@ -34,7 +34,13 @@ try:
     from .base_foveated import FoveatedVLMModel, FoveatedVLMPreTrainedModel
     from .configuration_foveated import FoveatedVLMConfig
     from .encoder_foveated import PatchCache
-    from .heads_foveated import FiLMPredictionHead, caption_loss, delta_l1_loss, reading_losses
+    from .heads_foveated import (
+        FiLMPredictionHead,
+        caption_loss,
+        clip_caption_losses,
+        delta_l1_loss,
+        reading_losses,
+    )
     from .layout_foveated import VideoLayout, caption_positions, gather_positions
     from .outputs_foveated import READING_FIELDS, FoveatedVLMModelOutput, FoveatedVLMOutput
     from .reader_base_foveated import FrameReading
@@ -43,7 +49,13 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
     from base_foveated import FoveatedVLMModel, FoveatedVLMPreTrainedModel
     from configuration_foveated import FoveatedVLMConfig
     from encoder_foveated import PatchCache
-    from heads_foveated import FiLMPredictionHead, caption_loss, delta_l1_loss, reading_losses
+    from heads_foveated import (
+        FiLMPredictionHead,
+        caption_loss,
+        clip_caption_losses,
+        delta_l1_loss,
+        reading_losses,
+    )
     from layout_foveated import VideoLayout, caption_positions, gather_positions
     from outputs_foveated import READING_FIELDS, FoveatedVLMModelOutput, FoveatedVLMOutput
     from reader_base_foveated import FrameReading
@@ -361,12 +373,32 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             setattr(output, name, loss)
             terms.append(weight * loss)
         if output.reader_extras is not None:
-            output.loss_reader = self.model.fovea_reader.auxiliary_loss(output.reader_extras, output, targets)
+            output.loss_reader = self._reader_loss(output, states, targets, labels)
             if output.loss_reader is not None:
                 terms.append(config.reader_loss_weight * output.loss_reader)
         if terms:
             output.loss = torch.stack(terms).sum()
         return output
+
+    def _reader_loss(
+        self,
+        output: FoveatedVLMOutput,
+        states: FoveatedVLMModelOutput,
+        targets: torch.Tensor | None,
+        labels: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """The frame reader's auxiliary term (``FrameReader.auxiliary_loss``); a reader that asks for them
+        (``needs_frame_caption_losses``) finds each frame's clip's fine caption loss in ``output`` first."""
+        reader = self.model.fovea_reader
+        if reader.needs_frame_caption_losses and labels is not None:
+            layout, hidden = states.video_layout, states.hidden_fine
+            with torch.no_grad():
+                clips = clip_caption_losses(
+                    self.lm_head, hidden, layout.caption_index, layout.caption_targets
+                )
+            frame_clips = layout.predictor_index.div(hidden.shape[1], rounding_mode="floor")  # (N,)
+            output.caption_loss_frames = clips.index_select(0, frame_clips)  # (N,)
+        return reader.auxiliary_loss(output.reader_extras, output, targets)
 
     def _text_output(
         self, states: FoveatedVLMModelOutput, labels: torch.Tensor | None, logits_to_keep: int
