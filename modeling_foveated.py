@@ -366,6 +366,8 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             if states.hidden_fine is not None:
                 output.loss_caption = caption_loss(self.lm_head, states.hidden_fine, *captions)
                 terms.append(config.caption_loss_weight * output.loss_caption)
+                if output.reader_extras is not None and self.model.fovea_reader.needs_frame_caption_losses:
+                    output.caption_loss_frames = self._frame_caption_losses(states)
             if states.hidden_coarse is not None:
                 output.loss_caption_coarse = caption_loss(self.lm_head, states.hidden_coarse, *captions)
                 terms.append(config.caption_loss_weight * config.lambda_coarse * output.loss_caption_coarse)
@@ -373,32 +375,23 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             setattr(output, name, loss)
             terms.append(weight * loss)
         if output.reader_extras is not None:
-            output.loss_reader = self._reader_loss(output, states, targets, labels)
+            output.loss_reader = self.model.fovea_reader.auxiliary_loss(output.reader_extras, output, targets)
             if output.loss_reader is not None:
                 terms.append(config.reader_loss_weight * output.loss_reader)
         if terms:
             output.loss = torch.stack(terms).sum()
         return output
 
-    def _reader_loss(
-        self,
-        output: FoveatedVLMOutput,
-        states: FoveatedVLMModelOutput,
-        targets: torch.Tensor | None,
-        labels: torch.Tensor | None,
-    ) -> torch.Tensor | None:
-        """The frame reader's auxiliary term (``FrameReader.auxiliary_loss``); a reader that asks for them
-        (``needs_frame_caption_losses``) finds each frame's clip's fine caption loss in ``output`` first."""
-        reader = self.model.fovea_reader
-        if reader.needs_frame_caption_losses and labels is not None:
-            layout, hidden = states.video_layout, states.hidden_fine
-            with torch.no_grad():
-                clips = clip_caption_losses(
-                    self.lm_head, hidden, layout.caption_index, layout.caption_targets
-                )
-            frame_clips = layout.predictor_index.div(hidden.shape[1], rounding_mode="floor")  # (N,)
-            output.caption_loss_frames = clips.index_select(0, frame_clips)  # (N,)
-        return reader.auxiliary_loss(output.reader_extras, output, targets)
+    @torch.no_grad()
+    def _frame_caption_losses(self, states: FoveatedVLMModelOutput) -> torch.Tensor:
+        """The fine pass's caption loss of each valid frame's clip ``[N]`` (a reward for readers that ask, no
+        gradient): ``clip_caption_losses`` picked by the clip of each frame's predictor position."""
+        layout, hidden = states.video_layout, states.hidden_fine
+        clips = clip_caption_losses(
+            self.lm_head, hidden, layout.caption_index, layout.caption_targets
+        )  # (B,)
+        frame_clips = layout.predictor_index.div(hidden.shape[1], rounding_mode="floor")  # (N,)
+        return clips.index_select(0, frame_clips)  # (N,)
 
     def _text_output(
         self, states: FoveatedVLMModelOutput, labels: torch.Tensor | None, logits_to_keep: int

@@ -82,6 +82,16 @@ def caption_batch(processor, lengths: Sequence[int] = (5, 3), **kwargs):
     )
 
 
+def caption_batch_row(processor, row: int, length: int):
+    """Row ``row`` of :func:`caption_batch` (a video of ``length`` frames) alone, as a batch of one."""
+    return processor(
+        text=[PROMPTS[row]],
+        videos=[random_frames(length, seed=row)],
+        captions=[CAPTIONS[row]],
+        return_targets=True,
+    )
+
+
 # ----------------------------------------------------------------------------------------------- streaming
 # The streaming tests' clips and comparisons (tests/test_streaming.py, tests/test_reader_integration.py).
 STREAM_PROMPTS = ("Describe the video.", "What does the red ball do?")

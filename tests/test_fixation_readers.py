@@ -12,7 +12,13 @@ from configuration_foveated import FoveatedVLMConfig
 from fixation_readers_foveated import FIXATION_READERS, crop_windows, fixation_windows, window_coverage
 from readers_foveated import FRAME_READERS
 
-from .builders import CAPTIONS, FIXATION_ARMS, FIXATION_CROP, PROMPTS, TOKENS, caption_batch, random_frames
+from .builders import (
+    FIXATION_ARMS,
+    FIXATION_CROP,
+    TOKENS,
+    caption_batch,
+    caption_batch_row,
+)
 
 CROP = FIXATION_CROP
 FAR = 30.0  # a plan number far into tanh / sigmoid saturation
@@ -266,15 +272,7 @@ def test_the_caption_reward_of_a_glimpse_is_its_own_clips_caption_loss(build):
     lengths = (5, 3)
     out = model(**caption_batch(processor, lengths=lengths))
     alone = [
-        model(
-            **processor(
-                text=[PROMPTS[row]],
-                videos=[random_frames(length, seed=row)],
-                captions=[CAPTIONS[row]],
-                return_targets=True,
-            )
-        ).loss_caption
-        for row, length in enumerate(lengths)
+        model(**caption_batch_row(processor, row, length)).loss_caption for row, length in enumerate(lengths)
     ]
     expected = torch.cat([loss.expand(length) for loss, length in zip(alone, lengths)])
     torch.testing.assert_close(out.caption_loss_frames, expected, atol=1e-5, rtol=1e-4)

@@ -15,7 +15,7 @@ from heads_foveated import clip_caption_losses
 from reader_base_foveated import FrameReader, FrameReading
 from readers_foveated import FRAME_READERS, register_reader
 
-from .builders import CAPTIONS, PROMPTS, caption_batch, random_frames
+from .builders import caption_batch, caption_batch_row
 from .environments import REPO, hub_modules
 
 PIXEL_READER = "test_pixel_reader"
@@ -132,12 +132,7 @@ def test_a_reader_that_asks_gets_each_frames_clip_caption_loss(make_model):
     out = model(**caption_batch(processor, lengths=lengths))
     alone = []
     for row, length in enumerate(lengths):
-        single = processor(
-            text=[PROMPTS[row]],
-            videos=[random_frames(length, seed=row)],
-            captions=[CAPTIONS[row]],
-            return_targets=True,
-        )
+        single = caption_batch_row(processor, row, length)
         alone.append(model(**single).loss_caption.expand(length))
     torch.testing.assert_close(out.caption_loss_frames, torch.cat(alone), atol=1e-5, rtol=1e-4)
     assert not out.caption_loss_frames.requires_grad, "a reward, not a loss"

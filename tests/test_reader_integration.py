@@ -17,9 +17,7 @@ from readers_foveated import FRAME_READERS
 from streaming_foveated import stream_prompt_inputs
 
 from .builders import (
-    CAPTIONS,
     FIXATION_CROP,
-    PROMPTS,
     READER_ARMS,
     STREAM_FRAME_COUNTS,
     STREAM_PROMPTS,
@@ -28,8 +26,8 @@ from .builders import (
     TOKENS,
     UNSUPERVISED_READERS,
     caption_batch,
+    caption_batch_row,
     caption_pair,
-    random_frames,
     relative_error,
     step_through,
     stream_clip_batch,
@@ -126,12 +124,7 @@ def test_padded_batch_matches_unpadded_runs(make_model, overrides):
     out = model(**caption_batch(processor, lengths=lengths))
     start = 0
     for row, length in enumerate(lengths):
-        single = processor(
-            text=[PROMPTS[row]],
-            videos=[random_frames(length, seed=row)],
-            captions=[CAPTIONS[row]],
-            return_targets=True,
-        )
+        single = caption_batch_row(processor, row, length)
         alone = model(**single)
         frames = slice(start, start + length)
         for name in ("visual_tokens_fine", "attention_fine", "predictions_fine", "queries"):
