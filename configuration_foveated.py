@@ -130,6 +130,47 @@ class FoveatedVLMConfig(PreTrainedConfig):
     """``frame_reader="top_k"`` / ``"hybrid"``: ``"weighted_sum"``: one token, the kept patches weighted by the
     softmax of their scores; ``"tokens"``: the K patches as K tokens (with ``multi_query_output="tokens"`` the
     LLM sees them; ``"mean"`` averages them)."""
+    fixation_crop_size: int = 64
+    """Fixation readers (``frame_reader`` ``"dual_stream"``, ``"multi_fixation"``, ``"glimpse_rl"``,
+    ``"adaptive_fixation"``): side in pixels of the crop around a fixation that the ViT reads in its own patch pass
+    (a multiple of ``patch_size``; 64 px at 16 px patches is 16 patches, 1/16 of a 256 px frame's pass)."""
+    fixation_token: str = "cls"
+    """Fixation readers: the foveal token of a crop, its ViT output at ``"cls"`` or the ``"mean"`` of its patch
+    states (both normed)."""
+    fixation_min_scale: float = 0.125
+    """Fixation readers with a continuous plan: smallest crop window side, a fraction of the frame side (the plan's
+    scale goes through a sigmoid between ``fixation_min_scale`` and ``fixation_max_scale``)."""
+    fixation_max_scale: float = 0.5
+    """Fixation readers with a continuous plan: largest crop window side, a fraction of the frame side (<= 1)."""
+    fixation_centre_range: float = 1.0
+    """Fixation readers with a continuous plan: the window centre is ``fixation_centre_range * tanh(plan)`` per
+    axis, in -1..1 frame coordinates (1: up to the frame's edge; the part of a window outside the frame is blank)."""
+    fixation_periphery: str = "token"
+    """Fixation readers: ``"token"`` adds a periphery token (the mean of the frame's final patch states) after the
+    foveal ones; ``"fused"`` fuses the foveal tokens and the periphery into one token (a learned linear map);
+    ``"none"``: foveal tokens only (not for ``dual_stream``, which is fovea + periphery)."""
+    num_fixations: int = 2
+    """``frame_reader="multi_fixation"``: fixations a plan holds (``3 * num_fixations`` plan numbers: x, y, scale
+    each), each read as a foveal crop: that many tokens (plus the periphery)."""
+    glimpse_grid: int = 4
+    """``frame_reader="glimpse_rl"``: the plan is logits over a ``glimpse_grid x glimpse_grid`` grid of glimpse
+    locations; one cell is sampled while training (argmax in eval) and read as a foveal crop at its centre."""
+    glimpse_window: float = 1.0
+    """``frame_reader="glimpse_rl"``: side of the crop window around the chosen cell's centre, in grid cells."""
+    glimpse_entropy_weight: float = 0.0
+    """``frame_reader="glimpse_rl"``: weight of the policy's entropy bonus in its REINFORCE loss (``loss_reader``)."""
+    glimpse_baseline_hidden_dim: int = 64
+    """``frame_reader="glimpse_rl"``: hidden width of the learned REINFORCE baseline (an MLP of the detached plan
+    logits, i.e. of the LLM state as the plan head projects it)."""
+    glimpse_budget_levels: list[int] | tuple[int, ...] = (1, 2, 4)
+    """``frame_reader="adaptive_fixation"``: the glimpse counts a frame may choose from (increasing); a frame has
+    as many token slots as the largest, and unused slots hold a learned "no glimpse" embedding."""
+    glimpse_budget_temperature: float = 1.0
+    """``frame_reader="adaptive_fixation"``: temperature of the straight-through Gumbel-softmax over the budget
+    levels while training (the argmax in eval)."""
+    glimpse_cost: float = 0.01
+    """``frame_reader="adaptive_fixation"``: penalty per glimpse a frame reads (``loss_reader`` is this times the
+    mean glimpses per frame)."""
     query_dim: int = 384
     """Width of the query vectors the LLM predicts (and of ``q_static``/``q_init``) for readers whose plan is a
     query (``plan_dim`` is the plan width of the configured reader)."""
@@ -239,6 +280,7 @@ class FoveatedVLMConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self.film_channels = list(self.film_channels)
         self.multi_scale_factors = list(self.multi_scale_factors)
+        self.glimpse_budget_levels = list(self.glimpse_budget_levels)
         self._validate_knobs()
 
     def _validate_knobs(self) -> None:

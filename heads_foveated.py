@@ -88,6 +88,20 @@ def caption_loss(
     return F.cross_entropy(logits, caption_targets)
 
 
+def clip_caption_losses(
+    lm_head: nn.Module, hidden: torch.Tensor, caption_index: torch.Tensor, caption_targets: torch.Tensor
+) -> torch.Tensor:
+    """Each sequence's own caption cross-entropy ``[B]``: the mean over its supervised positions (those of the
+    flat ``caption_index [M]`` into ``hidden [B, L, H]`` that fall in its row); 0 for a sequence without any."""
+    batch, length = hidden.shape[:2]
+    logits = lm_head(gather_positions(hidden, caption_index)).float()  # (M, V)
+    token_losses = F.cross_entropy(logits, caption_targets, reduction="none")  # (M,)
+    rows = caption_index.div(length, rounding_mode="floor")  # (M,): the sequence of each position
+    totals = token_losses.new_zeros(batch).index_add(0, rows, token_losses)  # (B,)
+    counts = token_losses.new_zeros(batch).index_add(0, rows, torch.ones_like(token_losses))  # (B,)
+    return totals / counts.clamp_min(1.0)
+
+
 def delta_l1_loss(predictions: list[torch.Tensor], previous: torch.Tensor) -> torch.Tensor:
     """Mean absolute change ``|prediction - previous target|`` of predictions ``[N, C, h, w]``, mean over them."""
     return torch.stack([(p.float() - previous.float()).abs().mean() for p in predictions]).mean()
@@ -124,6 +138,7 @@ __all__ = [
     "FiLMPredictionHead",
     "attention_box_loss",
     "caption_loss",
+    "clip_caption_losses",
     "delta_l1_loss",
     "reading_losses",
 ]

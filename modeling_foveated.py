@@ -34,7 +34,13 @@ try:
     from .base_foveated import FoveatedVLMModel, FoveatedVLMPreTrainedModel
     from .configuration_foveated import FoveatedVLMConfig
     from .encoder_foveated import PatchCache
-    from .heads_foveated import FiLMPredictionHead, caption_loss, delta_l1_loss, reading_losses
+    from .heads_foveated import (
+        FiLMPredictionHead,
+        caption_loss,
+        clip_caption_losses,
+        delta_l1_loss,
+        reading_losses,
+    )
     from .layout_foveated import VideoLayout, caption_positions, gather_positions
     from .outputs_foveated import READING_FIELDS, FoveatedVLMModelOutput, FoveatedVLMOutput
     from .reader_base_foveated import FrameReading
@@ -43,7 +49,13 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
     from base_foveated import FoveatedVLMModel, FoveatedVLMPreTrainedModel
     from configuration_foveated import FoveatedVLMConfig
     from encoder_foveated import PatchCache
-    from heads_foveated import FiLMPredictionHead, caption_loss, delta_l1_loss, reading_losses
+    from heads_foveated import (
+        FiLMPredictionHead,
+        caption_loss,
+        clip_caption_losses,
+        delta_l1_loss,
+        reading_losses,
+    )
     from layout_foveated import VideoLayout, caption_positions, gather_positions
     from outputs_foveated import READING_FIELDS, FoveatedVLMModelOutput, FoveatedVLMOutput
     from reader_base_foveated import FrameReading
@@ -354,6 +366,8 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             if states.hidden_fine is not None:
                 output.loss_caption = caption_loss(self.lm_head, states.hidden_fine, *captions)
                 terms.append(config.caption_loss_weight * output.loss_caption)
+                if output.reader_extras is not None and self.model.fovea_reader.needs_frame_caption_losses:
+                    output.caption_loss_frames = self._frame_caption_losses(states)
             if states.hidden_coarse is not None:
                 output.loss_caption_coarse = caption_loss(self.lm_head, states.hidden_coarse, *captions)
                 terms.append(config.caption_loss_weight * config.lambda_coarse * output.loss_caption_coarse)
@@ -367,6 +381,17 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         if terms:
             output.loss = torch.stack(terms).sum()
         return output
+
+    @torch.no_grad()
+    def _frame_caption_losses(self, states: FoveatedVLMModelOutput) -> torch.Tensor:
+        """The fine pass's caption loss of each valid frame's clip ``[N]`` (a reward for readers that ask, no
+        gradient): ``clip_caption_losses`` picked by the clip of each frame's predictor position."""
+        layout, hidden = states.video_layout, states.hidden_fine
+        clips = clip_caption_losses(
+            self.lm_head, hidden, layout.caption_index, layout.caption_targets
+        )  # (B,)
+        frame_clips = layout.predictor_index.div(hidden.shape[1], rounding_mode="floor")  # (N,)
+        return clips.index_select(0, frame_clips)  # (N,)
 
     def _text_output(
         self, states: FoveatedVLMModelOutput, labels: torch.Tensor | None, logits_to_keep: int

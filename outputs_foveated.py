@@ -85,6 +85,9 @@ class FoveatedVLMOutput(FoveatedReadings):
         predictions_fine / predictions_coarse: ``[N, C, h, w]`` predicted next-frame targets of the valid frames.
         loss_attention: ``-log`` mass of the fine attention in the box of the object the text is about.
         loss_reader: the frame reader's own auxiliary term (``FrameReader.auxiliary_loss``), when it has one.
+        caption_loss_frames: ``[N]`` the fine pass's caption cross-entropy of each valid frame's clip (the mean over
+            that clip's supervised tokens, 0 for a clip without any; no gradient): only with labels, for a reader
+            that asks for it (``FrameReader.needs_frame_caption_losses``, e.g. a per-clip reward).
     """
 
     loss: torch.Tensor | None = None
@@ -101,6 +104,7 @@ class FoveatedVLMOutput(FoveatedReadings):
     cache: object | None = None
     predictions_fine: torch.Tensor | None = None
     predictions_coarse: torch.Tensor | None = None
+    caption_loss_frames: torch.Tensor | None = None
 
 
 __all__ = ["READING_FIELDS", "FoveatedReadings", "FoveatedVLMModelOutput", "FoveatedVLMOutput"]

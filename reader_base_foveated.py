@@ -15,6 +15,8 @@ A reader declares (class methods of :class:`FrameReader`, read by the config):
 * ``needs_pixels``: ``encode_frames`` then keeps the frames in ``PatchCache.pixels``;
 * ``fuses_plans``: stacking plans ``[N, k, W]`` reads them as k independent reads (the streaming fast path then
   reads the static and the planned plan of a frame in one call);
+* ``needs_frame_caption_losses``: with labels, the model puts each frame's clip's fine caption loss in
+  ``output.caption_loss_frames [N]`` before calling ``auxiliary_loss`` (a per-clip reward, e.g. REINFORCE);
 * ``validate(config)``: a ``ValueError`` naming any bad knob of the reader.
 
 and implements ``read(inputs, cache, encoder, patch_bias) -> FrameReading(visual, attention)``. Attention is a full
@@ -76,6 +78,7 @@ class FrameReader(nn.Module):
     plan_is_query: ClassVar[bool] = True
     needs_pixels: ClassVar[bool] = False
     fuses_plans: ClassVar[bool] = True
+    needs_frame_caption_losses: ClassVar[bool] = False
 
     def __init__(self, config):
         super().__init__()
@@ -97,6 +100,17 @@ class FrameReader(nn.Module):
 
     def init_learned_parameters(self) -> None:
         """Initialise the reader's own ``nn.Parameter`` s (its Linear layers are initialised by the model)."""
+
+    @staticmethod
+    def check_knobs(config, checks: dict[str, tuple[bool, str]]) -> None:
+        """``{knob: (ok, what it must be)}`` -> a ``ValueError`` naming the first bad knob, its value and the reader
+        (what ``validate`` raises)."""
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"FoveatedVLMConfig.{name} must be {expected} for frame_reader={config.frame_reader!r}, "
+                    f"got {getattr(config, name)!r}"
+                )
 
     # ------------------------------------------------------------------------------ helpers of the readers
     @staticmethod

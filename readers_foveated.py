@@ -8,13 +8,19 @@ imports the model, so the config can ask a reader for its plan width and tokens 
 from __future__ import annotations
 
 try:
+    from .fixation_readers_foveated import FIXATION_READERS
     from .reader_base_foveated import FrameReader, QueryReader
     from .spatial_readers_foveated import SPATIAL_READERS
 except ImportError:  # imported as a top-level module from a checkout of the repository
+    from fixation_readers_foveated import FIXATION_READERS
     from reader_base_foveated import FrameReader, QueryReader
     from spatial_readers_foveated import SPATIAL_READERS
 
-FAMILIES: tuple[dict[str, type[FrameReader]], ...] = ({"query": QueryReader}, SPATIAL_READERS)
+FAMILIES: tuple[dict[str, type[FrameReader]], ...] = (
+    {"query": QueryReader},
+    SPATIAL_READERS,
+    FIXATION_READERS,
+)
 FRAME_READERS: dict[str, type[FrameReader]] = {}
 for family in FAMILIES:
     clashes = sorted(set(family) & set(FRAME_READERS))

@@ -35,13 +35,6 @@ FIXATION_DIMS = 2  # a log-polar plan is a fixation (x, y)
 TOP_K_OUTPUTS = ("weighted_sum", "tokens")
 
 
-def _check(checks: dict[str, tuple[bool, str]], config) -> None:
-    """``{knob: (ok, expected)}`` -> a ValueError naming the first bad knob and its value."""
-    for name, (ok, expected) in checks.items():
-        if not ok:
-            raise ValueError(f"FoveatedVLMConfig.{name} must be {expected}, got {getattr(config, name)!r}")
-
-
 def _grid_side(config) -> int:
     return round(config.num_patches**0.5)
 
@@ -75,7 +68,8 @@ class MultiScaleReader(FrameReader):
     def validate(cls, config) -> None:
         side = _grid_side(config)
         factors = list(config.multi_scale_factors)
-        _check(
+        FrameReader.check_knobs(
+            config,
             {
                 "multi_scale_factors": (
                     len(factors) > 0
@@ -84,7 +78,6 @@ class MultiScaleReader(FrameReader):
                     f"distinct pooling factors that divide the {side}x{side} patch grid",
                 )
             },
-            config,
         )
 
     def init_learned_parameters(self) -> None:
@@ -146,13 +139,13 @@ class CascadeReader(FrameReader):
 
     @classmethod
     def validate(cls, config) -> None:
-        _check(
+        FrameReader.check_knobs(
+            config,
             {
                 "cascade_steps": (config.cascade_steps >= 2, ">= 2 (one glimpse is the query reader)"),
                 "cascade_sigma": (config.cascade_sigma > 0, "positive"),
                 "cascade_hidden_dim": (config.cascade_hidden_dim > 0, "positive"),
             },
-            config,
         )
 
     def narrowing_bias(self, attention: torch.Tensor) -> torch.Tensor:
@@ -189,7 +182,8 @@ class LogPolarSampler(nn.Module):
 
     @staticmethod
     def validate(config) -> None:
-        _check(
+        FrameReader.check_knobs(
+            config,
             {
                 "log_polar_rings": (config.log_polar_rings >= 1, ">= 1"),
                 "log_polar_wedges": (config.log_polar_wedges >= 1, ">= 1"),
@@ -199,7 +193,6 @@ class LogPolarSampler(nn.Module):
                     ">= log_polar_min_radius",
                 ),
             },
-            config,
         )
 
     def offsets(self, device: torch.device) -> torch.Tensor:
@@ -274,7 +267,8 @@ class TopKSelector(nn.Module):
 
     @staticmethod
     def validate(config) -> None:
-        _check(
+        FrameReader.check_knobs(
+            config,
             {
                 "top_k_patches": (
                     1 <= config.top_k_patches <= config.num_patches,
@@ -282,7 +276,6 @@ class TopKSelector(nn.Module):
                 ),
                 "top_k_output": (config.top_k_output in TOP_K_OUTPUTS, f"one of {TOP_K_OUTPUTS}"),
             },
-            config,
         )
 
     @staticmethod

@@ -81,6 +81,16 @@ def caption_batch(processor, lengths: Sequence[int] = (5, 3), **kwargs):
     )
 
 
+def caption_batch_row(processor, row: int, length: int):
+    """Row ``row`` of :func:`caption_batch` (a video of ``length`` frames) alone, as a batch of one."""
+    return processor(
+        text=[PROMPTS[row]],
+        videos=[random_frames(length, seed=row)],
+        captions=[CAPTIONS[row]],
+        return_targets=True,
+    )
+
+
 # ----------------------------------------------------------------------------------------------- streaming
 # The streaming tests' clips and comparisons (tests/test_streaming.py, tests/test_reader_integration.py).
 STREAM_PROMPTS = ("Describe the video.", "What does the red ball do?")
@@ -137,10 +147,11 @@ def caption_pair(model, inputs, stream, mode: str, **generate_kwargs):
 
 
 # ----------------------------------------------------------------------------------------------- readers
-# The frame readers' test arms (tests/test_spatial_readers.py, tests/test_reader_integration.py).
+# The frame readers' test arms (tests/test_spatial_readers.py, tests/test_fixation_readers.py,
+# tests/test_reader_integration.py): (test id, config overrides), every reader at one token a frame, and its
+# k-token variants.
 TOKENS = {"multi_query_output": "tokens"}
-# (test id, config overrides): every reader at one token a frame, and its k-token variants.
-READER_ARMS = [
+SPATIAL_ARMS = [
     ("multi_scale", {"frame_reader": "multi_scale"}),
     ("multi_scale-k2", {"frame_reader": "multi_scale", "num_queries_per_frame": 2, **TOKENS}),
     ("cascade", {"frame_reader": "cascade"}),
@@ -156,6 +167,26 @@ READER_ARMS = [
     ("hybrid", {"frame_reader": "hybrid"}),
     ("hybrid-tokens", {"frame_reader": "hybrid", **TOKENS}),
 ]
+FIXATION_CROP = 16  # pixels: 2 x 2 patches of the tiny ViT (a quarter of its 32 px frame)
+FIXATION_ARMS = [
+    (name, {"fixation_crop_size": FIXATION_CROP, **overrides})
+    for name, overrides in (
+        ("dual_stream", {"frame_reader": "dual_stream", "fixation_periphery": "fused"}),
+        ("dual_stream-tokens", {"frame_reader": "dual_stream", **TOKENS}),
+        ("multi_fixation", {"frame_reader": "multi_fixation"}),
+        ("multi_fixation-tokens", {"frame_reader": "multi_fixation", **TOKENS}),
+        ("multi_fixation-k2", {"frame_reader": "multi_fixation", "num_queries_per_frame": 2, **TOKENS}),
+        ("glimpse_rl", {"frame_reader": "glimpse_rl", "fixation_periphery": "none"}),
+        ("glimpse_rl-tokens", {"frame_reader": "glimpse_rl", **TOKENS}),
+        ("adaptive_fixation", {"frame_reader": "adaptive_fixation", "fixation_periphery": "fused"}),
+        ("adaptive_fixation-tokens", {"frame_reader": "adaptive_fixation", **TOKENS}),
+    )
+]
+READER_ARMS = SPATIAL_ARMS + FIXATION_ARMS
+UNSUPERVISED_READERS = frozenset({"glimpse_rl"})
+"""Readers whose attention has no gradient path to the plan (a hard, sampled glimpse), so attention supervision
+cannot teach them (REINFORCE does): their box loss is tested to stay off the plan head, and they have no
+supervised arm in configs/readers_arms.yaml."""
 
 
 def clips_batch(processor, clips: Sequence[dict]):

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.dynamic_module_utils import get_relative_imports
 
 import readers_foveated
 from configuration_foveated import FoveatedVLMConfig
+from heads_foveated import clip_caption_losses
 from reader_base_foveated import FrameReader, FrameReading
 from readers_foveated import FRAME_READERS, register_reader
 
-from .builders import caption_batch
+from .builders import caption_batch, caption_batch_row
 from .environments import REPO, hub_modules
 
 PIXEL_READER = "test_pixel_reader"
+CLIP_REWARD_READER = "test_clip_reward_reader"
 PIXEL_PLAN_WIDTH = 3
 PENALTY_WEIGHT = 0.25
 GAIN_INIT = 0.5
@@ -51,11 +54,23 @@ class PixelReader(FrameReader):
         return extras["penalty"].square().mean()
 
 
+class ClipRewardReader(PixelReader):
+    """A pixel reader whose auxiliary loss needs each frame's clip's caption loss (a per-clip reward)."""
+
+    needs_frame_caption_losses = True
+
+    def auxiliary_loss(self, extras, output, targets):
+        if output.caption_loss_frames is None:
+            return None
+        return (output.caption_loss_frames * extras["penalty"].mean(-1)).mean()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def pixel_reader():
     register_reader(PIXEL_READER, PixelReader)
+    register_reader(CLIP_REWARD_READER, ClipRewardReader)
     yield
-    del FRAME_READERS[PIXEL_READER]
+    del FRAME_READERS[PIXEL_READER], FRAME_READERS[CLIP_REWARD_READER]
 
 
 def test_the_default_reader_is_the_query_reader_with_the_same_state_dict(make_model):
@@ -109,6 +124,37 @@ def test_a_reader_declares_its_plan_width_pixels_and_auxiliary_loss(make_model):
     out.loss.backward()
     assert states.fovea_reader.colour.weight.grad.abs().sum() > 0
     assert states.fovea_query_head.weight.grad.abs().sum() > 0
+
+
+def test_a_reader_that_asks_gets_each_frames_clip_caption_loss(make_model):
+    lengths = (5, 3)
+    model, processor = make_model(frame_reader=CLIP_REWARD_READER)
+    out = model(**caption_batch(processor, lengths=lengths))
+    alone = []
+    for row, length in enumerate(lengths):
+        single = caption_batch_row(processor, row, length)
+        alone.append(model(**single).loss_caption.expand(length))
+    torch.testing.assert_close(out.caption_loss_frames, torch.cat(alone), atol=1e-5, rtol=1e-4)
+    assert not out.caption_loss_frames.requires_grad, "a reward, not a loss"
+    torch.testing.assert_close(
+        out.loss_reader, (out.caption_loss_frames * out.visual_tokens_fine.mean(-1)).mean()
+    )
+    no_labels = caption_batch(processor, lengths=lengths)
+    del no_labels["labels"]
+    assert model(**no_labels).caption_loss_frames is None, "without labels there is no caption loss"
+    plain, _ = make_model(frame_reader=PIXEL_READER)
+    assert plain(**caption_batch(processor, lengths=lengths)).caption_loss_frames is None, "only when asked"
+
+
+def test_clip_caption_losses_average_each_clips_own_positions():
+    hidden = torch.randn(2, 4, 3)  # (B, L, H)
+    head = nn.Linear(3, 5)
+    index, targets = torch.tensor([0, 2, 5]), torch.tensor([1, 4, 0])  # positions 0, 2 of clip 0; 1 of clip 1
+    tokens = F.cross_entropy(head(hidden.flatten(0, 1)[index]), targets, reduction="none")
+    expected = torch.stack([tokens[:2].mean(), tokens[2]])
+    torch.testing.assert_close(clip_caption_losses(head, hidden, index, targets), expected)
+    lonely = clip_caption_losses(head, hidden, index[:2], targets[:2])
+    assert lonely[1] == 0, "a clip without supervised tokens has loss 0"
 
 
 def _module_imports(module: str) -> set[str]:

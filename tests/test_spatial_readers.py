@@ -1,4 +1,5 @@
-"""The spatial frame readers (spatial_readers_foveated.py): shapes, full distributions, gradients, padding, knobs."""
+"""The spatial frame readers (spatial_readers_foveated.py): what each reads, probe confinement, knobs (shapes,
+gradients and padding of every reader: tests/test_reader_integration.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from configuration_foveated import FoveatedVLMConfig
 from reader_base_foveated import glimpse_location, patch_coordinates
 from spatial_readers_foveated import SPATIAL_READERS
 
-from .builders import CAPTIONS, PROMPTS, READER_ARMS, TOKENS, caption_batch, random_frames
+from .builders import SPATIAL_ARMS, TOKENS
 
-ARM_IDS = [name for name, _ in READER_ARMS]
-ARM_OVERRIDES = [overrides for _, overrides in READER_ARMS]
+ARM_OVERRIDES = [overrides for _, overrides in SPATIAL_ARMS]
 LEFT_HALF_COLUMNS = 2  # of the tiny model's 4 x 4 patch grid
 FIXATION = (-0.5, 0.4)  # (x, y) in -1..1: left of centre, below it
 
@@ -21,85 +21,11 @@ def _patch_count(model) -> int:
     return model.config.num_patches
 
 
-def _tokens_a_frame(config) -> int:
-    return config.num_queries_per_frame * config.tokens_per_plan
-
-
 def test_every_spatial_reader_is_tested():
     assert {overrides["frame_reader"] for overrides in ARM_OVERRIDES} == set(SPATIAL_READERS)
 
 
-@pytest.mark.parametrize("overrides", ARM_OVERRIDES, ids=ARM_IDS)
-def test_reading_shapes_and_full_distributions(make_model, overrides):
-    model, processor = make_model(**overrides)
-    config = model.config
-    frames = 3
-    tokens = _tokens_a_frame(config)
-    cache = model.encode_frames(torch.randn(frames, 3, 32, 32))
-    visual, attention = model.read_frames(model.static_queries(frames), cache)
-    width = config.vision_config.hidden_size
-    distribution = 1 + config.vision_config.num_register_tokens + _patch_count(model) + 1
-    leading = (frames,) if tokens == 1 else (frames, tokens)
-    assert visual.shape == (*leading, width)
-    assert attention.shape == (*leading, distribution)
-    assert (attention >= 0).all()
-    torch.testing.assert_close(attention.sum(-1), torch.ones(leading))
-
-    batch = caption_batch(processor)
-    out = model(**batch)
-    valid = int(batch["video_frame_mask"].sum())
-    assert out.queries.shape[-1] == config.plan_dim
-    assert out.visual_tokens_fine.shape == ((valid, width) if tokens == 1 else (valid, tokens, width))
-    assert out.attention_fine.shape == (valid, _patch_count(model))
-    assert int((batch["input_ids"] == config.frame_token_id).sum()) == valid * config.tokens_per_frame
-
-
-@pytest.mark.parametrize("overrides", ARM_OVERRIDES, ids=ARM_IDS)
-def test_gradients_reach_the_plan_head_and_every_reader_parameter(make_model, overrides):
-    model, processor = make_model(**overrides)
-    model.train()
-    model(**caption_batch(processor)).loss.backward()
-    assert model.model.fovea_query_head.weight.grad.abs().sum() > 0, "the loss must reach the LLM's plan head"
-    for name, parameter in model.model.fovea_reader.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"no gradient reaches {name}"
-
-
-@pytest.mark.parametrize("overrides", ARM_OVERRIDES, ids=ARM_IDS)
-def test_attention_supervision_reaches_the_plan_head(make_model, overrides):
-    model, processor = make_model(attention_supervision_weight=1.0, **overrides)
-    model.train()
-    batch = caption_batch(processor)
-    side = round(_patch_count(model) ** 0.5)
-    boxes = torch.zeros(*batch["video_frame_mask"].shape, side, side)
-    boxes[..., :LEFT_HALF_COLUMNS] = 1.0  # the object covers the left half of every frame
-    out = model(**batch, attention_targets=boxes.flatten(-2))
-    (gradient,) = torch.autograd.grad(out.loss_attention, model.model.fovea_query_head.weight)
-    assert gradient.abs().sum() > 0, "the box loss must reach the plan head through where the reader looked"
-
-
-@pytest.mark.parametrize("overrides", ARM_OVERRIDES, ids=ARM_IDS)
-def test_padded_batch_matches_unpadded_runs(make_model, overrides):
-    model, processor = make_model(**overrides)
-    lengths = (5, 3)
-    out = model(**caption_batch(processor, lengths=lengths))
-    start = 0
-    for row, length in enumerate(lengths):
-        single = processor(
-            text=[PROMPTS[row]],
-            videos=[random_frames(length, seed=row)],
-            captions=[CAPTIONS[row]],
-            return_targets=True,
-        )
-        alone = model(**single)
-        frames = slice(start, start + length)
-        for name in ("visual_tokens_fine", "attention_fine", "predictions_fine", "queries"):
-            torch.testing.assert_close(out[name][frames], alone[name], atol=1e-5, rtol=1e-4, msg=name)
-        columns = single["input_ids"].shape[1]
-        torch.testing.assert_close(out.logits[row, -columns:], alone.logits[0], atol=1e-4, rtol=1e-4)
-        start += length
-
-
-CONFINED_ARMS = [(name, o) for name, o in READER_ARMS if o.get("top_k_output") != "tokens"]
+CONFINED_ARMS = [(name, o) for name, o in SPATIAL_ARMS if o.get("top_k_output") != "tokens"]
 
 
 @pytest.mark.parametrize("overrides", [o for _, o in CONFINED_ARMS], ids=[name for name, _ in CONFINED_ARMS])
