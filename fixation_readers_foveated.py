@@ -449,12 +449,13 @@ class AdaptiveFixationReader(FixationReader):
         gate = _plan_gate(patch_bias, plans.shape[1])
         fovea, coverage = self.read_windows(centres, half, cache, encoder, gate)
         choice = self.budget_choice(plans[..., FIXATION_WIDTH * slots :])  # (N, k, L)
-        levels = torch.tensor(self.config.glimpse_budget_levels, device=choice.device, dtype=choice.dtype)
+        # the levels stay Python numbers: no host-to-device copy, so the read can be captured in a CUDA graph
+        levels = self.config.glimpse_budget_levels
         slot_index = torch.arange(slots, device=choice.device)
-        level_slots = (slot_index < levels.unsqueeze(1)).to(choice.dtype)  # (L, M): each level's slots
+        level_slots = torch.stack([slot_index < level for level in levels]).to(choice.dtype)  # (L, M)
         used = (choice @ level_slots).unsqueeze(-1).to(fovea.dtype)  # (N, k, M, 1): the chosen level's slots
         fovea = used * fovea + (1 - used) * self.fovea_no_glimpse.to(fovea.dtype)
-        glimpses = choice @ levels  # (N, k)
+        glimpses = sum(choice[..., index] * level for index, level in enumerate(levels))  # (N, k)
         extras = {"glimpses": glimpses, "mean_glimpses": glimpses.detach().mean()}
         return self.reading(fovea, coverage * used, cache, gate, one_plan, extras)
 

@@ -21,6 +21,8 @@ Shapes: N frames, k plans a frame, P patches on a g x g grid, D encoder width, t
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -198,9 +200,7 @@ class LogPolarSampler(nn.Module):
     def offsets(self, device: torch.device) -> torch.Tensor:
         """Sample points ``[R * W, 2]`` (x, y) around a fixation at 0: R geometric radii x W wedges, ring-major."""
         low, high = self.radii
-        radii = torch.logspace(
-            torch.tensor(low).log10(), torch.tensor(high).log10(), self.rings, device=device
-        )
+        radii = torch.logspace(math.log10(low), math.log10(high), self.rings, device=device)  # (R,)
         angles = torch.arange(self.wedges, device=device) * (2 * torch.pi / self.wedges)
         directions = torch.stack([angles.cos(), angles.sin()], -1)  # (W, 2)
         return (radii[:, None, None] * directions).reshape(-1, 2)  # (R * W, 2)
