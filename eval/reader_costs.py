@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import traceback
 from typing import Any
 
 import torch
@@ -43,6 +44,7 @@ DEFAULT_BATCH_SIZE = 8
 DEFAULT_NUM_FRAMES = 8
 DEFAULT_REPEATS = 10
 DEFAULT_WARMUP = 3
+ERROR_CHARS = 160  # of an arm's error message in the markdown table (the JSON keeps all of it)
 DENSE_ARM = Arm("dense", ["model.foveation_mode=dense", "model.dense_tokens_per_frame=16"], "dense baseline")
 MEASURES = ("train_ms_per_frame", "stream_ms_per_frame", "stream_fast_ms_per_frame")
 
@@ -142,10 +144,21 @@ def measure_arm(args: argparse.Namespace, arm: Arm, device: torch.device) -> dic
     return row
 
 
+def measure_or_record(args: argparse.Namespace, arm: Arm, device: torch.device) -> dict[str, Any]:
+    """:func:`measure_arm`, or the arm's error (traceback printed): one failing arm must not hide the others."""
+    try:
+        return measure_arm(args, arm, device)
+    except Exception as error:  # noqa: BLE001 - reported in the row, the run goes on
+        traceback.print_exc()
+        return {"arm": arm.name, "description": arm.description, "error": f"{type(error).__name__}: {error}"}
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     headers = ["arm", "reader", "tokens/frame", *MEASURES]
     rows = [
         [row["arm"], row["frame_reader"], row["tokens_per_frame"], *(row[m] for m in MEASURES)]
+        if "error" not in row
+        else [row["arm"], "error", "", row["error"][:ERROR_CHARS], *([""] * (len(MEASURES) - 1))]
         for row in report["arms"]
     ]
     settings = report["settings"]
@@ -175,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     report = {
         "settings": {**settings, "device": str(device)},
-        "arms": [measure_arm(args, arm, device) for arm in arms],
+        "arms": [measure_or_record(args, arm, device) for arm in arms],
     }
     write_report(args.out, report, format_markdown(report), f"{REPORT_NAME}.json", f"{REPORT_NAME}.md")
     return report

@@ -90,3 +90,23 @@ def test_the_default_cost_arms_are_every_reader_and_the_dense_baseline():
     assert names == [*FRAME_READERS, "dense"]
     with pytest.raises(ValueError, match="--only names arms that do not exist"):
         reader_costs.main(["--tiny", "--only", "nonsense", "--out", "unused"])
+
+
+def test_a_failing_arm_is_recorded_and_the_others_are_still_measured(tmp_path, monkeypatch):
+    """One arm that raises (e.g. a reader that cannot be captured) must not hide the other arms' costs."""
+    arms = tmp_path / "arms.yaml"
+    arms.write_text("arms:\n  - {name: broken, set: []}\n  - {name: query, set: []}\n")
+    real = reader_costs.measure_arm
+
+    def measure(args, arm, device):
+        if arm.name == "broken":
+            raise RuntimeError("cannot capture this reader")
+        return real(args, arm, device)
+
+    monkeypatch.setattr(reader_costs, "measure_arm", measure)
+    settings = ["--batch_size", "1", "--num_frames", "2", "--repeats", "1", "--warmup", "0"]
+    report = reader_costs.main(["--tiny", "--arms", str(arms), "--out", str(tmp_path / "out"), *settings])
+    broken, query = report["arms"]
+    assert broken["error"] == "RuntimeError: cannot capture this reader"
+    assert query["train_ms_per_frame"] > 0
+    assert "cannot capture this reader" in (tmp_path / "out" / "reader_costs.md").read_text()
