@@ -24,8 +24,9 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write the file ``path`` to; it becomes ``path`` when the block ends without
-    error, and is removed if the block raises."""
+    error, and is removed if the block raises. A missing parent folder is created."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_sibling(path)
     try:
         yield temporary

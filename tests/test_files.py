@@ -48,3 +48,9 @@ def _folder(path, name: str):
     path.mkdir()
     (path / name).write_text(name)
     return path
+
+
+def test_a_file_in_a_missing_folder_is_written_with_its_folders(tmp_path):
+    path = tmp_path / "new" / "deeper" / "report.md"
+    atomic_write_text(path, "whole")
+    assert path.read_text() == "whole" and sorted(p.name for p in path.parent.iterdir()) == ["report.md"]
