@@ -8,7 +8,7 @@ where the held-out probes ran). Per arm, from the last validation row of its log
 object's box of the planned (fine) and static (coarse) readings, the teacher-forced caption loss, the next-frame
 losses and their coarse/fine ratio; from its probes, if any: held-out accuracy (all attributes, motion) and mass.
 ``--costs`` (``eval.reader_costs`` JSON) adds training and streaming milliseconds per frame. Writes
-``OUT/NAME_results.json``, ``OUT/NAME.md`` and ``OUT/figures/NAME_mass_caption.png``.
+``OUT/NAME_results.json``, ``OUT/NAME.md`` and ``OUT/figures/NAME_mass_caption.png`` (NAME: ``reader_comparison``).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--arms", required=True, help="the sweep's arms YAML (names and descriptions)")
     parser.add_argument("--costs", help="eval.reader_costs JSON")
     parser.add_argument("--out", required=True, help="folder of the JSON, the markdown and figures/")
-    parser.add_argument("--name", default="readers", help="file name stem")
+    parser.add_argument("--name", default="reader_comparison", help="file name stem")
     args = parser.parse_args(argv)
     report = collect(Path(args.sweep), args.arms, Path(args.costs) if args.costs else None)
     out = Path(args.out)

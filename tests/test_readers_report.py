@@ -52,10 +52,10 @@ def test_the_report_reads_the_last_validation_row_probes_and_costs(sweep):
     assert query["validation"]["ratio_coarse_fine"] == pytest.approx(1.1)
     assert query["heldout_probes"]["motion"] == 0.9 and query["costs"]["train_ms_per_frame"] == 2.0
     assert report["arms"]["top_k"]["heldout_probes"] is None and report["arms"]["top_k"]["costs"] is None
-    assert json.loads((out / "readers_results.json").read_text()) == json.loads(json.dumps(report))
-    table = (out / "readers.md").read_text()
+    assert json.loads((out / "reader_comparison_results.json").read_text()) == json.loads(json.dumps(report))
+    table = (out / "reader_comparison.md").read_text()
     assert "| query | 0.800 | 0.050 | 0.300 | 1.100 | 0.700 / 0.900 | 2.00 | n/a | n/a |" in table
-    assert (out / "figures" / "readers_mass_caption.png").stat().st_size > 0
+    assert (out / "figures" / "reader_comparison_mass_caption.png").stat().st_size > 0
 
 
 def test_an_arm_that_never_validated_is_refused_by_name(sweep):
