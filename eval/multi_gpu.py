@@ -34,6 +34,8 @@ from typing import Any
 import torch
 
 from foveated_vlm.files import atomic_write_text
+from foveated_vlm.training.figures import read_log
+from foveated_vlm.training.trainer import LOG_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 FSDP_CONFIG = "configs/accelerate/fsdp.yaml"
@@ -75,8 +77,7 @@ def launch(
 
 
 def train_rows(run: Path) -> dict[int, dict]:
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    return {row["step"]: row for row in rows if row["split"] == "train"}
+    return {row["step"]: row for row in read_log(run / LOG_NAME) if row["split"] == "train"}
 
 
 def curve_deviation(actual: dict[int, dict], expected: dict[int, dict]) -> float:

@@ -21,6 +21,8 @@ from typing import Any
 from eval.ablations import load_arms
 from eval.common import markdown_table, pyplot, save_figure
 from foveated_vlm.files import atomic_write_text
+from foveated_vlm.training.figures import read_log
+from foveated_vlm.training.trainer import LOG_NAME
 
 VALIDATION_KEYS = ("mass_in_box_fine", "mass_in_box_coarse", "loss_caption", "loss_fine", "loss_coarse")
 COST_KEYS = ("train_ms_per_frame", "stream_ms_per_frame", "stream_fast_ms_per_frame")
@@ -29,8 +31,7 @@ CAPTION_AXIS_MARGIN = 0.02  # caption-loss axis: this much below the lowest bar 
 
 def last_validation(log: Path) -> dict[str, Any] | None:
     """The last ``split == "validation"`` row of a training log (JSON lines), or None if it has none."""
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    validation = [row for row in rows if row.get("split") == "validation"]
+    validation = [row for row in read_log(log) if row.get("split") == "validation"]
     return validation[-1] if validation else None
 
 
@@ -61,7 +62,7 @@ def collect(sweep: Path, arms_file: str, costs: Path | None) -> dict[str, Any]:
         cost_rows = {row["arm"]: row for row in json.loads(costs.read_text())["arms"]}
     arms = {}
     for arm in load_arms(arms_file):
-        log = sweep / "arms" / arm.name / "log.jsonl"
+        log = sweep / "arms" / arm.name / LOG_NAME
         if not log.exists():
             continue
         validation = last_validation(log)

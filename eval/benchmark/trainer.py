@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from configuration_foveated import FoveatedVLMConfig
+from foveated_vlm.training.figures import read_log
 from foveated_vlm.training.trainer import LOG_NAME
 
 from .settings import SEED, Settings
@@ -78,8 +79,7 @@ def trainer_command(overrides: list[str], output_dir: str) -> list[str]:
 
 def window_frames_per_s(log_path: Path) -> list[float]:
     """``frames_per_second`` of every train row of a trainer's ``log.jsonl``, in step order."""
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    return [row["frames_per_second"] for row in rows if row["split"] == "train"]
+    return [row["frames_per_second"] for row in read_log(log_path) if row["split"] == "train"]
 
 
 def run_trainer(overrides: list[str], device: torch.device) -> tuple[list[float], float]:
