@@ -172,18 +172,31 @@ COARSE_ONLY_READERS = ("static",)
 """Probes of an arm that trained the static query alone (its fine pass was never trained)."""
 
 
-def _evaluation_argv(args: argparse.Namespace, arm_dir: Path, name: str, coarse_only: bool) -> list[str]:
+def arm_probe_readers(args: argparse.Namespace, coarse_only: bool, dense: bool) -> tuple[str, ...] | None:
+    """The probes' readers of an arm: ``static`` alone for a static-only arm, the ``--probe_readers`` (all when
+    omitted) a dense arm can run (``probes.DENSE_READERS``) for a dense one, ``--probe_readers`` otherwise (None:
+    the probes' default, all)."""
+    if coarse_only:
+        return COARSE_ONLY_READERS
+    if dense:
+        return tuple(name for name in args.probe_readers or probes.READERS if name in probes.DENSE_READERS)
+    return tuple(args.probe_readers) if args.probe_readers else None
+
+
+def _evaluation_argv(
+    args: argparse.Namespace, arm_dir: Path, name: str, readers: tuple[str, ...] | None
+) -> list[str]:
     argv = evaluation_arguments(args, arm_dir, name)
     if name == "captioning":
         argv += ["--max_new_tokens", str(args.max_new_tokens), "--metrics_backend", args.metrics_backend]
     if name == "probes":
         argv += ["--max_new_tokens", str(args.max_new_tokens), "--seed", str(args.seed)]
-        argv += ["--readers", *COARSE_ONLY_READERS] if coarse_only else []
+        argv += ["--readers", *readers] if readers else []
     return argv
 
 
 def evaluate_arm(
-    args: argparse.Namespace, arm_dir: Path, procedural: bool, coarse_only: bool = False
+    args: argparse.Namespace, arm_dir: Path, procedural: bool, probe_readers: tuple[str, ...] | None = None
 ) -> dict[str, Any]:
     """The selected reports (``args.evaluations``) of a trained arm; a finished one is read back, not rerun."""
     scripts = {"intrinsic": intrinsic, "captioning": captioning, "fovea": fovea, "probes": probes}
@@ -196,7 +209,7 @@ def evaluate_arm(
             results[name] = json.loads(saved.read_text(encoding="utf-8"))
             continue
         script = scripts[name]
-        argv = _evaluation_argv(args, arm_dir, name, coarse_only)
+        argv = _evaluation_argv(args, arm_dir, name, probe_readers)
         results[name] = script.run(script.build_parser().parse_args(argv))
     return results
 
@@ -223,8 +236,12 @@ def run_arm(args: argparse.Namespace, arm: Arm, trainer: Trainer) -> dict[str, A
             record["reused"] = True
         metrics = json.loads((arm_dir / METRICS_NAME).read_text(encoding="utf-8"))
         record["steps"] = metrics.get("step")
-        coarse_only = record["trained_passes"] == "coarse"
-        record["evaluation"] = evaluate_arm(args, arm_dir, config.data.kind == "procedural", coarse_only)
+        readers = arm_probe_readers(
+            args,
+            record["trained_passes"] == "coarse",
+            config.model.overrides.get("foveation_mode") == "dense",
+        )
+        record["evaluation"] = evaluate_arm(args, arm_dir, config.data.kind == "procedural", readers)
     except Exception as error:  # noqa: BLE001 (one arm's failure is reported in the table; the others run)
         logger.error("arm %s failed:\n%s", arm.name, traceback.format_exc())
         return {**record, "status": "failed", "reason": f"{type(error).__name__}: {error}"}
@@ -445,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval_clips", type=int, help="clips evaluated per arm (default: the config's count)"
     )
     parser.add_argument("--eval_batch_size", type=int, default=16)
+    parser.add_argument(
+        "--probe_readers",
+        nargs="+",
+        choices=probes.READERS,
+        help="readers the probes run on a two-pass arm (default: all); a static-only arm runs 'static' alone",
+    )
     parser.add_argument("--max_new_tokens", type=int, default=captioning.DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--metrics_backend", default="auto", choices=BACKENDS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -63,6 +63,9 @@ from foveated_vlm.metrics import (
 logger = logging.getLogger(__name__)
 
 READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank")
+DENSE_READERS = ("dynamic", "blank")
+"""The readers of a dense model (``foveation_mode="dense"``): it has no queries to replace, and no attention map
+(its mass in the box is NaN)."""
 SUBSETS = {"all": None, "named": True, "generic": False}
 DEFAULT_MAX_NEW_TOKENS = 24
 DEFAULT_BATCH_SIZE = 8
@@ -286,9 +289,11 @@ def _check_arguments(model, readers: Sequence[str], batch_size: int, max_new_tok
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if model.config.foveation_mode == "dense":
+    query_readers = [name for name in readers if name not in DENSE_READERS]
+    if model.config.foveation_mode == "dense" and query_readers:
         raise ValueError(
-            "probes replace the fine pass's queries: a dense model (foveation_mode='dense') has none"
+            f"readers {query_readers} replace the fine pass's queries: a dense model (foveation_mode='dense') "
+            f"has none; its readers are {DENSE_READERS}"
         )
     return readers
 
@@ -319,8 +324,12 @@ def _clip_values(output, batch: ProbeBatch, reader: str) -> list[dict[str, float
         output.logits, inputs["labels"][:, -output.logits.shape[1] :]
     )
     caption_nll = (-log_likelihood / counts.clamp_min(1)).cpu().tolist()
-    attention = getattr(output, f"attention_{passes}").float().cpu()
-    mass = attention_mass_in_box(attention, batch.coverage).double().split(batch.lengths)
+    attention = getattr(output, f"attention_{passes}")
+    if attention is None:  # a dense model: no map
+        mass = torch.full(batch.coverage.shape[:1], float("nan"), dtype=torch.float64)
+    else:
+        mass = attention_mass_in_box(attention.float().cpu(), batch.coverage).double()
+    mass = mass.split(batch.lengths)
     chance = batch.coverage.double().mean(-1).split(batch.lengths)
     in_view = (batch.coverage.sum(-1) > 0).split(batch.lengths)
     values = []

@@ -1,20 +1,24 @@
-"""The frame readers side by side: one table and one figure from a readers sweep and a cost run.
+"""The frame readers side by side: one table and one figure from readers sweeps (one a seed) and a cost run.
 
-    python -m eval.readers_report --sweep OUT --arms configs/readers_arms.yaml [--costs COSTS/reader_costs.json]
-        --out docs [--name readers]
+    python -m eval.readers_report --sweep OUT [OUT_SEED1 ...] --arms configs/readers_arms.yaml
+        [--costs COSTS/reader_costs.json] --out docs [--name readers]
 
-``--sweep`` is an ``eval.ablations`` output folder (``OUT/arms/NAME/log.jsonl``, and ``eval/probes/probes.json``
-where the held-out probes ran). Per arm, from the last validation row of its log: attention mass in the named
-object's box of the planned (fine) and static (coarse) readings, the teacher-forced caption loss, the next-frame
-losses and their coarse/fine ratio; from its probes, if any: held-out accuracy (all attributes, motion) and mass.
-``--costs`` (``eval.reader_costs`` JSON) adds training and streaming milliseconds per frame. Writes
-``OUT/NAME_results.json``, ``OUT/NAME.md`` and ``OUT/figures/NAME_mass_caption.png`` (NAME: ``reader_comparison``).
+Each ``--sweep`` is an ``eval.ablations`` output folder (``OUT/arms/NAME/log.jsonl``, and
+``eval/probes/probes.json`` where the probes ran), one a seed of the same arms. Per arm and seed, from the last
+validation row of its log: attention mass in the named object's box of the planned (fine) and static (coarse)
+readings, the teacher-forced caption loss, the next-frame losses and their coarse/fine ratio; from its probes, if
+any: caption accuracy (all attributes right, and motion) of the planned, static and blank readings, and their split.
+A figure of several seeds is their mean, with each seed's value in brackets. ``--costs`` (``eval.reader_costs``
+JSON) adds training and streaming milliseconds per frame. Writes ``OUT/NAME_results.json``, ``OUT/NAME.md`` and
+``OUT/figures/NAME_mass_caption.png`` (NAME: ``reader_comparison``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,12 @@ from foveated_vlm.training.figures import read_log
 from foveated_vlm.training.trainer import LOG_NAME
 
 VALIDATION_KEYS = ("mass_in_box_fine", "mass_in_box_coarse", "loss_caption", "loss_fine", "loss_coarse")
+PROBE_READERS = ("dynamic", "static", "blank")
+"""Readers whose caption accuracy the table shows: the planned reading, the static reading of the same weights
+and the blank-frame control."""
 COST_KEYS = ("train_ms_per_frame", "stream_ms_per_frame", "stream_fast_ms_per_frame")
 CAPTION_AXIS_MARGIN = 0.02  # caption-loss axis: this much below the lowest bar and above the highest
+ACCURACY_AXIS_HEADROOM = 1.5  # accuracy axis: this many times the tallest bar (at most 1)
 
 
 def last_validation(log: Path) -> dict[str, Any] | None:
@@ -36,143 +44,230 @@ def last_validation(log: Path) -> dict[str, Any] | None:
 
 
 def probe_figures(path: Path) -> dict[str, Any] | None:
-    """Held-out probe estimates of the dynamic and static readers (None when the probes did not run)."""
+    """Probe estimates of an arm (None when the probes did not run): ``split``, ``chance``, and per reader of
+    :data:`PROBE_READERS` that ran ``all_<reader>`` (all attributes right), ``motion_<reader>`` and
+    ``mass_<reader>``."""
     if not path.exists():
         return None
-    summary = json.loads(path.read_text())["summary"]["all"]
+    report = json.loads(path.read_text())
+    summary = report["summary"]["all"]["readers"]
 
     def estimate(reader: str, key: str, attribute: str | None = None) -> float | None:
-        figures = summary["readers"].get(reader, {})
-        value = figures.get(key, {}).get(attribute) if attribute else figures.get(key)
+        figures = summary.get(reader, {})
+        value = (figures.get(key) or {}).get(attribute) if attribute else figures.get(key)
         return None if value is None else value["estimate"]
 
+    figures: dict[str, Any] = {"split": report.get("split"), "chance": estimate("dynamic", "chance")}
+    for reader in PROBE_READERS:
+        figures[f"all_{reader}"] = estimate(reader, "all_attributes")
+        figures[f"motion_{reader}"] = estimate(reader, "accuracy", "motion")
+        figures[f"mass_{reader}"] = estimate(reader, "mass_in_box")
+    return figures
+
+
+def arm_figures(arm_dir: Path) -> dict[str, Any] | None:
+    """One seed's figures of an arm: its step, validation figures and probes (None when it has no log)."""
+    log = arm_dir / LOG_NAME
+    if not log.exists():
+        return None
+    validation = last_validation(log)
+    if validation is None:
+        raise ValueError(f"{log} has no validation row: the arm did not reach its first evaluation")
+    figures = {key: validation.get(key) for key in VALIDATION_KEYS}
+    if figures["loss_coarse"] and figures["loss_fine"]:
+        figures["ratio_coarse_fine"] = figures["loss_coarse"] / figures["loss_fine"]
     return {
-        "all_attributes": estimate("dynamic", "all_attributes"),
-        "motion": estimate("dynamic", "accuracy", "motion"),
-        "mass_in_box": estimate("dynamic", "mass_in_box"),
-        "static_mass_in_box": estimate("static", "mass_in_box"),
-        "chance": estimate("dynamic", "chance"),
+        "step": validation["step"],
+        "validation": figures,
+        "probes": probe_figures(arm_dir / "eval" / "probes" / "probes.json"),
     }
 
 
-def collect(sweep: Path, arms_file: str, costs: Path | None) -> dict[str, Any]:
-    """Every arm of ``arms_file`` that the sweep trained: its figures, its costs, its description."""
+def collect(sweeps: Sequence[Path], arms_file: str, costs: Path | None) -> dict[str, Any]:
+    """Every arm of ``arms_file`` that a sweep trained: its figures per seed (sweep), its costs, its description."""
     cost_rows = {}
     if costs is not None:
         cost_rows = {row["arm"]: row for row in json.loads(costs.read_text())["arms"]}
     arms = {}
     for arm in load_arms(arms_file):
-        log = sweep / "arms" / arm.name / LOG_NAME
-        if not log.exists():
+        seeds = {str(sweep): arm_figures(sweep / "arms" / arm.name) for sweep in sweeps}
+        seeds = {sweep: figures for sweep, figures in seeds.items() if figures is not None}
+        if not seeds:
             continue
-        validation = last_validation(log)
-        if validation is None:
-            raise ValueError(f"{log} has no validation row: the arm did not reach its first evaluation")
-        figures = {key: validation.get(key) for key in VALIDATION_KEYS}
-        if figures["loss_coarse"] and figures["loss_fine"]:
-            figures["ratio_coarse_fine"] = figures["loss_coarse"] / figures["loss_fine"]
         arms[arm.name] = {
             "description": arm.description,
-            "step": validation["step"],
-            "validation": figures,
-            "heldout_probes": probe_figures(sweep / "arms" / arm.name / "eval" / "probes" / "probes.json"),
+            "steps": sorted({figures["step"] for figures in seeds.values()}),
+            "seeds": seeds,
             "costs": {key: cost_rows[arm.name].get(key) for key in COST_KEYS}
             if arm.name in cost_rows
             else None,
         }
     if not arms:
-        raise ValueError(f"no arm of {arms_file} has a training log under {sweep / 'arms'}")
+        raise ValueError(
+            f"no arm of {arms_file} has a training log under {[str(s / 'arms') for s in sweeps]}"
+        )
     return {
+        "sweeps": [str(sweep) for sweep in sweeps],
         "arms": arms,
         "costs_device": None if costs is None else json.loads(costs.read_text())["settings"],
     }
+
+
+def seed_values(arm: dict[str, Any], section: str, key: str) -> list[float]:
+    """An arm's value of ``key`` in ``section`` (``validation`` or ``probes``) for each seed that has it."""
+    values = [(figures.get(section) or {}).get(key) for figures in arm["seeds"].values()]
+    return [value for value in values if value is not None]
 
 
 def _number(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _over_seeds(values: list[float], digits: int = 3) -> str:
+    """``"mean"`` of one seed, ``"mean (a / b)"`` of several, ``"n/a"`` of none."""
+    if not values:
+        return "n/a"
+    mean = _number(statistics.fmean(values), digits)
+    return mean if len(values) == 1 else f"{mean} ({' / '.join(_number(v, digits) for v in values)})"
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     headers = [
-        "arm", "mass (planned)", "mass (static)", "caption loss", "coarse/fine", "held-out all / motion",
+        "arm", "seeds", "mass (planned)", "mass (static)", "caption loss", "coarse/fine",
+        "accuracy, all: planned", "static", "blank", "motion (planned)",
         *(key.removesuffix("_per_frame").replace("_", " ") + " (ms/frame)" for key in COST_KEYS),
     ]  # fmt: skip
     rows = []
     for name, arm in report["arms"].items():
-        figures, probes, costs = arm["validation"], arm["heldout_probes"], arm["costs"] or {}
-        held_out = (
-            "n/a" if probes is None else f"{_number(probes['all_attributes'])} / {_number(probes['motion'])}"
-        )
+        costs = arm["costs"] or {}
         rows.append(
             [
                 name,
-                _number(figures["mass_in_box_fine"]),
-                _number(figures["mass_in_box_coarse"]),
-                _number(figures["loss_caption"]),
-                _number(figures.get("ratio_coarse_fine")),
-                held_out,
+                len(arm["seeds"]),
+                *(
+                    _over_seeds(seed_values(arm, "validation", key))
+                    for key in ("mass_in_box_fine", "mass_in_box_coarse", "loss_caption", "ratio_coarse_fine")
+                ),
+                *(
+                    _over_seeds(seed_values(arm, "probes", key))
+                    for key in ("all_dynamic", "all_static", "all_blank", "motion_dynamic")
+                ),
                 *(_number(costs.get(key), 2) for key in COST_KEYS),
             ]
         )
     return markdown_table(headers, rows)
 
 
+def _bars(axis, names, arms, section: str, key: str, offset: float, width: float, **style) -> list[float]:
+    """Bars of the seed means of ``key`` per arm at ``offset``, each seed a black dot; returns the means."""
+    means = []
+    for position, name in enumerate(names):
+        values = seed_values(arms[name], section, key)
+        mean = statistics.fmean(values) if values else 0.0
+        means.append(mean)
+        if len(values) > 1:
+            axis.scatter([position + offset] * len(values), values, color="black", s=9, zorder=3)
+    axis.bar([i + offset for i in range(len(names))], means, width, **style)
+    return means
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Mass in the named box (planned vs static) and caption loss per arm, the dense baseline as a line."""
+    """Per arm: mass in the named box (planned vs static), caption loss (the dense baseline as a line) and, where
+    the probes ran, caption accuracy of the planned, static and blank readings; seed means, seeds as dots."""
     plt = pyplot()
     arms = {
-        name: arm for name, arm in report["arms"].items() if arm["validation"]["mass_in_box_fine"] is not None
+        name: arm
+        for name, arm in report["arms"].items()
+        if seed_values(arm, "validation", "mass_in_box_fine")
     }
-    names = sorted(arms, key=lambda name: -arms[name]["validation"]["mass_in_box_fine"])
-    positions = range(len(names))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
-    left.bar([i - 0.2 for i in positions], [arms[n]["validation"]["mass_in_box_fine"] for n in names], 0.4,
-             label="planned (fine pass)", color="tab:red")  # fmt: skip
-    left.bar([i + 0.2 for i in positions], [arms[n]["validation"]["mass_in_box_coarse"] for n in names], 0.4,
-             label="static query (coarse pass)", color="tab:blue")  # fmt: skip
-    chances = [a["heldout_probes"]["chance"] for a in report["arms"].values() if a["heldout_probes"]]
+    names = sorted(
+        arms, key=lambda name: -statistics.fmean(seed_values(arms[name], "validation", "mass_in_box_fine"))
+    )
+    probed = any(seed_values(arm, "probes", "all_dynamic") for arm in arms.values())
+    figure, axes = plt.subplots(
+        1, 3 if probed else 2, figsize=(19 if probed else 13, 4.8), layout="constrained"
+    )
+    mass, caption = axes[0], axes[1]
+    _bars(
+        mass,
+        names,
+        arms,
+        "validation",
+        "mass_in_box_fine",
+        -0.2,
+        0.4,
+        label="planned (fine pass)",
+        color="tab:red",
+    )
+    _bars(mass, names, arms, "validation", "mass_in_box_coarse", 0.2, 0.4, label="static query (coarse pass)",
+          color="tab:blue")  # fmt: skip
+    chances = [v for arm in arms.values() for v in seed_values(arm, "probes", "chance")]
     if chances:
-        left.axhline(
-            chances[0], color="grey", linestyle="--", label=f"chance (box area, held-out) {chances[0]:.3f}"
-        )
-    left.set_ylim(0, 1)
-    left.set_ylabel("attention mass in the named object's box")
-    left.set_title("Where each reader looks (validation clips)")
-    left.legend()
-    captions = [arms[n]["validation"]["loss_caption"] for n in names]
-    right.bar(list(positions), captions, color="tab:green")
+        chance = statistics.fmean(chances)
+        mass.axhline(chance, color="grey", linestyle="--", label=f"chance (box area) {chance:.3f}")
+    mass.set_ylim(0, 1)
+    mass.set_ylabel("attention mass in the named object's box")
+    mass.set_title("Where each reader looks (validation clips)")
+    mass.legend()
+    captions = _bars(caption, names, arms, "validation", "loss_caption", 0.0, 0.6, color="tab:green")
     dense = report["arms"].get("dense")
     if dense is not None:
-        right.axhline(
-            dense["validation"]["loss_caption"], color="black", linestyle=":", label="dense baseline"
-        )
-        right.legend()
-        captions.append(dense["validation"]["loss_caption"])
-    right.set_ylim(min(captions) - CAPTION_AXIS_MARGIN, max(captions) + CAPTION_AXIS_MARGIN)
-    right.set_ylabel("caption cross-entropy per token")
-    right.set_title("Teacher-forced caption loss (lower is better)")
-    for axis in (left, right):
+        dense_caption = statistics.fmean(seed_values(dense, "validation", "loss_caption"))
+        caption.axhline(dense_caption, color="black", linestyle=":", label="dense baseline")
+        caption.legend()
+        captions.append(dense_caption)
+    caption.set_ylim(min(captions) - CAPTION_AXIS_MARGIN, max(captions) + CAPTION_AXIS_MARGIN)
+    caption.set_ylabel("caption cross-entropy per token")
+    caption.set_title("Teacher-forced caption loss (lower is better)")
+    if probed:
+        accuracy = axes[2]
+        tallest = 0.0
+        for offset, reader, color in ((-0.27, "dynamic", "tab:red"), (0.0, "static", "tab:blue"),
+                                      (0.27, "blank", "tab:grey")):  # fmt: skip
+            means = _bars(
+                accuracy, names, arms, "probes", f"all_{reader}", offset, 0.27, label=reader, color=color
+            )
+            tallest = max(tallest, *means)
+        splits = sorted({v for arm in arms.values() for v in [f.get("split") for f in _probes_of(arm)] if v})
+        accuracy.set_ylim(0, min(1.0, ACCURACY_AXIS_HEADROOM * tallest) or 1.0)
+        accuracy.set_ylabel("captions with every attribute right")
+        accuracy.set_title(f"Caption accuracy by reading ({', '.join(splits)} clips)")
+        accuracy.legend()
+    for axis in axes:
         axis.set_xticks(
-            list(positions), [n.replace("_supervised", " (sup.)") for n in names], rotation=40, ha="right"
+            list(range(len(names))),
+            [n.replace("_supervised", " (sup.)") for n in names],
+            rotation=40,
+            ha="right",
         )
-    steps = {arm["step"] for arm in report["arms"].values()}
+    steps = sorted({step for arm in report["arms"].values() for step in arm["steps"]})
+    seeds = len(report["sweeps"])
     figure.suptitle(
-        f"Frame readers on the named-object task, same data and steps ({', '.join(map(str, steps))})"
+        f"Frame readers on the named-object task, same data and steps ({', '.join(map(str, steps))}), "
+        f"{seeds} seed{'s' if seeds > 1 else ''}"
     )
     save_figure(figure, path)
+
+
+def _probes_of(arm: dict[str, Any]) -> list[dict[str, Any]]:
+    return [figures["probes"] for figures in arm["seeds"].values() if figures["probes"]]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sweep", required=True, help="eval.ablations output folder")
+    parser.add_argument(
+        "--sweep", required=True, nargs="+", help="eval.ablations output folders, one a seed of the same arms"
+    )
     parser.add_argument("--arms", required=True, help="the sweep's arms YAML (names and descriptions)")
     parser.add_argument("--costs", help="eval.reader_costs JSON")
     parser.add_argument("--out", required=True, help="folder of the JSON, the markdown and figures/")
     parser.add_argument("--name", default="reader_comparison", help="file name stem")
     args = parser.parse_args(argv)
-    report = collect(Path(args.sweep), args.arms, Path(args.costs) if args.costs else None)
+    report = collect(
+        [Path(sweep) for sweep in args.sweep], args.arms, Path(args.costs) if args.costs else None
+    )
     out = Path(args.out)
     atomic_write_text(out / f"{args.name}_results.json", json.dumps(report, indent=1))
     atomic_write_text(out / f"{args.name}.md", format_markdown(report) + "\n")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train_accelerate
-from eval import ablations, build_mcq, captioning, figures, fovea, intrinsic, mcq
+from eval import ablations, build_mcq, captioning, figures, fovea, intrinsic, mcq, probes
 from eval.common import ClipOutputs
 from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset
 from foveated_vlm.metrics import box_patch_masks, crop_boxes, target_box_coverage
@@ -439,6 +439,26 @@ def test_ablation_runner_reuses_finished_evaluations_and_runs_arms_in_parallel(t
     monkeypatch.setattr(ablations.intrinsic, "run", no_rerun)
     again = ablations.main([*argv[:-2], "--only", "a"])
     assert again["arms"][0]["evaluation"]["intrinsic"] == report["arms"][0]["evaluation"]["intrinsic"]
+
+
+def test_probe_readers_pick_the_readers_of_a_two_pass_arm_and_never_a_static_only_arm(tmp_path):
+    argv = ["--out", str(tmp_path), "--max_steps", "1", "--probe_readers", "dynamic", "blank"]
+    args = ablations.build_parser().parse_args(argv)
+
+    def readers(parsed, coarse_only: bool = False, dense: bool = False) -> list[str] | None:
+        chosen = ablations.arm_probe_readers(parsed, coarse_only, dense)
+        probe_argv = ablations._evaluation_argv(parsed, tmp_path, "probes", chosen)
+        return probe_argv[probe_argv.index("--readers") + 1 :] if "--readers" in probe_argv else None
+
+    assert readers(args) == ["dynamic", "blank"]
+    assert readers(args, coarse_only=True) == list(ablations.COARSE_ONLY_READERS)
+    every = ablations.build_parser().parse_args(argv[:4])
+    assert readers(every) is None, "all readers: the probes' default"
+    assert readers(every, dense=True) == list(probes.DENSE_READERS)
+    static = ablations.build_parser().parse_args([*argv[:4], "--probe_readers", "dynamic", "static"])
+    assert readers(static, dense=True) == ["dynamic"], "a dense arm runs only the readers it can"
+    with pytest.raises(SystemExit):
+        ablations.build_parser().parse_args([*argv[:4], "--probe_readers", "psychic"])
 
 
 def test_subprocess_trainer_reports_a_failed_run(tmp_path):

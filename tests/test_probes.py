@@ -294,8 +294,19 @@ def test_bad_arguments_are_refused_clearly(tiny, clips, make_model):
     with pytest.raises(ValueError, match="procedural clips"):
         probes.run_probes(model, processor, boxless, readers=("dynamic",), progress=False)
     dense, dense_processor = make_model(foveation_mode="dense", dense_tokens_per_frame=4)
-    with pytest.raises(ValueError, match="dense"):
-        probes.run_probes(dense, dense_processor, clips, progress=False)
+    with pytest.raises(ValueError, match=r"\['static'\] replace the fine pass's queries: a dense model"):
+        probes.run_probes(dense, dense_processor, clips, readers=("dynamic", "static"), progress=False)
+
+
+def test_a_dense_model_is_probed_by_its_own_reading_and_the_blank_control(clips, make_model):
+    dense, processor = make_model(foveation_mode="dense", dense_tokens_per_frame=4)
+    report = probes.run_probes(dense.eval(), processor, clips, readers=probes.DENSE_READERS, progress=False)
+    readers = report["summary"]["all"]["readers"]
+    assert set(readers) == set(probes.DENSE_READERS)
+    for reader in probes.DENSE_READERS:
+        assert readers[reader]["mass_in_box"] is None, "a dense model has no map"
+        assert readers[reader]["loss_caption"] is not None and readers[reader]["all_attributes"] is not None
+    assert readers["blank"]["loss_fine"]["estimate"] != readers["dynamic"]["loss_fine"]["estimate"]
 
 
 def test_cli_writes_json_markdown_and_figure(tokenizer, tmp_path):

@@ -22,17 +22,24 @@ def _log(path, mass_fine: float, caption: float) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+def _probes(arm_dir, planned: float, static: float, blank: float) -> None:
+    path = arm_dir / "eval" / "probes" / "probes.json"
+    path.parent.mkdir(parents=True)
+
+    def reader(accuracy: float) -> dict:
+        return {"all_attributes": {"estimate": accuracy}, "accuracy": {"motion": {"estimate": accuracy + 0.1}},
+                "mass_in_box": {"estimate": 0.5}, "chance": {"estimate": 0.05}}  # fmt: skip
+
+    readers = {"dynamic": reader(planned), "static": reader(static), "blank": reader(blank)}
+    path.write_text(json.dumps({"split": "validation", "summary": {"all": {"readers": readers}}}))
+
+
 @pytest.fixture
 def sweep(tmp_path):
     (tmp_path / "arms.yaml").write_text(ARMS_YAML)
     _log(tmp_path / "sweep" / "arms" / "query" / "log.jsonl", 0.8, 0.3)
     _log(tmp_path / "sweep" / "arms" / "top_k" / "log.jsonl", 0.2, 0.4)
-    probes = tmp_path / "sweep" / "arms" / "query" / "eval" / "probes" / "probes.json"
-    probes.parent.mkdir(parents=True)
-    estimate = {"estimate": 0.7}
-    dynamic = {"all_attributes": estimate, "accuracy": {"motion": {"estimate": 0.9}}, "mass_in_box": estimate,
-               "chance": {"estimate": 0.05}}  # fmt: skip
-    probes.write_text(json.dumps({"summary": {"all": {"readers": {"dynamic": dynamic, "static": {}}}}}))
+    _probes(tmp_path / "sweep" / "arms" / "query", 0.7, 0.2, 0.0)
     costs = tmp_path / "costs.json"
     costs.write_text(
         json.dumps({"settings": {"device": "cpu"}, "arms": [{"arm": "query", "train_ms_per_frame": 2.0}]})
@@ -40,28 +47,47 @@ def sweep(tmp_path):
     return tmp_path
 
 
+def _main(sweep, *sweeps: str):
+    return readers_report.main(
+        ["--sweep", *(str(sweep / name) for name in sweeps), "--arms", str(sweep / "arms.yaml"),
+         "--costs", str(sweep / "costs.json"), "--out", str(sweep / "out")]
+    )  # fmt: skip
+
+
 def test_the_report_reads_the_last_validation_row_probes_and_costs(sweep):
     out = sweep / "out"
-    report = readers_report.main(
-        ["--sweep", str(sweep / "sweep"), "--arms", str(sweep / "arms.yaml"), "--costs", str(sweep / "costs.json"),
-         "--out", str(out)]
-    )  # fmt: skip
+    report = _main(sweep, "sweep")
     assert list(report["arms"]) == ["query", "top_k"], "arms without a log are left out, in the YAML's order"
     query = report["arms"]["query"]
-    assert query["step"] == 10 and query["validation"]["mass_in_box_fine"] == 0.8
-    assert query["validation"]["ratio_coarse_fine"] == pytest.approx(1.1)
-    assert query["heldout_probes"]["motion"] == 0.9 and query["costs"]["train_ms_per_frame"] == 2.0
-    assert report["arms"]["top_k"]["heldout_probes"] is None and report["arms"]["top_k"]["costs"] is None
+    (seed,) = query["seeds"].values()
+    assert query["steps"] == [10] and seed["validation"]["mass_in_box_fine"] == 0.8
+    assert seed["validation"]["ratio_coarse_fine"] == pytest.approx(1.1)
+    assert seed["probes"]["all_static"] == 0.2 and seed["probes"]["motion_dynamic"] == pytest.approx(0.8)
+    assert seed["probes"]["split"] == "validation" and query["costs"]["train_ms_per_frame"] == 2.0
+    (top_k,) = report["arms"]["top_k"]["seeds"].values()
+    assert top_k["probes"] is None and report["arms"]["top_k"]["costs"] is None
     assert json.loads((out / "reader_comparison_results.json").read_text()) == json.loads(json.dumps(report))
     table = (out / "reader_comparison.md").read_text()
-    assert "| query | 0.800 | 0.050 | 0.300 | 1.100 | 0.700 / 0.900 | 2.00 | n/a | n/a |" in table
+    row = "| query | 1 | 0.800 | 0.050 | 0.300 | 1.100 | 0.700 | 0.200 | 0.000 | 0.800 | 2.00 | n/a | n/a |"
+    assert row in table
+    assert "| top_k | 1 | 0.200 | 0.050 | 0.400 | 1.100 | n/a | n/a | n/a | n/a |" in table
     assert (out / "figures" / "reader_comparison_mass_caption.png").stat().st_size > 0
+
+
+def test_several_seeds_are_averaged_and_each_is_shown(sweep):
+    _log(sweep / "seed1" / "arms" / "query" / "log.jsonl", 0.6, 0.5)
+    _probes(sweep / "seed1" / "arms" / "query", 0.5, 0.1, 0.0)
+    report = _main(sweep, "sweep", "seed1")
+    assert len(report["arms"]["query"]["seeds"]) == 2 and len(report["arms"]["top_k"]["seeds"]) == 1
+    table = (sweep / "out" / "reader_comparison.md").read_text()
+    assert "| query | 2 | 0.700 (0.800 / 0.600) | 0.050 (0.050 / 0.050) | 0.400 (0.300 / 0.500) |" in table
+    assert "| 0.600 (0.700 / 0.500) | 0.150 (0.200 / 0.100) |" in table
 
 
 def test_an_arm_that_never_validated_is_refused_by_name(sweep):
     log = sweep / "sweep" / "arms" / "top_k" / "log.jsonl"
     log.write_text(json.dumps({"step": 1, "split": "train"}) + "\n")
     with pytest.raises(ValueError, match="top_k/log.jsonl has no validation row"):
-        readers_report.collect(sweep / "sweep", str(sweep / "arms.yaml"), None)
+        readers_report.collect([sweep / "sweep"], str(sweep / "arms.yaml"), None)
     with pytest.raises(ValueError, match="no arm of"):
-        readers_report.collect(sweep / "nothing", str(sweep / "arms.yaml"), None)
+        readers_report.collect([sweep / "nothing"], str(sweep / "arms.yaml"), None)
