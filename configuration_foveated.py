@@ -149,6 +149,19 @@ class FoveatedVLMConfig(PreTrainedConfig):
     """Fixation readers: ``"token"`` adds a periphery token (the mean of the frame's final patch states) after the
     foveal ones; ``"fused"`` fuses the foveal tokens and the periphery into one token (a learned linear map);
     ``"none"``: foveal tokens only (not for ``dual_stream``, which is fovea + periphery)."""
+    fixation_periphery_grid: int = 1
+    """Fixation readers: the periphery pools the frame's final patch states over a ``fixation_periphery_grid`` squared
+    grid of cells (over the patches a probe keeps) and maps the cells' means, flattened, to one token (a learned
+    linear map): a low-resolution view of the frame that keeps where things are, which the planner needs to place
+    the next fixation. 1: the plain mean of the patch states (no map)."""
+    fixation_box_loss: str = "gaussian"
+    """Fixation readers with attention supervision: ``"gaussian"`` scores each foveal window by ``-log`` of the mass
+    a Gaussian footprint of it (centred on the window, std ``fixation_box_sigma`` times its half-width) puts in the
+    named object's box, computed in log space so a window far from the box is still pulled towards it (for
+    ``glimpse_rl``: ``-log`` of the policy's probability of a cell in the box); ``"coverage"``: ``-log`` mass in the
+    box of the window's exact coverage, which has no gradient while the window misses the box."""
+    fixation_box_sigma: float = 1.0
+    """Fixation readers, ``fixation_box_loss="gaussian"``: std of the footprint, in window half-widths."""
     num_fixations: int = 2
     """``frame_reader="multi_fixation"``: fixations a plan holds (``3 * num_fixations`` plan numbers: x, y, scale
     each), each read as a foveal crop: that many tokens (plus the periphery)."""

@@ -4,7 +4,7 @@ Every reader here reads pixels (``needs_pixels``): a plan places one or more cro
 is resampled differentiably to ``fixation_crop_size`` pixels (``F.affine_grid`` + ``F.grid_sample``) and read by the
 model's own ViT in a patch pass over the crop (cheap for a small crop); the crop's CLS (or mean patch) state is the
 *foveal* token. A *periphery* token, the mean of the frame's cached final patch states (a low-resolution view of
-the whole frame), can follow the foveal tokens or be fused with them into one token (``fixation_periphery``).
+the whole frame; ``fixation_periphery_grid`` keeps a G x G grid of cell means, mapped to one token), can follow the foveal tokens or be fused with them into one token (``fixation_periphery``).
 
 * ``dual_stream``: one fixation (centre x, y and window scale, bounded by tanh / sigmoid between the knobs'
   limits) read as fovea + periphery: two tokens, or one fused token.
@@ -44,6 +44,7 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
 FIXATION_WIDTH = 3  # plan numbers of one fixation: centre x, centre y, window scale
 FIXATION_TOKENS = ("cls", "mean")
 PERIPHERY_MODES = ("none", "token", "fused")
+BOX_LOSSES = ("gaussian", "coverage")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -99,6 +100,60 @@ def window_coverage(centres: torch.Tensor, half: torch.Tensor, side: int) -> tor
     return (rows.unsqueeze(-1) * columns.unsqueeze(-2)).flatten(-2)  # (..., P)
 
 
+def patch_centres(side: int, device: torch.device) -> torch.Tensor:
+    """Centres ``[P, 2]`` (x, y) of a ``side x side`` patch grid, row-major, in the frame-edge coordinates of the
+    windows (-1 and 1 are the frame's edges, so the first centre is ``1 / side - 1``)."""
+    axis = torch.arange(side, device=device, dtype=torch.float32).add(0.5).mul(2.0 / side).sub(1.0)
+    rows, columns = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([columns, rows], -1).reshape(side * side, 2)  # (P, 2)
+
+
+def _masked_frame_mean(nll: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Mean of per-frame losses ``[N]`` over the frames where the box (coverage ``[N, P]``) is in view."""
+    in_view = (boxes.sum(-1) > 0).float()
+    return (nll * in_view).sum() / in_view.sum().clamp_min(1.0)
+
+
+def _log_coverage(boxes: torch.Tensor) -> torch.Tensor:
+    """``log`` of a box coverage ``[..., P]``, with the float32 minimum (not ``-inf``) where it is 0, so a
+    ``logsumexp`` over a frame without the box stays finite (such frames are masked out afterwards)."""
+    coverage = boxes.float()
+    tiny = torch.finfo(torch.float32)
+    return torch.where(coverage > 0, coverage.clamp_min(tiny.tiny).log(), coverage.new_tensor(tiny.min))
+
+
+def gaussian_box_loss(
+    centres: torch.Tensor, half: torch.Tensor, boxes: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """``-log`` mass in the box of each window's Gaussian footprint, mean over windows and in-view frames.
+
+    A window (``centres [N, k, m, 2]``, half-widths ``[N, k, m]``) puts weight ``exp(-d^2 / (2 (sigma * half)^2))``
+    on each patch at distance d from its centre, normalised over the patches; its mass in the box is the sum of
+    those weights times the box's coverage ``boxes [N, P]``. All in log space (``logsumexp``), so the loss of a
+    window far from the box is about ``d^2 / (2 (sigma * half)^2)``: a pull towards the box wherever it is,
+    unlike the exact coverage, which is flat while the window misses the box.
+    """
+    side = round(boxes.shape[-1] ** 0.5)
+    points = patch_centres(side, centres.device)  # (P, 2)
+    distance = (centres.float().unsqueeze(-2) - points).square().sum(-1)  # (N, k, m, P)
+    spread = 2 * (sigma * half.float()).square().unsqueeze(-1)  # (N, k, m, 1)
+    log_weights = (-distance / spread).log_softmax(-1)  # (N, k, m, P)
+    log_box = _log_coverage(boxes)[:, None, None]  # (N, 1, 1, P)
+    nll = -(log_weights + log_box).logsumexp(-1)  # (N, k, m)
+    return _masked_frame_mean(nll.flatten(1).mean(1), boxes)
+
+
+def policy_box_loss(log_policy: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``-log`` of a glimpse policy's probability of a cell in the box, weighted by the box's share of each cell:
+    ``log_policy [N, k, G * G]``, ``boxes [N, P]`` (P patches of a g x g grid, g a multiple of G or not: the
+    coverage is average-pooled to the G x G cells) -> mean over plans and in-view frames."""
+    side, cells = round(boxes.shape[-1] ** 0.5), round(log_policy.shape[-1] ** 0.5)
+    grid = boxes.float().reshape(-1, 1, side, side)  # (N, 1, g, g)
+    cell_coverage = F.adaptive_avg_pool2d(grid, cells).flatten(1)  # (N, G * G)
+    nll = -(log_policy.float() + _log_coverage(cell_coverage)[:, None]).logsumexp(-1)  # (N, k)
+    return _masked_frame_mean(nll.mean(1), boxes)
+
+
 def _pixel_gate(gate: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     """A patch gate ``[N, k, P]`` as a pixel gate ``[N * k, 1, H, W]`` (each patch's value on its pixels)."""
     side = round(gate.shape[-1] ** 0.5)
@@ -130,12 +185,12 @@ class FixationReader(FrameReader):
         super().__init__(config)
         self.config = config
         self.grid_side = config.vision_config.image_size // config.vision_config.patch_size
-        fused = (self.fixations(config) + 1) * config.vision_config.hidden_size
-        self.fovea_fusion = (
-            nn.Linear(fused, config.vision_config.hidden_size)
-            if config.fixation_periphery == "fused"
-            else None
-        )
+        width = config.vision_config.hidden_size
+        fused = (self.fixations(config) + 1) * width
+        self.fovea_fusion = nn.Linear(fused, width) if config.fixation_periphery == "fused" else None
+        cells = config.fixation_periphery_grid**2
+        uses_periphery = config.fixation_periphery != "none" and cells > 1
+        self.periphery_projection = nn.Linear(cells * width, width) if uses_periphery else None
 
     @classmethod
     def fixations(cls, config) -> int:
@@ -174,6 +229,12 @@ class FixationReader(FrameReader):
                 ),
                 "fixation_centre_range": (0 < config.fixation_centre_range <= 1, "in (0, 1]"),
                 "num_fixations": (config.num_fixations >= 1, ">= 1"),
+                "fixation_periphery_grid": (
+                    1 <= config.fixation_periphery_grid <= config.vision_config.image_size // patch,
+                    f"in [1, the patch grid's side {config.vision_config.image_size // patch}]",
+                ),
+                "fixation_box_loss": (config.fixation_box_loss in BOX_LOSSES, f"one of {BOX_LOSSES}"),
+                "fixation_box_sigma": (config.fixation_box_sigma > 0, "positive"),
             },
         )
 
@@ -183,7 +244,14 @@ class FixationReader(FrameReader):
         centres, half = fixation_windows(windows, self.config)
         gate = _plan_gate(patch_bias, plans.shape[1])
         fovea, coverage = self.read_windows(centres, half, cache, encoder, gate)
-        return self.reading(fovea, coverage, cache, gate, one_plan)
+        return self.reading(fovea, coverage, cache, gate, one_plan, {"centres": centres, "half": half})
+
+    def box_loss(self, extras, boxes) -> torch.Tensor | None:
+        """:func:`gaussian_box_loss` of the fine pass's windows (``fixation_box_loss="gaussian"``); None (the exact
+        coverage's ``-log`` mass) for ``"coverage"``."""
+        if self.config.fixation_box_loss != "gaussian":
+            return None
+        return gaussian_box_loss(extras["centres"], extras["half"], boxes, self.config.fixation_box_sigma)
 
     def read_windows(
         self,
@@ -236,13 +304,25 @@ class FixationReader(FrameReader):
     def periphery(
         self, cache: PatchCache, gate: torch.Tensor | None, plans: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The periphery token of each plan ``[N, k, D]``: the mean of the frame's final patch states over the
-        patches ``gate [N, k, P]`` keeps (all without one), and its weights ``[N, k, P]`` (uniform over those)."""
+        """The periphery token of each plan ``[N, k, D]`` over the patches ``gate [N, k, P]`` keeps (all without
+        one) and its weights ``[N, k, P]`` (uniform over those): the mean of the frame's final patch states, or
+        (``fixation_periphery_grid`` G > 1) their means over G x G cells, flattened and mapped to one token."""
         states = self.patch_states(cache)  # (N, P, D)
-        n, patches, _ = states.shape
+        n, patches, width = states.shape
+        tiny = torch.finfo(torch.float32).tiny
         kept = states.new_ones(n, plans, patches, dtype=torch.float32) if gate is None else gate.float()
-        weights = kept / kept.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        return torch.einsum("nkp,npd->nkd", weights.to(states.dtype), states), weights
+        weights = kept / kept.sum(-1, keepdim=True).clamp_min(tiny)
+        if self.periphery_projection is None:
+            return torch.einsum("nkp,npd->nkd", weights.to(states.dtype), states), weights
+        side, cells = self.grid_side, self.config.fixation_periphery_grid
+        kept_map = kept.reshape(n * plans, 1, side, side)  # (N * k, 1, g, g)
+        state_map = self.patch_map(states).unsqueeze(1) * kept_map.view(n, plans, 1, side, side).to(
+            states.dtype
+        )
+        pooled = F.adaptive_avg_pool2d(state_map.flatten(0, 1).float(), cells)  # (N * k, D, G, G)
+        share = F.adaptive_avg_pool2d(kept_map, cells).clamp_min(tiny)  # (N * k, 1, G, G)
+        cell_means = (pooled / share).flatten(1).to(states.dtype)  # (N * k, D * G * G)
+        return self.periphery_projection(cell_means).view(n, plans, width), weights
 
 
 class DualStreamReader(FixationReader):
@@ -327,11 +407,19 @@ class GlimpseReader(FixationReader):
         log_policy = logits.log_softmax(-1)  # (N, k, G * G)
         extras = {
             "cells": cells,
+            "log_policy": log_policy,
             "log_prob": log_policy.gather(-1, cells.unsqueeze(-1)).squeeze(-1),  # (N, k)
             "entropy": -(log_policy.exp() * log_policy).sum(-1),  # (N, k)
             "baseline": self.fovea_baseline(logits.detach()).squeeze(-1),  # (N, k)
         }
         return self.reading(fovea, coverage, cache, gate, one_plan, extras)
+
+    def box_loss(self, extras, boxes) -> torch.Tensor | None:
+        """:func:`policy_box_loss` of the fine pass's policy (``fixation_box_loss="gaussian"``: the supervision
+        teaches the policy directly); None for ``"coverage"`` (the sampled crop gives the box loss no gradient)."""
+        if self.config.fixation_box_loss != "gaussian":
+            return None
+        return policy_box_loss(extras["log_policy"], boxes)
 
     def auxiliary_loss(self, extras, output, targets) -> torch.Tensor | None:
         """REINFORCE of the fine pass's glimpses: :func:`reinforce_loss` with :func:`glimpse_rewards`."""
@@ -456,7 +544,12 @@ class AdaptiveFixationReader(FixationReader):
         used = (choice @ level_slots).unsqueeze(-1).to(fovea.dtype)  # (N, k, M, 1): the chosen level's slots
         fovea = used * fovea + (1 - used) * self.fovea_no_glimpse.to(fovea.dtype)
         glimpses = sum(choice[..., index] * level for index, level in enumerate(levels))  # (N, k)
-        extras = {"glimpses": glimpses, "mean_glimpses": glimpses.detach().mean()}
+        extras = {
+            "glimpses": glimpses,
+            "mean_glimpses": glimpses.detach().mean(),
+            "centres": centres,
+            "half": half,
+        }
         return self.reading(fovea, coverage * used, cache, gate, one_plan, extras)
 
     def auxiliary_loss(self, extras, output, targets) -> torch.Tensor:
@@ -479,7 +572,10 @@ __all__ = [
     "GlimpseReader",
     "crop_windows",
     "fixation_windows",
+    "gaussian_box_loss",
     "glimpse_rewards",
+    "patch_centres",
+    "policy_box_loss",
     "reinforce_loss",
     "standardised_rewards",
     "window_coverage",

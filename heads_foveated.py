@@ -7,6 +7,8 @@ Shapes: N (valid frames), M (supervised caption positions), P (patches), H (LLM 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,7 +110,10 @@ def delta_l1_loss(predictions: list[torch.Tensor], previous: torch.Tensor) -> to
 
 
 def reading_losses(
-    config: FoveatedVLMConfig, readings, boxes: torch.Tensor | None = None
+    config: FoveatedVLMConfig,
+    readings,
+    boxes: torch.Tensor | None = None,
+    reader_box_loss: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
 ) -> dict[str, tuple[float, torch.Tensor]]:
     """The terms on the two readings whose weights are non-zero: ``name -> (weight, unweighted loss)``, in order.
 
@@ -116,7 +121,8 @@ def reading_losses(
     similarity of the fine and coarse visual tokens ``[N, D]`` (lower: more different readings). ``loss_entropy``:
     the hinge ``relu(H(fine) - H(coarse) + entropy_margin)`` on the entropies of the full attention distributions
     (the fine reading should be sharper than the static one). ``loss_attention``: :func:`attention_box_loss` of the
-    fine reading against ``boxes [N, P]`` (the box of the object the text is about).
+    fine reading against ``boxes [N, P]`` (the box of the object the text is about), or the reader's own
+    ``reader_box_loss(boxes)`` where it returns one (``FrameReader.box_loss``).
     """
     losses = {}
     if readings.visual_tokens_fine is not None and config.contrastive_loss_weight:
@@ -129,7 +135,8 @@ def reading_losses(
         hinge = F.relu(fine - coarse + config.entropy_margin).mean()
         losses["loss_entropy"] = (config.entropy_loss_weight, hinge)
     if boxes is not None and readings.attention_fine is not None and config.attention_supervision_weight:
-        mass = attention_box_loss(readings.attention_fine, boxes)
+        own = None if reader_box_loss is None else reader_box_loss(boxes)
+        mass = attention_box_loss(readings.attention_fine, boxes) if own is None else own
         losses["loss_attention"] = (config.attention_supervision_weight, mass)
     return losses
 

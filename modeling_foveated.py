@@ -371,7 +371,11 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             if states.hidden_coarse is not None:
                 output.loss_caption_coarse = caption_loss(self.lm_head, states.hidden_coarse, *captions)
                 terms.append(config.caption_loss_weight * config.lambda_coarse * output.loss_caption_coarse)
-        for name, (weight, loss) in reading_losses(config, output, boxes).items():
+        extras = output.reader_extras  # None without a reader (dense) or when it carries none
+        reader_box_loss = (
+            None if extras is None else (lambda coverage: self.model.fovea_reader.box_loss(extras, coverage))
+        )
+        for name, (weight, loss) in reading_losses(config, output, boxes, reader_box_loss).items():
             setattr(output, name, loss)
             terms.append(weight * loss)
         if output.reader_extras is not None:

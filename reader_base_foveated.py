@@ -24,7 +24,9 @@ distribution over ``[CLS, registers, patches, own key]`` (``S + 1`` entries, sum
 attend it is where the reader looked (its sampling weights on the patch grid; the prefix 0; mass that fell outside
 the frame on the last, "own key", entry: ``self.full_distribution``), so ``split_attention``, ``glimpse_location``, the attention metrics, the
 attention supervision loss and the probes work for every reader unchanged. A reader may add an auxiliary loss term
-(``auxiliary_loss``, weighted by ``config.reader_loss_weight``) from the extras its fine-pass reading carries.
+(``auxiliary_loss``, weighted by ``config.reader_loss_weight``) from the extras its fine-pass reading carries, and
+may replace the attention supervision by its own (``box_loss``: fixation readers, whose coverage has no gradient
+while a window misses the box).
 
 Shapes: N frames, k plans a frame, m = k * tokens_per_plan tokens a frame, S encoder tokens (CLS + R registers +
 P patches), D encoder width, W plan width.
@@ -174,6 +176,12 @@ class FrameReader(nn.Module):
         """
         raise NotImplementedError
 
+    def box_loss(self, extras: dict[str, torch.Tensor], boxes: torch.Tensor) -> torch.Tensor | None:
+        """The reader's own attention-supervision loss from its fine-pass reading's ``extras`` and the box coverage
+        ``boxes [N, P]`` of the object the text is about, replacing ``-log`` mass in the box of its attention
+        (``heads_foveated.attention_box_loss``); None: that default."""
+        return None
+
     def auxiliary_loss(self, extras: dict[str, torch.Tensor], output, targets) -> torch.Tensor | None:
         """The reader's own loss term from its fine-pass reading's ``extras`` and the forward's ``output`` (whose
         other loss terms are computed; ``targets [N, C, h, w]`` or None); None: no term (the default)."""
@@ -188,13 +196,22 @@ class QueryReader(FrameReader):
         return FrameReading(*encoder.query(inputs, cache, patch_bias))
 
 
+EMPTY_MAP_MASS = 1e-6
+"""Patch mass under which ``glimpse_location`` treats a map as empty (it looked nowhere)."""
+
+
 def glimpse_location(patch_attention: torch.Tensor) -> torch.Tensor:
     """Where attention over a square patch grid looked: ``[..., P]`` -> ``[..., 4]`` (mean x, mean y, std x, std y).
 
-    Coordinates run from -1 (left, top) to 1 (right, bottom); the map is renormalised over the patches first.
+    Coordinates run from -1 (left, top) to 1 (right, bottom); the map is renormalised over the patches first. A map
+    with less than ``EMPTY_MAP_MASS`` on the patches (a slot that looked nowhere, e.g. an unused glimpse of
+    ``adaptive_fixation``) reads as the centre with no spread, and passes no gradient (dividing by its tiny mass
+    would scale the gradient by its inverse).
     """
     side = round(patch_attention.shape[-1] ** 0.5)
-    weights = patch_attention.float() / patch_attention.float().sum(-1, keepdim=True).clamp_min(1e-12)
+    mass = patch_attention.float().sum(-1, keepdim=True)
+    looked = mass > EMPTY_MAP_MASS
+    weights = torch.where(looked, patch_attention.float() / torch.where(looked, mass, 1.0), 0.0)
     weights = weights.unflatten(-1, (side, side))  # (..., rows, cols)
     axis = torch.linspace(-1.0, 1.0, side, device=weights.device)
     marginal_x, marginal_y = weights.sum(-2), weights.sum(-1)  # (..., cols), (..., rows)

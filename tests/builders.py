@@ -173,6 +173,10 @@ FIXATION_ARMS = [
     for name, overrides in (
         ("dual_stream", {"frame_reader": "dual_stream", "fixation_periphery": "fused"}),
         ("dual_stream-tokens", {"frame_reader": "dual_stream", **TOKENS}),
+        (
+            "dual_stream-periphery_grid",
+            {"frame_reader": "dual_stream", "fixation_periphery": "fused", "fixation_periphery_grid": 2},
+        ),  # fmt: skip
         ("multi_fixation", {"frame_reader": "multi_fixation"}),
         ("multi_fixation-tokens", {"frame_reader": "multi_fixation", **TOKENS}),
         ("multi_fixation-k2", {"frame_reader": "multi_fixation", "num_queries_per_frame": 2, **TOKENS}),
@@ -183,10 +187,10 @@ FIXATION_ARMS = [
     )
 ]
 READER_ARMS = SPATIAL_ARMS + FIXATION_ARMS
-UNSUPERVISED_READERS = frozenset({"glimpse_rl"})
-"""Readers whose attention has no gradient path to the plan (a hard, sampled glimpse), so attention supervision
-cannot teach them (REINFORCE does): their box loss is tested to stay off the plan head, and they have no
-supervised arm in configs/readers_arms.yaml."""
+HARD_GLIMPSE_READERS = frozenset({"glimpse_rl"})
+"""Readers whose crop is a sampled choice, so their reading has no gradient path to the plan: REINFORCE teaches
+the policy, and attention supervision only through the reader's own ``box_loss`` on the policy
+(``fixation_box_loss="gaussian"``); with ``"coverage"`` the box loss stays off the plan head (both tested)."""
 
 
 def clips_batch(processor, clips: Sequence[dict]):

@@ -79,6 +79,91 @@ def test_window_coverage_is_the_windows_area_on_each_patch():
     torch.testing.assert_close(half_out.sum(), torch.tensor(0.5)), "half of the window is off the frame"
 
 
+def test_patch_centres_are_the_patches_centres_in_frame_edge_coordinates():
+    centres = fixation.patch_centres(4, torch.device("cpu"))
+    assert centres.shape == (16, 2)
+    torch.testing.assert_close(centres[0], torch.tensor([-0.75, -0.75]))
+    torch.testing.assert_close(centres[1], torch.tensor([-0.25, -0.75])), "row-major: x moves first"
+    torch.testing.assert_close(centres[-1], torch.tensor([0.75, 0.75]))
+
+
+def _corner_box(side: int = 4) -> torch.Tensor:
+    box = torch.zeros(1, side * side)
+    box[0, 0] = 1.0  # the top-left patch
+    return box
+
+
+def test_the_gaussian_box_loss_is_minus_log_the_footprints_mass_in_the_box():
+    centres, half = torch.tensor([[[[0.1, -0.3]]]]), torch.tensor([[[0.4]]])
+    boxes = torch.zeros(1, 16)
+    boxes[0, :2] = torch.tensor([1.0, 0.5])
+    loss = fixation.gaussian_box_loss(centres, half, boxes, sigma=1.5)
+    distance = (fixation.patch_centres(4, torch.device("cpu")) - centres[0, 0, 0]).square().sum(-1)
+    weights = torch.softmax(-distance / (2 * (1.5 * 0.4) ** 2), -1)
+    torch.testing.assert_close(loss, -(weights * boxes[0]).sum().log())
+
+
+def test_the_gaussian_box_loss_pulls_a_window_far_from_the_box_where_the_coverage_is_flat():
+    box = _corner_box()
+    far = torch.tensor([[[[0.75, 0.75]]]], requires_grad=True)  # the opposite corner
+    half = torch.tensor([[[0.125]]])
+    loss = fixation.gaussian_box_loss(far, half, box, sigma=1.0)
+    (gradient,) = torch.autograd.grad(loss, far)
+    assert loss.isfinite() and loss > 50, "far away, yet finite: computed in log space"
+    assert (gradient[0, 0, 0] > 0).all(), "descending it moves the centre up and left, to the box"
+    coverage = window_coverage(far, half, 4)
+    exact = -(coverage * box).sum().clamp_min(torch.finfo(torch.float32).tiny).log()
+    (flat,) = torch.autograd.grad(exact, far)
+    assert (flat == 0).all(), "the exact coverage has no gradient while the window misses the box"
+    near = fixation.gaussian_box_loss(torch.tensor([[[[-0.75, -0.75]]]]), half, box, sigma=1.0)
+    assert near < 1e-3 < loss
+
+
+def test_the_box_losses_average_only_the_frames_where_the_box_is_in_view():
+    boxes = torch.cat([_corner_box(), torch.zeros(1, 16)])  # frame 2: the object is out of view
+    centres, half = torch.zeros(2, 1, 1, 2), torch.full((2, 1, 1), 0.5)
+    both = fixation.gaussian_box_loss(centres, half, boxes, sigma=1.0)
+    torch.testing.assert_close(both, fixation.gaussian_box_loss(centres[:1], half[:1], boxes[:1], sigma=1.0))
+    log_policy = torch.full((2, 1, 4), 0.25).log()
+    torch.testing.assert_close(
+        fixation.policy_box_loss(log_policy, boxes), fixation.policy_box_loss(log_policy[:1], boxes[:1])
+    )
+
+
+def test_the_policy_box_loss_is_minus_log_the_policys_mass_on_the_boxs_cells():
+    boxes = _corner_box()
+    boxes[0, 1] = 1.0  # the top two patches of the top-left 2 x 2 cell: half of the cell
+    logits = torch.tensor([[[2.0, 0.0, -1.0, 0.5]]], requires_grad=True)  # a 2 x 2 glimpse grid
+    loss = fixation.policy_box_loss(logits.log_softmax(-1), boxes)
+    torch.testing.assert_close(loss, -(0.5 * logits.softmax(-1)[0, 0, 0]).log())
+    (gradient,) = torch.autograd.grad(loss, logits)
+    assert gradient[0, 0, 0] < 0 and (gradient[0, 0, 1:] > 0).all(), "descending it raises the box's cell"
+
+
+@pytest.mark.parametrize("reader", sorted(FIXATION_READERS))
+@pytest.mark.parametrize("box_loss", ["gaussian", "coverage"])
+def test_fixation_box_loss_picks_the_readers_supervision(build, reader, box_loss):
+    model, processor = build(
+        frame_reader=reader, attention_supervision_weight=1.0, fixation_box_loss=box_loss
+    )
+    model.train()
+    batch = caption_batch(processor)
+    boxes = torch.zeros(*batch["video_frame_mask"].shape, model.config.num_patches)
+    boxes[..., 0] = 1.0
+    out = model(**batch, attention_targets=boxes)
+    own = model.model.fovea_reader.box_loss(out.reader_extras, boxes[batch["video_frame_mask"]])
+    assert (own is None) == (box_loss == "coverage")
+    if own is not None:
+        torch.testing.assert_close(out.loss_attention, own)
+
+
+def test_fixation_box_sigma_widens_the_footprint():
+    far, half, box = torch.tensor([[[[0.75, 0.75]]]]), torch.tensor([[[0.25]]]), _corner_box()
+    narrow = fixation.gaussian_box_loss(far, half, box, sigma=0.5)
+    wide = fixation.gaussian_box_loss(far, half, box, sigma=2.0)
+    assert wide < narrow
+
+
 def test_a_probes_patch_bias_gates_the_pixels_the_coverage_and_the_periphery(build):
     model, _ = build(frame_reader="dual_stream", **TOKENS)
     frames = torch.randn(1, 3, 32, 32)
@@ -126,6 +211,10 @@ def test_a_probes_patch_bias_gates_the_pixels_the_coverage_and_the_periphery(bui
             "glimpse_budget_temperature",
         ),
         ({"frame_reader": "adaptive_fixation", "glimpse_cost": -0.1}, "glimpse_cost"),
+        ({"fixation_periphery_grid": 0}, "fixation_periphery_grid"),
+        ({"fixation_periphery_grid": 64}, "fixation_periphery_grid"),
+        ({"fixation_box_loss": "soft"}, "fixation_box_loss"),
+        ({"fixation_box_sigma": 0.0}, "fixation_box_sigma"),
     ],
 )
 def test_bad_knobs_raise_naming_the_knob(overrides, field):
@@ -209,6 +298,48 @@ def test_fixation_periphery_and_num_fixations_set_the_tokens(build, periphery, t
 def test_dual_stream_is_a_fovea_and_a_periphery(build):
     model, _ = build(frame_reader="dual_stream", **TOKENS)
     assert model.config.plan_dim == 3 and model.config.tokens_per_frame == 2
+
+
+def _periphery(model, states: torch.Tensor, gate=None) -> torch.Tensor:
+    """The periphery token ``[N, D]`` of one plan over final patch states ``[N, P, D]`` (a cache without prefix)."""
+    reader = model.model.fovea_reader
+    prefix = states.new_zeros(states.shape[0], reader.num_prefix_tokens, states.shape[-1])
+    cache = fixation.PatchCache(patch_states=torch.cat([prefix, states], 1))
+    return reader.periphery(cache, gate, 1)[0][:, 0]
+
+
+def test_a_periphery_grid_keeps_where_things_are_and_the_plain_periphery_does_not(build):
+    plain, _ = build(frame_reader="dual_stream")
+    gridded, _ = build(frame_reader="dual_stream", fixation_periphery_grid=2)
+    assert plain.model.fovea_reader.periphery_projection is None
+    side, width = plain.model.fovea_reader.grid_side, plain.config.vision_config.hidden_size
+    states = torch.randn(1, side * side, width)
+    swapped = (
+        states.view(1, side, side, width).flip(1, 2).reshape(1, side * side, width)
+    )  # top-left <-> bottom-right
+    torch.testing.assert_close(_periphery(plain, states), _periphery(plain, swapped)), "a mean forgets where"
+    assert not torch.allclose(_periphery(gridded, states), _periphery(gridded, swapped)), "the cells keep it"
+    torch.testing.assert_close(_periphery(plain, states), states.mean(1))
+
+
+def test_the_periphery_grid_is_the_cells_means_mapped_to_one_token_over_the_kept_patches(build):
+    model, _ = build(frame_reader="dual_stream", fixation_periphery_grid=2)
+    reader = model.model.fovea_reader
+    side, width = reader.grid_side, model.config.vision_config.hidden_size
+    states = torch.randn(1, side * side, width)
+    gate = torch.ones(1, 1, side * side)
+    gate[0, 0, 0] = 0.0  # the probe removes the top-left patch
+    grid = states.view(side, side, width)
+    half = side // 2
+    kept = gate.view(side, side, 1)
+    cells = [
+        (grid[r : r + half, c : c + half] * kept[r : r + half, c : c + half]).sum((0, 1))
+        / kept[r : r + half, c : c + half].sum()
+        for r in (0, half)
+        for c in (0, half)
+    ]  # row-major cells, each (D,)
+    flat = torch.stack(cells, -1).reshape(1, -1)  # (1, D * 4): channel-major, as the cells are flattened
+    torch.testing.assert_close(_periphery(model, states, gate), reader.periphery_projection(flat))
 
 
 # ----------------------------------------------------------------------------------------------------

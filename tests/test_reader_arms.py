@@ -13,7 +13,7 @@ from foveated_vlm.training.config import load_config
 from foveated_vlm.training.modeling import build_model_and_processor
 from readers_foveated import FRAME_READERS
 
-from .builders import FIXATION_CROP, UNSUPERVISED_READERS
+from .builders import FIXATION_CROP
 from .environments import REPO
 
 ARMS = REPO / "configs" / "readers_arms.yaml"
@@ -28,7 +28,6 @@ def _reader(arm) -> str:
 
 
 def test_every_reader_has_an_arm_at_one_and_at_several_tokens_with_and_without_supervision():
-    """Without supervision only for ``UNSUPERVISED_READERS`` (tests/test_reader_integration.py shows why)."""
     arms = load_arms(ARMS)
     names = {arm.name for arm in arms}
     assert "dense" in names and {"query", "query_supervised"} <= names
@@ -41,11 +40,8 @@ def test_every_reader_has_an_arm_at_one_and_at_several_tokens_with_and_without_s
         several = [arm for arm in mine if "model.multi_query_output=tokens" in arm.overrides]
         single = [arm for arm in mine if arm not in several]
         for group in (single, several):
-            supervised = sorted(SUPERVISED in arm.overrides for arm in group)
-            if reader in UNSUPERVISED_READERS:  # the box loss cannot reach its plan: no supervised arm
-                assert supervised and not any(supervised), (reader, group)
-            else:
-                assert supervised == [False, True], (reader, group)
+            supervised = sorted({SUPERVISED in arm.overrides for arm in group})
+            assert supervised == [False, True], (reader, group)
 
 
 @pytest.mark.parametrize("arm", load_arms(ARMS), ids=lambda arm: arm.name)

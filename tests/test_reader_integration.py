@@ -18,13 +18,13 @@ from streaming_foveated import stream_prompt_inputs
 
 from .builders import (
     FIXATION_CROP,
+    HARD_GLIMPSE_READERS,
     READER_ARMS,
     STREAM_FRAME_COUNTS,
     STREAM_PROMPTS,
     STREAM_TEXT_INIT_STD,
     STREAM_TOLERANCE,
     TOKENS,
-    UNSUPERVISED_READERS,
     caption_batch,
     caption_batch_row,
     caption_pair,
@@ -95,7 +95,7 @@ def test_gradients_reach_the_plan_head_and_every_reader_parameter(make_model, ov
     assert states.fovea_query_head.weight.grad.abs().sum() > 0, "the loss must reach the LLM's plan head"
     patch_embedding = states.fovea_encoder.vision_model.embeddings.patch_embeddings.weight
     assert patch_embedding.grad.abs().sum() > 0, "the loss must reach the encoder through the reading"
-    if overrides["frame_reader"] not in UNSUPERVISED_READERS:
+    if overrides["frame_reader"] not in HARD_GLIMPSE_READERS:
         assert states.fovea_static_query.grad.abs().sum() > 0, "the loss must reach the static plan"
     for name, parameter in states.fovea_reader.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"no gradient reaches {name}"
@@ -110,11 +110,20 @@ def test_attention_supervision_reaches_the_plan_head(make_model, overrides):
     boxes = torch.zeros(*batch["video_frame_mask"].shape, side, side)
     boxes[..., :LEFT_HALF_COLUMNS] = 1.0  # the object covers the left half of every frame
     out = model(**batch, attention_targets=boxes.flatten(-2))
-    if overrides["frame_reader"] in UNSUPERVISED_READERS:
-        assert not out.loss_attention.requires_grad, "a hard glimpse: the box loss has no path to the plan"
-        return
     (gradient,) = torch.autograd.grad(out.loss_attention, model.model.fovea_query_head.weight)
     assert gradient.abs().sum() > 0, "the box loss must reach the plan head through where the reader looked"
+
+
+@pytest.mark.parametrize("reader", sorted(HARD_GLIMPSE_READERS))
+def test_a_hard_glimpses_coverage_gives_the_box_loss_no_path_to_the_plan(make_model, reader):
+    model, processor = make_model(
+        attention_supervision_weight=1.0, frame_reader=reader, fixation_box_loss="coverage"
+    )
+    model.train()
+    batch = caption_batch(processor)
+    boxes = torch.zeros(*batch["video_frame_mask"].shape, model.config.num_patches)
+    boxes[..., 0] = 1.0
+    assert not model(**batch, attention_targets=boxes).loss_attention.requires_grad
 
 
 @pytest.mark.parametrize("overrides", ARM_OVERRIDES, ids=ARM_IDS)

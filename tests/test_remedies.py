@@ -155,6 +155,34 @@ def test_glimpse_location_reads_the_attended_place():
     torch.testing.assert_close(glimpse_location(0.3 * corner), where)  # renormalised over the patches
 
 
+def test_a_map_that_looked_nowhere_reads_as_the_centre_and_passes_no_gradient():
+    maps = torch.zeros(2, 16)
+    maps[1, 5] = 1.0
+    maps.requires_grad_(True)
+    where = glimpse_location(maps)
+    torch.testing.assert_close(where[0, :2], torch.zeros(2))
+    assert (where[0, 2:] < 1e-2).all()
+    (gradient,) = torch.autograd.grad(where.sum(), maps)
+    assert (gradient[0] == 0).all() and gradient.isfinite().all(), "no 1 / tiny-mass gain from an empty map"
+
+
+def test_unused_glimpse_slots_keep_the_gradient_norm_of_a_used_one(make_model):
+    """Regression: an unused ``adaptive_fixation`` slot (coverage 0) fed ``glimpse_location`` a 1e12 gain."""
+    norms = {}
+    for output in ("mean", "tokens"):
+        model, processor = make_model(
+            frame_reader="adaptive_fixation",
+            multi_query_output=output,
+            glimpse_location=True,
+            fixation_crop_size=16,
+        )
+        model.train()
+        torch.manual_seed(0)
+        model(**caption_batch(processor)).loss.backward()
+        norms[output] = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
+    assert norms["tokens"] < 100 * norms["mean"], norms
+
+
 def test_glimpse_location_tells_the_llm_where_the_query_looked(make_model):
     tokens = torch.randn(2, 32)
     prefix_and_patches = 3 + 16
