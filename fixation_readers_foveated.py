@@ -4,7 +4,8 @@ Every reader here reads pixels (``needs_pixels``): a plan places one or more cro
 is resampled differentiably to ``fixation_crop_size`` pixels (``F.affine_grid`` + ``F.grid_sample``) and read by the
 model's own ViT in a patch pass over the crop (cheap for a small crop); the crop's CLS (or mean patch) state is the
 *foveal* token. A *periphery* token, the mean of the frame's cached final patch states (a low-resolution view of
-the whole frame; ``fixation_periphery_grid`` keeps a G x G grid of cell means, mapped to one token), can follow the foveal tokens or be fused with them into one token (``fixation_periphery``).
+the whole frame; ``fixation_periphery_grid`` keeps a G x G grid of cell means, mapped to one token), can follow
+the foveal tokens or be fused with them into one token (``fixation_periphery``).
 
 * ``dual_stream``: one fixation (centre x, y and window scale, bounded by tanh / sigmoid between the knobs'
   limits) read as fovea + periphery: two tokens, or one fused token.
@@ -189,8 +190,8 @@ class FixationReader(FrameReader):
         fused = (self.fixations(config) + 1) * width
         self.fovea_fusion = nn.Linear(fused, width) if config.fixation_periphery == "fused" else None
         cells = config.fixation_periphery_grid**2
-        uses_periphery = config.fixation_periphery != "none" and cells > 1
-        self.periphery_projection = nn.Linear(cells * width, width) if uses_periphery else None
+        gridded = config.fixation_periphery != "none" and cells > 1
+        self.periphery_projection = nn.Linear(cells * width, width) if gridded else None
 
     @classmethod
     def fixations(cls, config) -> int:
@@ -210,6 +211,7 @@ class FixationReader(FrameReader):
     @classmethod
     def validate(cls, config) -> None:
         patch = config.vision_config.patch_size
+        side = config.vision_config.image_size // patch
         cls.check_knobs(
             config,
             {
@@ -230,8 +232,9 @@ class FixationReader(FrameReader):
                 "fixation_centre_range": (0 < config.fixation_centre_range <= 1, "in (0, 1]"),
                 "num_fixations": (config.num_fixations >= 1, ">= 1"),
                 "fixation_periphery_grid": (
-                    1 <= config.fixation_periphery_grid <= config.vision_config.image_size // patch,
-                    f"in [1, the patch grid's side {config.vision_config.image_size // patch}]",
+                    1 <= config.fixation_periphery_grid <= side
+                    and (config.fixation_periphery != "none" or config.fixation_periphery_grid == 1),
+                    f"in [1, the patch grid's side {side}], and 1 without a periphery",
                 ),
                 "fixation_box_loss": (config.fixation_box_loss in BOX_LOSSES, f"one of {BOX_LOSSES}"),
                 "fixation_box_sigma": (config.fixation_box_sigma > 0, "positive"),
@@ -387,9 +390,7 @@ class GlimpseReader(FixationReader):
 
     def cell_centres(self, cells: torch.Tensor) -> torch.Tensor:
         """Centres ``[..., 2]`` (x, y) of grid cells ``[...]`` (row-major indices of the ``G x G`` grid)."""
-        side = self.config.glimpse_grid
-        rows, columns = cells.div(side, rounding_mode="floor"), cells.remainder(side)
-        return torch.stack([columns, rows], -1).float().add(0.5).mul(2.0 / side).sub(1.0)
+        return patch_centres(self.config.glimpse_grid, cells.device)[cells]
 
     def read(self, inputs, cache, encoder, patch_bias=None) -> FrameReading:
         plans, one_plan = self.as_plans(inputs)  # (N, k, G * G)

@@ -213,6 +213,10 @@ def test_a_probes_patch_bias_gates_the_pixels_the_coverage_and_the_periphery(bui
         ({"frame_reader": "adaptive_fixation", "glimpse_cost": -0.1}, "glimpse_cost"),
         ({"fixation_periphery_grid": 0}, "fixation_periphery_grid"),
         ({"fixation_periphery_grid": 64}, "fixation_periphery_grid"),
+        (
+            {"frame_reader": "multi_fixation", "fixation_periphery": "none", "fixation_periphery_grid": 2},
+            "fixation_periphery_grid",
+        ),  # fmt: skip
         ({"fixation_box_loss": "soft"}, "fixation_box_loss"),
         ({"fixation_box_sigma": 0.0}, "fixation_box_sigma"),
     ],
