@@ -1,16 +1,19 @@
-"""The frame readers side by side: one table and one figure from readers sweeps (one a seed) and a cost run.
+"""The frame readers side by side: tables and one figure from readers sweeps (one a seed) and a cost run.
 
     python -m eval.readers_report --sweep OUT [OUT_SEED1 ...] --arms configs/readers_arms.yaml
-        [--costs COSTS/reader_costs.json] --out docs [--name readers]
+        [--costs COSTS/reader_costs.json] --out docs [--name readers] [--split validation]
 
-Each ``--sweep`` is an ``eval.ablations`` output folder (``OUT/arms/NAME/log.jsonl``, and
-``eval/probes/probes.json`` where the probes ran), one a seed of the same arms. Per arm and seed, from the last
-validation row of its log: attention mass in the named object's box of the planned (fine) and static (coarse)
-readings, the teacher-forced caption loss, the next-frame losses and their coarse/fine ratio; from its probes, if
-any: caption accuracy (all attributes right, and motion) of the planned, static and blank readings, and their split.
-A figure of several seeds is their mean, with each seed's value in brackets. ``--costs`` (``eval.reader_costs``
-JSON) adds training and streaming milliseconds per frame. Writes ``OUT/NAME_results.json``, ``OUT/NAME.md`` and
-``OUT/figures/NAME_mass_caption.png`` (NAME: ``reader_comparison``).
+Each ``--sweep`` is an ``eval.ablations`` output folder (``OUT/arms/NAME/log.jsonl``, and probe reports
+``OUT/arms/NAME/eval/*/probes.json``: ``eval/probes`` from the runner, others from ``eval.probes --out``, one per
+split), one a seed of the same arms. Per arm and seed, from the last validation row of its log: attention mass in the
+named object's box of the planned (fine) and static (coarse) readings, the teacher-forced caption loss, the
+next-frame losses and their coarse/fine ratio; from its probes of ``--split``, if any: caption accuracy (all
+attributes right, and motion) of the planned, static and blank readings. A figure of several seeds is their mean,
+with each seed's value in brackets. ``--costs`` (``eval.reader_costs`` JSON) adds training and streaming
+milliseconds per frame. Where probes ran, a second table gives, per probed split (e.g. held-out (shape, motion)
+pairs), the mass in the named box on those clips and every scored attribute's accuracy of the three readings.
+Writes ``OUT/NAME_results.json``, ``OUT/NAME.md`` and ``OUT/figures/NAME_mass_caption.png`` (NAME:
+``reader_comparison``).
 """
 
 from __future__ import annotations
@@ -23,16 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from eval.ablations import load_arms
-from eval.common import markdown_table, pyplot, save_figure
+from eval.common import SPLIT_ROLES, markdown_table, pyplot, save_figure
+from eval.probes import JSON_NAME as PROBES_FILE
 from foveated_vlm.files import atomic_write_text
 from foveated_vlm.training.figures import read_log
 from foveated_vlm.training.trainer import LOG_NAME
 
 VALIDATION_KEYS = ("mass_in_box_fine", "mass_in_box_coarse", "loss_caption", "loss_fine", "loss_coarse")
+DEFAULT_SPLIT = "validation"
+"""The probed split whose accuracy the main table and the figure show (the ablation runner's ``--eval_split``)."""
 PROBE_READERS = ("dynamic", "static", "blank")
 """Readers whose caption accuracy the table shows: the planned reading, the static reading of the same weights
 and the blank-frame control."""
 COST_KEYS = ("train_ms_per_frame", "stream_ms_per_frame", "stream_fast_ms_per_frame")
+ATTRIBUTE_TABLE_TITLE = (
+    "Probes by attribute, on the probed clips: accuracy as planned / static / blank reading, seed means"
+)
 CAPTION_AXIS_MARGIN = 0.02  # caption-loss axis: this much below the lowest bar and above the highest
 ACCURACY_AXIS_HEADROOM = 1.5  # accuracy axis: this many times the tallest bar (at most 1)
 
@@ -43,12 +52,11 @@ def last_validation(log: Path) -> dict[str, Any] | None:
     return validation[-1] if validation else None
 
 
-def probe_figures(path: Path) -> dict[str, Any] | None:
-    """Probe estimates of an arm (None when the probes did not run): ``split``, ``chance``, and per reader of
-    :data:`PROBE_READERS` that ran ``all_<reader>`` (all attributes right), ``motion_<reader>`` and
-    ``mass_<reader>``."""
-    if not path.exists():
-        return None
+def probe_figures(path: Path) -> dict[str, Any]:
+    """Probe estimates of one ``eval.probes`` report: ``split``, ``chance``, the scored
+    ``attributes``, and per reader of :data:`PROBE_READERS` that ran ``all_<reader>`` (all attributes right),
+    ``mass_<reader>`` (mass in the named box on the probed clips) and ``<attribute>_<reader>`` for each attribute
+    (``motion_dynamic``, ...)."""
     report = json.loads(path.read_text())
     summary = report["summary"]["all"]["readers"]
 
@@ -57,11 +65,19 @@ def probe_figures(path: Path) -> dict[str, Any] | None:
         value = (figures.get(key) or {}).get(attribute) if attribute else figures.get(key)
         return None if value is None else value["estimate"]
 
-    figures: dict[str, Any] = {"split": report.get("split"), "chance": estimate("dynamic", "chance")}
+    attributes = report.get("attributes") or sorted(
+        {attribute for figures in summary.values() for attribute in figures.get("accuracy", {})}
+    )
+    figures: dict[str, Any] = {
+        "split": report.get("split"),
+        "chance": estimate("dynamic", "chance"),
+        "attributes": list(attributes),
+    }
     for reader in PROBE_READERS:
         figures[f"all_{reader}"] = estimate(reader, "all_attributes")
-        figures[f"motion_{reader}"] = estimate(reader, "accuracy", "motion")
         figures[f"mass_{reader}"] = estimate(reader, "mass_in_box")
+        for attribute in attributes:
+            figures[f"{attribute}_{reader}"] = estimate(reader, "accuracy", attribute)
     return figures
 
 
@@ -76,15 +92,28 @@ def arm_figures(arm_dir: Path) -> dict[str, Any] | None:
     figures = {key: validation.get(key) for key in VALIDATION_KEYS}
     if figures["loss_coarse"] and figures["loss_fine"]:
         figures["ratio_coarse_fine"] = figures["loss_coarse"] / figures["loss_fine"]
-    return {
-        "step": validation["step"],
-        "validation": figures,
-        "probes": probe_figures(arm_dir / "eval" / "probes" / "probes.json"),
-    }
+    return {"step": validation["step"], "validation": figures, "probes": probes_by_split(arm_dir)}
 
 
-def collect(sweeps: Sequence[Path], arms_file: str, costs: Path | None) -> dict[str, Any]:
-    """Every arm of ``arms_file`` that a sweep trained: its figures per seed (sweep), its costs, its description."""
+def probes_by_split(arm_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every probe report of an arm (``eval/*/probes.json``: ``eval/probes`` from the ablation runner, others from
+    ``eval.probes --out``), keyed by the split it probed; two reports of one split are refused by name."""
+    found: dict[str, dict[str, Any]] = {}
+    where: dict[str, Path] = {}
+    for path in sorted((arm_dir / "eval").glob(f"*/{PROBES_FILE}")):
+        figures = probe_figures(path)
+        split = figures["split"]
+        if split in found:
+            raise ValueError(f"{where[split]} and {path} both probe the {split!r} split: keep one")
+        found[split], where[split] = figures, path
+    return found
+
+
+def collect(
+    sweeps: Sequence[Path], arms_file: str, costs: Path | None, split: str = DEFAULT_SPLIT
+) -> dict[str, Any]:
+    """Every arm of ``arms_file`` that a sweep trained: its figures per seed (sweep), its costs, its description;
+    ``split``: the probed split whose accuracy the main table and the figure show."""
     cost_rows = {}
     if costs is not None:
         cost_rows = {row["arm"]: row for row in json.loads(costs.read_text())["arms"]}
@@ -108,15 +137,27 @@ def collect(sweeps: Sequence[Path], arms_file: str, costs: Path | None) -> dict[
         )
     return {
         "sweeps": [str(sweep) for sweep in sweeps],
+        "split": split,
         "arms": arms,
         "costs_device": None if costs is None else json.loads(costs.read_text())["settings"],
     }
 
 
 def seed_values(arm: dict[str, Any], section: str, key: str) -> list[float]:
-    """An arm's value of ``key`` in ``section`` (``validation`` or ``probes``) for each seed that has it."""
+    """An arm's value of ``key`` in its training log's ``validation`` figures for each seed that has it."""
     values = [(figures.get(section) or {}).get(key) for figures in arm["seeds"].values()]
     return [value for value in values if value is not None]
+
+
+def probe_values(arm: dict[str, Any], split: str, key: str) -> list[float]:
+    """An arm's probe estimate ``key`` on ``split`` for each seed that probed that split."""
+    values = [(figures["probes"].get(split) or {}).get(key) for figures in arm["seeds"].values()]
+    return [value for value in values if value is not None]
+
+
+def probed_splits(arm: dict[str, Any]) -> list[str]:
+    """The splits any seed of an arm was probed on, sorted."""
+    return sorted({split for figures in arm["seeds"].values() for split in figures["probes"]})
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -149,7 +190,7 @@ def format_markdown(report: dict[str, Any]) -> str:
                     for key in ("mass_in_box_fine", "mass_in_box_coarse", "loss_caption", "ratio_coarse_fine")
                 ),
                 *(
-                    _over_seeds(seed_values(arm, "probes", key))
+                    _over_seeds(probe_values(arm, report["split"], key))
                     for key in ("all_dynamic", "all_static", "all_blank", "motion_dynamic")
                 ),
                 *(_number(costs.get(key), 2) for key in COST_KEYS),
@@ -158,16 +199,54 @@ def format_markdown(report: dict[str, Any]) -> str:
     return markdown_table(headers, rows)
 
 
-def _bars(axis, names, arms, section: str, key: str, offset: float, width: float, **style) -> list[float]:
-    """Bars of the seed means of ``key`` per arm at ``offset``, each seed a black dot; returns the means."""
+def format_attribute_markdown(report: dict[str, Any]) -> str:
+    """Per probed arm and split: mass in the named box on those clips (planned, static) and each scored attribute's
+    accuracy as ``planned / static / blank`` (seed means); "" when no arm was probed."""
+    rows_of = [(name, arm, split) for name, arm in report["arms"].items() for split in probed_splits(arm)]
+    if not rows_of:
+        return ""
+    attributes = list(
+        dict.fromkeys(
+            attribute
+            for _, arm, _ in rows_of
+            for figures in arm["seeds"].values()
+            for probes in figures["probes"].values()
+            for attribute in probes["attributes"]
+        )
+    )
+    headers = ["arm", "seeds", "split", "mass (planned)", "mass (static)", "all", *attributes]
+
+    def mean(arm: dict[str, Any], split: str, key: str) -> str:
+        values = probe_values(arm, split, key)
+        return _number(statistics.fmean(values) if values else None)
+
+    def readings(arm: dict[str, Any], split: str, key: str) -> str:
+        return " / ".join(mean(arm, split, f"{key}_{reader}") for reader in PROBE_READERS)
+
+    rows = [
+        [
+            name,
+            sum(split in figures["probes"] for figures in arm["seeds"].values()),
+            split,
+            mean(arm, split, "mass_dynamic"),
+            mean(arm, split, "mass_static"),
+            readings(arm, split, "all"),
+            *(readings(arm, split, attribute) for attribute in attributes),
+        ]
+        for name, arm, split in rows_of
+    ]
+    return markdown_table(headers, rows)
+
+
+def _bars(axis, per_arm: list[list[float]], offset: float, width: float, **style) -> list[float]:
+    """Bars of the seed means of each arm's values at ``offset``, each seed a black dot; returns the means."""
     means = []
-    for position, name in enumerate(names):
-        values = seed_values(arms[name], section, key)
+    for position, values in enumerate(per_arm):
         mean = statistics.fmean(values) if values else 0.0
         means.append(mean)
         if len(values) > 1:
             axis.scatter([position + offset] * len(values), values, color="black", s=9, zorder=3)
-    axis.bar([i + offset for i in range(len(names))], means, width, **style)
+    axis.bar([i + offset for i in range(len(per_arm))], means, width, **style)
     return means
 
 
@@ -183,25 +262,19 @@ def plot(report: dict[str, Any], path: Path) -> None:
     names = sorted(
         arms, key=lambda name: -statistics.fmean(seed_values(arms[name], "validation", "mass_in_box_fine"))
     )
-    probed = any(seed_values(arm, "probes", "all_dynamic") for arm in arms.values())
+    split = report["split"]
+    probed = any(probe_values(arm, split, "all_dynamic") for arm in arms.values())
     figure, axes = plt.subplots(
         1, 3 if probed else 2, figsize=(19 if probed else 13, 4.8), layout="constrained"
     )
     mass, caption = axes[0], axes[1]
-    _bars(
-        mass,
-        names,
-        arms,
-        "validation",
-        "mass_in_box_fine",
-        -0.2,
-        0.4,
-        label="planned (fine pass)",
-        color="tab:red",
-    )
-    _bars(mass, names, arms, "validation", "mass_in_box_coarse", 0.2, 0.4, label="static query (coarse pass)",
-          color="tab:blue")  # fmt: skip
-    chances = [v for arm in arms.values() for v in seed_values(arm, "probes", "chance")]
+
+    def logged(key: str) -> list[list[float]]:
+        return [seed_values(arms[name], "validation", key) for name in names]
+
+    _bars(mass, logged("mass_in_box_fine"), -0.2, 0.4, label="planned (fine pass)", color="tab:red")
+    _bars(mass, logged("mass_in_box_coarse"), 0.2, 0.4, label="static query (coarse pass)", color="tab:blue")
+    chances = [v for arm in arms.values() for v in probe_values(arm, split, "chance")]
     if chances:
         chance = statistics.fmean(chances)
         mass.axhline(chance, color="grey", linestyle="--", label=f"chance (box area) {chance:.3f}")
@@ -209,7 +282,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     mass.set_ylabel("attention mass in the named object's box")
     mass.set_title("Where each reader looks (validation clips)")
     mass.legend()
-    captions = _bars(caption, names, arms, "validation", "loss_caption", 0.0, 0.6, color="tab:green")
+    captions = _bars(caption, logged("loss_caption"), 0.0, 0.6, color="tab:green")
     dense = report["arms"].get("dense")
     if dense is not None:
         dense_caption = statistics.fmean(seed_values(dense, "validation", "loss_caption"))
@@ -224,14 +297,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
         tallest = 0.0
         for offset, reader, color in ((-0.27, "dynamic", "tab:red"), (0.0, "static", "tab:blue"),
                                       (0.27, "blank", "tab:grey")):  # fmt: skip
-            means = _bars(
-                accuracy, names, arms, "probes", f"all_{reader}", offset, 0.27, label=reader, color=color
-            )
+            probed_values = [probe_values(arms[name], split, f"all_{reader}") for name in names]
+            means = _bars(accuracy, probed_values, offset, 0.27, label=reader, color=color)
             tallest = max(tallest, *means)
-        splits = sorted({v for arm in arms.values() for v in [f.get("split") for f in _probes_of(arm)] if v})
         accuracy.set_ylim(0, min(1.0, ACCURACY_AXIS_HEADROOM * tallest) or 1.0)
         accuracy.set_ylabel("captions with every attribute right")
-        accuracy.set_title(f"Caption accuracy by reading ({', '.join(splits)} clips)")
+        accuracy.set_title(f"Caption accuracy by reading ({split} clips)")
         accuracy.legend()
     for axis in axes:
         axis.set_xticks(
@@ -249,10 +320,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
     save_figure(figure, path)
 
 
-def _probes_of(arm: dict[str, Any]) -> list[dict[str, Any]]:
-    return [figures["probes"] for figures in arm["seeds"].values() if figures["probes"]]
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -264,15 +331,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--costs", help="eval.reader_costs JSON")
     parser.add_argument("--out", required=True, help="folder of the JSON, the markdown and figures/")
     parser.add_argument("--name", default="reader_comparison", help="file name stem")
+    parser.add_argument(
+        "--split",
+        default=DEFAULT_SPLIT,
+        choices=SPLIT_ROLES,
+        help="probed split of the main table's and the figure's accuracy (every probed split is in the attribute table)",
+    )
     args = parser.parse_args(argv)
     report = collect(
-        [Path(sweep) for sweep in args.sweep], args.arms, Path(args.costs) if args.costs else None
+        [Path(sweep) for sweep in args.sweep],
+        args.arms,
+        Path(args.costs) if args.costs else None,
+        args.split,
     )
     out = Path(args.out)
     atomic_write_text(out / f"{args.name}_results.json", json.dumps(report, indent=1))
-    atomic_write_text(out / f"{args.name}.md", format_markdown(report) + "\n")
+    attribute_table = format_attribute_markdown(report)
+    markdown = format_markdown(report) + "\n"
+    if attribute_table:
+        markdown += f"\n{ATTRIBUTE_TABLE_TITLE}\n\n{attribute_table}\n"
+    atomic_write_text(out / f"{args.name}.md", markdown)
     plot(report, out / "figures" / f"{args.name}_mass_caption.png")
-    print(format_markdown(report))
+    print(markdown, end="")
     return report
 
 
