@@ -65,11 +65,9 @@ def probe_figures(path: Path) -> dict[str, Any]:
         value = (figures.get(key) or {}).get(attribute) if attribute else figures.get(key)
         return None if value is None else value["estimate"]
 
-    attributes = report.get("attributes") or sorted(
-        {attribute for figures in summary.values() for attribute in figures.get("accuracy", {})}
-    )
+    attributes = report["attributes"]
     figures: dict[str, Any] = {
-        "split": report.get("split"),
+        "split": report["split"],
         "chance": estimate("dynamic", "chance"),
         "attributes": list(attributes),
     }
@@ -143,9 +141,9 @@ def collect(
     }
 
 
-def seed_values(arm: dict[str, Any], section: str, key: str) -> list[float]:
-    """An arm's value of ``key`` in its training log's ``validation`` figures for each seed that has it."""
-    values = [(figures.get(section) or {}).get(key) for figures in arm["seeds"].values()]
+def seed_values(arm: dict[str, Any], key: str) -> list[float]:
+    """An arm's value of ``key`` in its training log's last validation figures for each seed that has it."""
+    values = [figures["validation"].get(key) for figures in arm["seeds"].values()]
     return [value for value in values if value is not None]
 
 
@@ -186,7 +184,7 @@ def format_markdown(report: dict[str, Any]) -> str:
                 name,
                 len(arm["seeds"]),
                 *(
-                    _over_seeds(seed_values(arm, "validation", key))
+                    _over_seeds(seed_values(arm, key))
                     for key in ("mass_in_box_fine", "mass_in_box_coarse", "loss_caption", "ratio_coarse_fine")
                 ),
                 *(
@@ -254,14 +252,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     """Per arm: mass in the named box (planned vs static), caption loss (the dense baseline as a line) and, where
     the probes ran, caption accuracy of the planned, static and blank readings; seed means, seeds as dots."""
     plt = pyplot()
-    arms = {
-        name: arm
-        for name, arm in report["arms"].items()
-        if seed_values(arm, "validation", "mass_in_box_fine")
-    }
-    names = sorted(
-        arms, key=lambda name: -statistics.fmean(seed_values(arms[name], "validation", "mass_in_box_fine"))
-    )
+    arms = {name: arm for name, arm in report["arms"].items() if seed_values(arm, "mass_in_box_fine")}
+    names = sorted(arms, key=lambda name: -statistics.fmean(seed_values(arms[name], "mass_in_box_fine")))
     split = report["split"]
     probed = any(probe_values(arm, split, "all_dynamic") for arm in arms.values())
     figure, axes = plt.subplots(
@@ -270,7 +262,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     mass, caption = axes[0], axes[1]
 
     def logged(key: str) -> list[list[float]]:
-        return [seed_values(arms[name], "validation", key) for name in names]
+        return [seed_values(arms[name], key) for name in names]
 
     _bars(mass, logged("mass_in_box_fine"), -0.2, 0.4, label="planned (fine pass)", color="tab:red")
     _bars(mass, logged("mass_in_box_coarse"), 0.2, 0.4, label="static query (coarse pass)", color="tab:blue")
@@ -285,7 +277,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     captions = _bars(caption, logged("loss_caption"), 0.0, 0.6, color="tab:green")
     dense = report["arms"].get("dense")
     if dense is not None:
-        dense_caption = statistics.fmean(seed_values(dense, "validation", "loss_caption"))
+        dense_caption = statistics.fmean(seed_values(dense, "loss_caption"))
         caption.axhline(dense_caption, color="black", linestyle=":", label="dense baseline")
         caption.legend()
         captions.append(dense_caption)
