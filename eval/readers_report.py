@@ -206,7 +206,7 @@ def format_attribute_markdown(report: dict[str, Any]) -> str:
     attributes = list(
         dict.fromkeys(
             attribute
-            for _, arm, _ in rows_of
+            for arm in report["arms"].values()
             for figures in arm["seeds"].values()
             for probes in figures["probes"].values()
             for attribute in probes["attributes"]
