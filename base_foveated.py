@@ -14,6 +14,8 @@ width).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -24,14 +26,14 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 try:
-    from .configuration_foveated import FoveatedVLMConfig
+    from .configuration_foveated import INFERENCE_MODES, FoveatedVLMConfig
     from .encoder_foveated import GLIMPSE_LOCATION_FEATURES, FoveatedEncoder, PatchCache, glimpse_location
     from .layout_foveated import COARSE, FINE, VideoLayout, check_pixel_values, gather_positions
     from .outputs_foveated import FoveatedVLMModelOutput
     from .reader_base_foveated import FrameReader, FrameReading
     from .readers_foveated import build_reader
 except ImportError:  # imported as a top-level module from a checkout of the repository
-    from configuration_foveated import FoveatedVLMConfig
+    from configuration_foveated import INFERENCE_MODES, FoveatedVLMConfig
     from encoder_foveated import GLIMPSE_LOCATION_FEATURES, FoveatedEncoder, PatchCache, glimpse_location
     from layout_foveated import COARSE, FINE, VideoLayout, check_pixel_values, gather_positions
     from outputs_foveated import FoveatedVLMModelOutput
@@ -41,7 +43,6 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
 KAIMING_SLOPE = 5**0.5  # torch.nn.Linear's own default initialisation
 # LLM attention kernels that attend causally when given no mask (eager and flex would attend both ways)
 CAUSAL_WITHOUT_MASK = ("sdpa", "flash_attention_2", "flash_attention_3")
-INFERENCE_MODES = ("two_pass", "coarse")
 
 
 class FoveatedVLMPreTrainedModel(PreTrainedModel):
@@ -102,6 +103,7 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
             self.fovea_initial_query = nn.Parameter(torch.empty(query_shape))
         self.fovea_mode_embeddings = nn.Parameter(torch.empty(2, text_width))
         self.fovea_video_end_embedding = nn.Parameter(torch.empty(text_width))
+        self._probe = ReadingProbe()
         self.post_init()
 
     def init_learned_parameters(self) -> None:
@@ -245,6 +247,30 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
         last_slots = slot_index.view(-1, self.config.tokens_per_frame)[:, -1]  # (N,)
         return gather_positions(hidden, last_slots)
 
+    @contextmanager
+    def probe_reading(
+        self, queries: torch.Tensor | None = None, patch_bias: torch.Tensor | None = None
+    ) -> Iterator[None]:
+        """Read the fine pass differently inside the block: the one documented way to probe a reading.
+
+        Args:
+            queries: ``[N, Q]`` (``[N, k, Q]``) plans that read the N valid frames of the next forwards instead of
+                the planned ones (the static query, random or time-shuffled plans on the same weights).
+            patch_bias: ``[N, P]`` added to the fine reading's patch scores in every encoder layer; ``-inf``
+                outside a region confines the reading to it (a glimpse at the centre or at the object).
+
+        Probes nest (the inner one wins) and end with the block, also on an error. The coarse pass, the plan it
+        makes and the losses are computed as always. Example::
+
+            with model.probe_reading(queries=model.static_queries(num_frames)):
+                static_reading = model(**inputs)
+        """
+        previous, self._probe = self._probe, ReadingProbe(queries, patch_bias)
+        try:
+            yield
+        finally:
+            self._probe = previous
+
     # ----------------------------------------------------------------------------------------- sequence
     def embed_sequence(
         self,
@@ -364,8 +390,6 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
         use_cache: bool | None = None,
         inference_mode: str | None = None,
         video_layout: VideoLayout | None = None,
-        fine_queries: torch.Tensor | None = None,
-        fine_patch_bias: torch.Tensor | None = None,
         **kwargs,
     ) -> FoveatedVLMModelOutput:
         """Both passes (or one, in coarse inference and dense mode) over the sequence: hidden states and readings.
@@ -381,7 +405,7 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
             raise ValueError("input_ids are required")
         mode = inference_mode or self.config.inference_mode
         if mode not in INFERENCE_MODES:
-            raise ValueError(f"inference_mode must be 'two_pass' or 'coarse', got {mode!r}")
+            raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {mode!r}")
         use_cache = bool(use_cache) and not self.training
         if pixel_values_videos is None:
             if position_ids is None:
@@ -402,9 +426,7 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
         passes = _PassInputs(input_ids, attention_mask, position_ids, cache, use_cache, layout)
         if self.config.foveation_mode == "dense":
             return self._dense_pass(passes, patches)
-        return self._foveated_passes(
-            passes, patches, mode == "coarse", _FineProbe(fine_queries, fine_patch_bias)
-        )
+        return self._foveated_passes(passes, patches, mode == "coarse", self._probe)
 
     def default_position_ids(self, input_ids, attention_mask, cache) -> torch.Tensor:
         """Positions of ``input_ids [B, L]`` following the (left-padded) attention mask and the cache length."""
@@ -415,7 +437,7 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
         return positions[:, -input_ids.shape[1] :]
 
     def _foveated_passes(
-        self, passes: _PassInputs, patches: PatchCache, coarse_only: bool, probe: _FineProbe
+        self, passes: _PassInputs, patches: PatchCache, coarse_only: bool, probe: ReadingProbe
     ) -> FoveatedVLMModelOutput:
         """Pass 1 reads with the static query and plans; pass 2 reads with the planned (or probe) queries."""
         layout = passes.layout
@@ -494,11 +516,12 @@ class _PassInputs:
 
 
 @dataclass
-class _FineProbe:
-    """Test-time replacements for the fine pass's reading (all None in normal use)."""
+class ReadingProbe:
+    """Test-time replacements for the fine pass's reading (all None in normal use; see
+    :meth:`FoveatedVLMModel.probe_reading`)."""
 
     queries: torch.Tensor | None = None
     patch_bias: torch.Tensor | None = None
 
 
-__all__ = ["FoveatedVLMModel", "FoveatedVLMPreTrainedModel"]
+__all__ = ["FoveatedVLMModel", "FoveatedVLMPreTrainedModel", "ReadingProbe"]

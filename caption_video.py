@@ -100,7 +100,7 @@ def decode_video(
 
 
 def _chunk(processor, frames: list[np.ndarray]) -> DecodedChunk:
-    pixels, resized = processor.preprocess_frames(torch.from_numpy(np.stack(frames)))
+    pixels, resized = processor.video_processor.preprocess_frames(torch.from_numpy(np.stack(frames)))
     return DecodedChunk(pixels, resized)
 
 
@@ -245,7 +245,7 @@ def watch_video(
             seen = int(stream.num_frames[0]) + chunk.pixels.shape[0]
             if seen > fit:
                 raise ValueError(_too_long(path, seen, fit, num_frames, fps, duration))
-            targets = processor.frame_targets(chunk.resized, vae) if predict else None
+            targets = processor.video_processor.frame_targets(chunk.resized, vae) if predict else None
             step = stream.extend(
                 chunk.pixels.unsqueeze(0), targets=None if targets is None else targets.unsqueeze(0)
             )
@@ -458,8 +458,8 @@ def run(args: argparse.Namespace) -> str:
         predicted = torch.cat(reading.predictions)[: real.shape[0]]
         write_predictions_png(
             args.predictions,
-            processor.postprocess_targets(real, vae),
-            processor.postprocess_targets(predicted, vae),
+            processor.video_processor.postprocess_targets(real, vae),
+            processor.video_processor.postprocess_targets(predicted, vae),
         )
     return reading.caption
 

@@ -140,46 +140,19 @@ class FoveatedEncoder(nn.Module):
     ) -> torch.Tensor:
         """Scores of query tokens ``[N, heads, k, d]`` over cached keys and their own key -> ``[N, heads, k, S+1]``.
 
-        Key order is ``[CLS, registers, patches, own key]``. ``patch_bias [N, k, P]`` is added to the patch scores
-        (a probe's mask); top-k keeps the k best patches; ``query_attention_prefix="ignore"`` removes CLS, the
-        registers and the own key.
+        Key order is ``[CLS, registers, patches, own key]``; ``patch_bias [N, k, P]`` is added to the patch scores
+        (a probe's mask).
         """
-        config = self.config
         cached = torch.matmul(query, cached_key.transpose(-1, -2)) * scale  # (N, heads, k, S)
         own = (query * own_key).sum(-1, keepdim=True) * scale  # (N, heads, k, 1)
-        prefix, patches = cached.split(
-            [self.num_prefix_tokens, cached.shape[-1] - self.num_prefix_tokens], -1
-        )  # (N, heads, k, 1 + R), (N, heads, k, P)
-        blocked = torch.finfo(cached.dtype).min
         if patch_bias is not None:
+            prefix, patches = cached.split(
+                [self.num_prefix_tokens, cached.shape[-1] - self.num_prefix_tokens], -1
+            )  # (N, heads, k, 1 + R), (N, heads, k, P)
             bias = patch_bias.unsqueeze(1).to(patches.dtype)  # (N, 1, k, P): the same for every head
-            patches = (patches + bias).clamp_min(blocked)
-        if config.query_attention_top_k:
-            top_k = min(config.query_attention_top_k, patches.shape[-1])
-            threshold = patches.topk(top_k, dim=-1).values[..., -1:]  # (N, heads, k, 1)
-            patches = patches.masked_fill(patches < threshold, blocked)
-        if config.query_attention_prefix == "ignore":
-            prefix, own = prefix.new_full(prefix.shape, blocked), own.new_full(own.shape, blocked)
-        return torch.cat([prefix, patches, own], dim=-1)  # (N, heads, k, S+1)
-
-    def _attention_weights(self, scores: torch.Tensor) -> torch.Tensor:
-        """Softmax of scores ``[..., S+1]``, made one-hot per head in the forward for hard attention.
-
-        ``straight_through`` keeps the softmax's gradient under the argmax; ``gumbel`` perturbs the scores with
-        Gumbel noise while training (the Gumbel-softmax estimator at ``gumbel_temperature``).
-        """
-        config = self.config
-        scores = scores.float()
-        if config.query_attention_hard == "gumbel" and self.training:
-            uniform = torch.rand_like(scores).clamp(
-                torch.finfo(scores.dtype).tiny, 1.0 - torch.finfo(scores.dtype).eps
-            )
-            scores = (scores - (-uniform.log()).log()) / config.gumbel_temperature
-        soft = scores.softmax(-1)
-        if config.query_attention_hard == "soft":
-            return soft
-        hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)  # (..., S+1)
-        return hard + (soft - soft.detach())  # exactly one-hot forward, the softmax gradient backward
+            patches = (patches + bias).clamp_min(torch.finfo(cached.dtype).min)
+            cached = torch.cat([prefix, patches], dim=-1)
+        return torch.cat([cached, own], dim=-1)  # (N, heads, k, S+1)
 
     def _query_layer(
         self,
@@ -198,9 +171,8 @@ class FoveatedEncoder(nn.Module):
         query = self._split_heads(attention.q_proj(normed))  # (N, heads, k, hd)
         own_key = self._split_heads(attention.k_proj(normed))  # (N, heads, k, hd)
         own_value = self._split_heads(attention.v_proj(normed))  # (N, heads, k, hd)
-        scale = attention.scaling / self.config.query_attention_temperature
-        scores = self._query_scores(query, cached_key, own_key, scale, patch_bias)
-        weights = self._attention_weights(scores).to(query.dtype)  # (N, heads, k, S+1)
+        scores = self._query_scores(query, cached_key, own_key, attention.scaling, patch_bias)
+        weights = scores.float().softmax(-1).to(query.dtype)  # (N, heads, k, S+1)
         attended = (
             torch.matmul(weights[..., :-1], cached_value) + weights[..., -1:] * own_value
         )  # (N, heads, k, hd)

@@ -15,11 +15,9 @@ from torch import nn
 
 try:
     from .configuration_foveated import FoveatedVLMConfig
-    from .encoder_foveated import attention_entropy
     from .layout_foveated import gather_positions
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from configuration_foveated import FoveatedVLMConfig
-    from encoder_foveated import attention_entropy
     from layout_foveated import gather_positions
 
 
@@ -41,7 +39,6 @@ class FiLMPredictionHead(nn.Module):
         )
         self.target_encoder = self._conv_stack(channels)
         self.target_decoder = self._conv_stack(channels[::-1])
-        self.query_skip = nn.Linear(config.plan_dim, width, bias=False) if config.query_skip_to_head else None
 
     @staticmethod
     def _conv_stack(channels: list[int]) -> nn.Sequential:
@@ -52,10 +49,8 @@ class FiLMPredictionHead(nn.Module):
                 modules.append(nn.GELU())
         return nn.Sequential(*modules)
 
-    def forward(
-        self, hidden: torch.Tensor, previous_target: torch.Tensor, query: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``hidden [N, H]``, ``previous_target [N, C, h, w]``, optional ``query [N, Q]`` -> ``[N, C, h, w]``.
+    def forward(self, hidden: torch.Tensor, previous_target: torch.Tensor) -> torch.Tensor:
+        """``hidden [N, H]``, ``previous_target [N, C, h, w]`` -> ``[N, C, h, w]``.
 
         The convolutions run channels-last (the layout cuDNN's bf16 kernels use: no layout conversion of the
         wide intermediate features); the prediction comes back contiguous.
@@ -64,8 +59,6 @@ class FiLMPredictionHead(nn.Module):
         features = self.target_encoder(previous)
         scale, shift = self.film(hidden).chunk(2, dim=-1)
         features = features * scale[..., None, None] + shift[..., None, None]
-        if self.query_skip is not None and query is not None:
-            features = features + self.query_skip(query.to(hidden.dtype))[..., None, None]
         return self.target_decoder(features).contiguous()
 
 
@@ -104,36 +97,19 @@ def clip_caption_losses(
     return totals / counts.clamp_min(1.0)
 
 
-def delta_l1_loss(predictions: list[torch.Tensor], previous: torch.Tensor) -> torch.Tensor:
-    """Mean absolute change ``|prediction - previous target|`` of predictions ``[N, C, h, w]``, mean over them."""
-    return torch.stack([(p.float() - previous.float()).abs().mean() for p in predictions]).mean()
-
-
 def reading_losses(
     config: FoveatedVLMConfig,
     readings,
     boxes: torch.Tensor | None = None,
     reader_box_loss: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
 ) -> dict[str, tuple[float, torch.Tensor]]:
-    """The terms on the two readings whose weights are non-zero: ``name -> (weight, unweighted loss)``, in order.
+    """The terms on the readings whose weights are non-zero: ``name -> (weight, unweighted loss)``.
 
-    ``readings`` has the fields of ``outputs_foveated.FoveatedReadings``. ``loss_contrastive``: mean cosine
-    similarity of the fine and coarse visual tokens ``[N, D]`` (lower: more different readings). ``loss_entropy``:
-    the hinge ``relu(H(fine) - H(coarse) + entropy_margin)`` on the entropies of the full attention distributions
-    (the fine reading should be sharper than the static one). ``loss_attention``: :func:`attention_box_loss` of the
-    fine reading against ``boxes [N, P]`` (the box of the object the text is about), or the reader's own
-    ``reader_box_loss(boxes)`` where it returns one (``FrameReader.box_loss``).
+    ``readings`` has the fields of ``outputs_foveated.FoveatedReadings``. ``loss_attention``:
+    :func:`attention_box_loss` of the fine reading against ``boxes [N, P]`` (the box of the object the text is
+    about), or the reader's own ``reader_box_loss(boxes)`` where it returns one (``FrameReader.box_loss``).
     """
     losses = {}
-    if readings.visual_tokens_fine is not None and config.contrastive_loss_weight:
-        fine, coarse = readings.visual_tokens_fine.float(), readings.visual_tokens_coarse.float()
-        similarity = F.cosine_similarity(fine, coarse, dim=-1).mean()
-        losses["loss_contrastive"] = (config.contrastive_loss_weight, similarity)
-    if readings.attention_fine is not None and config.entropy_loss_weight:
-        fine = attention_entropy(readings.attention_fine, readings.attention_prefix_fine)
-        coarse = attention_entropy(readings.attention_coarse, readings.attention_prefix_coarse)
-        hinge = F.relu(fine - coarse + config.entropy_margin).mean()
-        losses["loss_entropy"] = (config.entropy_loss_weight, hinge)
     if boxes is not None and readings.attention_fine is not None and config.attention_supervision_weight:
         own = None if reader_box_loss is None else reader_box_loss(boxes)
         mass = attention_box_loss(readings.attention_fine, boxes) if own is None else own
@@ -146,6 +122,5 @@ __all__ = [
     "attention_box_loss",
     "caption_loss",
     "clip_caption_losses",
-    "delta_l1_loss",
     "reading_losses",
 ]

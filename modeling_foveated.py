@@ -38,7 +38,6 @@ try:
         FiLMPredictionHead,
         caption_loss,
         clip_caption_losses,
-        delta_l1_loss,
         reading_losses,
     )
     from .layout_foveated import VideoLayout, caption_positions, gather_positions
@@ -53,7 +52,6 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
         FiLMPredictionHead,
         caption_loss,
         clip_caption_losses,
-        delta_l1_loss,
         reading_losses,
     )
     from layout_foveated import VideoLayout, caption_positions, gather_positions
@@ -109,9 +107,6 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
         self.fovea_initial_target = nn.Parameter(torch.empty(config.target_shape))
         self.fovea_prediction_head = FiLMPredictionHead(config)
-        self.fovea_coarse_prediction_head = (
-            FiLMPredictionHead(config) if config.separate_prediction_heads else None
-        )
         self.post_init()
 
     def init_learned_parameters(self) -> None:
@@ -158,9 +153,8 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         """The blocks of a training step that repeat, compiled with static shapes (installed by the caller):
         the encoder's patch and query layers, every LLM decoder layer and the prediction heads (training has no
         KV cache, so the decoder layers share one graph)."""
-        heads = [head for head in (self.fovea_prediction_head, self.fovea_coarse_prediction_head) if head]
         layers = list(self.model.language_model.layers)
-        return CompiledRegions([self.model.fovea_encoder], [*layers, *heads], mode)
+        return CompiledRegions([self.model.fovea_encoder], [*layers, self.fovea_prediction_head], mode)
 
     def stream(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         """Open a frame-by-frame streaming session over a prompt (see ``streaming_foveated.FoveatedStream``)."""
@@ -205,6 +199,11 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
     def planned_queries(self, hidden: torch.Tensor, layout: VideoLayout) -> torch.Tensor:
         return self.model.planned_queries(hidden, layout)
 
+    def probe_reading(self, queries: torch.Tensor | None = None, patch_bias: torch.Tensor | None = None):
+        """Read the fine pass with other ``queries`` and/or a ``patch_bias`` inside a ``with`` block (test-time
+        probes; ``FoveatedVLMModel.probe_reading``)."""
+        return self.model.probe_reading(queries, patch_bias)
+
     # ----------------------------------------------------------------------------------------- forward
     @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")
     def forward(
@@ -223,8 +222,6 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         inference_mode: str | None = None,
         video_layout: VideoLayout | None = None,
         attention_targets: torch.Tensor | None = None,
-        fine_queries: torch.Tensor | None = None,
-        fine_patch_bias: torch.Tensor | None = None,
         **kwargs,
     ) -> FoveatedVLMOutput:
         """Two-pass forward (or one pass in coarse or dense mode).
@@ -247,10 +244,6 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
                 with it the forward needs no host synchronisation (computed from the inputs otherwise).
             attention_targets: ``[B, T, P]`` patch coverage (0..1) of the box of the object the text is about;
                 enables ``loss_attention`` when ``attention_supervision_weight > 0``.
-            fine_queries: ``[N, Q]`` (``[N, k, Q]``) queries that read the valid frames in the fine pass instead of
-                the planned ones (test-time probes: static, random, shuffled queries on the same weights).
-            fine_patch_bias: ``[N, P]`` added to the fine queries' patch scores in every encoder layer; ``-inf``
-                outside a region confines the reading to it (probes: a glimpse at the centre or at the object).
         """
         states = self.model(
             input_ids=input_ids,
@@ -264,8 +257,6 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             use_cache=use_cache,
             inference_mode=inference_mode,
             video_layout=video_layout,
-            fine_queries=fine_queries,
-            fine_patch_bias=fine_patch_bias,
         )
         if pixel_values_videos is None:
             return self._text_output(states, labels, logits_to_keep)
@@ -273,15 +264,9 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         targets = None if prediction_targets is None else layout.select_frames(prediction_targets)
         output = FoveatedVLMOutput(**{name: getattr(states, name) for name in READING_FIELDS})
         if targets is not None and states.hidden_coarse is not None:
-            coarse_head = self.fovea_coarse_prediction_head or self.fovea_prediction_head
-            static = self.model.static_queries(layout.frame_index.numel())
-            output.predictions_coarse = self._predict(
-                coarse_head, states.hidden_coarse, layout, targets, static
-            )
+            output.predictions_coarse = self._predict(states.hidden_coarse, layout, targets)
         if targets is not None and states.hidden_fine is not None:
-            output.predictions_fine = self._predict(
-                self.fovea_prediction_head, states.hidden_fine, layout, targets, states.queries
-            )
+            output.predictions_fine = self._predict(states.hidden_fine, layout, targets)
         boxes = None if attention_targets is None else layout.select_frames(attention_targets)
         return self._finish(output, states, targets, labels, logits_to_keep, boxes)
 
@@ -290,41 +275,18 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         initial = self.fovea_initial_target.to(targets.dtype).expand_as(targets)
         return torch.where(first_frame[:, None, None, None], initial, targets.roll(1, dims=0))
 
-    def _predict(
-        self,
-        head: FiLMPredictionHead,
-        hidden: torch.Tensor,
-        layout: VideoLayout,
-        targets: torch.Tensor,
-        queries: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def _predict(self, hidden: torch.Tensor, layout: VideoLayout, targets: torch.Tensor) -> torch.Tensor:
         """Next-frame predictions ``[N, C, h, w]`` of one pass from its states ``[B, L, H]``."""
         states = gather_positions(hidden, layout.predictor_index)  # (N, H)
         previous = self.previous_targets(targets, layout.first_frame)
-        conditioning = previous
         if self.training and self.config.previous_target_dropout:
-            conditioning = F.dropout(previous, p=self.config.previous_target_dropout)
-        return self.predict_next_targets(head, states, previous, queries, conditioning)
+            previous = F.dropout(previous, p=self.config.previous_target_dropout)
+        return self.predict_next_targets(states, previous)
 
-    def predict_next_targets(
-        self,
-        head: FiLMPredictionHead,
-        states: torch.Tensor,
-        previous: torch.Tensor,
-        queries: torch.Tensor | None,
-        conditioning: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Next-frame targets ``[N, C, h, w]`` from LLM states ``[N, H]`` and previous targets ``[N, C, h, w]``.
-
-        The head sees ``conditioning`` (the previous targets after ``previous_target_dropout``; the previous
-        targets themselves by default); with ``predict_delta`` its output is a change added to the clean previous
-        target, so the dropout never leaks back through the residual. k queries a frame are averaged for the
-        head's query skip.
-        """
-        if queries is not None and queries.dim() == 3:
-            queries = queries.mean(1)  # (N, Q)
-        prediction = head(states, previous if conditioning is None else conditioning, queries)
-        return prediction + previous if self.config.predict_delta else prediction
+    def predict_next_targets(self, states: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Next-frame targets ``[N, C, h, w]`` from LLM states ``[N, H]`` and the previous targets (as the head
+        sees them) ``[N, C, h, w]``."""
+        return self.fovea_prediction_head(states, previous)
 
     # ----------------------------------------------------------------------------------------- losses
     def _logits(self, hidden: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
@@ -354,13 +316,6 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             if output.predictions_coarse is not None:
                 output.loss_coarse = F.mse_loss(output.predictions_coarse.float(), targets.float())
                 terms.append(config.prediction_loss_weight * config.lambda_coarse * output.loss_coarse)
-            if config.predict_delta and config.delta_l1_weight:
-                predictions = [
-                    p for p in (output.predictions_fine, output.predictions_coarse) if p is not None
-                ]
-                previous = self.previous_targets(targets, layout.first_frame)
-                output.loss_delta_l1 = delta_l1_loss(predictions, previous)
-                terms.append(config.delta_l1_weight * output.loss_delta_l1)
         if labels is not None:
             captions = (layout.caption_index, layout.caption_targets)
             if states.hidden_fine is not None:
@@ -379,9 +334,10 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
             setattr(output, name, loss)
             terms.append(weight * loss)
         if output.reader_extras is not None:
-            output.loss_reader = self.model.fovea_reader.auxiliary_loss(output.reader_extras, output, targets)
+            reader = self.model.fovea_reader
+            output.loss_reader = reader.auxiliary_loss(output.reader_extras, output, targets)
             if output.loss_reader is not None:
-                terms.append(config.reader_loss_weight * output.loss_reader)
+                terms.append(reader.auxiliary_loss_weight * output.loss_reader)
         if terms:
             output.loss = torch.stack(terms).sum()
         return output

@@ -79,7 +79,6 @@ class FoveatedVLMOutput(FoveatedReadings):
         loss_coarse: next-frame prediction MSE of the coarse (static-query) pass.
         loss_caption: caption cross-entropy of the fine pass (tokens after ``<video_end>``).
         loss_caption_coarse: caption cross-entropy of the coarse pass.
-        loss_contrastive, loss_entropy, loss_delta_l1: remedy terms (present when their weights are non-zero).
         logits: ``[B, L', V]`` next-token logits of the pass that feeds the cache (``L'`` per ``logits_to_keep``).
         cache: the LLM cache (fine stream, or coarse stream in coarse inference).
         predictions_fine / predictions_coarse: ``[N, C, h, w]`` predicted next-frame targets of the valid frames.
@@ -95,9 +94,6 @@ class FoveatedVLMOutput(FoveatedReadings):
     loss_coarse: torch.Tensor | None = None
     loss_caption: torch.Tensor | None = None
     loss_caption_coarse: torch.Tensor | None = None
-    loss_contrastive: torch.Tensor | None = None
-    loss_entropy: torch.Tensor | None = None
-    loss_delta_l1: torch.Tensor | None = None
     loss_attention: torch.Tensor | None = None
     loss_reader: torch.Tensor | None = None
     logits: torch.Tensor | None = None

@@ -1,10 +1,10 @@
-"""Processor of the foveated video-language model: chat-formatted text with one placeholder per frame, frames
-resized and normalised without torchvision, and next-frame prediction targets.
+"""Processor of the foveated video-language model: the tokenizer (chat-formatted text with one placeholder per
+frame, captions as labels) composed with the video processor (frames, masks and next-frame targets).
 
-Videos of every kind (arrays, lists of frames, encoded files) are read by ``video_foveated`` (decoding, frame
-sampling, conversion and resizing; its docstring lists what a video may be). The processor's own
-``num_frames``/``fps`` (saved with it; the trainer records the sampling it trained with) are the default for
-encoded videos.
+Videos of every kind (arrays, lists of frames, encoded files) are read by the video processor
+(``video_processing_foveated.FoveatedVLMVideoProcessor``, through ``video_foveated``: decoding, frame sampling,
+conversion and resizing; its docstring lists what a video may be). Its ``num_frames``/``fps`` (saved with it; the
+trainer records the sampling it trained with) are the default for encoded videos.
 """
 
 from __future__ import annotations
@@ -12,27 +12,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from transformers import BatchFeature, PreTrainedConfig
 from transformers.processing_utils import ProcessorMixin
 
 try:
     from .layout_foveated import IGNORE_INDEX, VideoLayout
-    from .video_foveated import as_videos, check_sampling, is_encoded_video, resize_frames, video_to_frames
+    from .video_foveated import as_videos, check_sampling
+    from .video_processing_foveated import FoveatedVLMVideoProcessor
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from layout_foveated import IGNORE_INDEX, VideoLayout
-    from video_foveated import as_videos, check_sampling, is_encoded_video, resize_frames, video_to_frames
+    from video_foveated import as_videos, check_sampling
+    from video_processing_foveated import FoveatedVLMVideoProcessor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+VIDEO_PROCESSOR_KEYS = ("image_size", "image_mean", "image_std", "target_downsample", "num_frames", "fps")
+"""The video processor's settings, which a processor saved before it had one kept in its own config."""
 FRAME_TOKEN = "<|frame|>"
 VIDEO_START_TOKEN = "<|video_start|>"
 VIDEO_END_TOKEN = "<|video_end|>"
 VIDEO_TOKENS = (FRAME_TOKEN, VIDEO_START_TOKEN, VIDEO_END_TOKEN)
 END_OF_TURN = "<|im_end|>"
-PROCESSOR_TARGET_SOURCES = ("downsampled_frames", "motion")
-MOTION_ZERO_PREFERENCE = 1e-3
-"""Matching cost added per pixel of displacement: ties (flat regions) resolve to no motion."""
 DEFAULT_PROMPT = "Describe the video."
 """The instruction of training, of the data sets' clips without one and of ``caption_video.py`` by default."""
 SMOLLM2_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -78,60 +76,34 @@ def check_prompt_text(texts: Sequence, name: str, allow_none: bool = False) -> N
 
 
 class FoveatedVLMProcessor(ProcessorMixin):
-    """Tokenizer + frame preprocessing + prediction targets for :class:`FoveatedVLMForConditionalGeneration`.
+    """Tokenizer + video processor for :class:`FoveatedVLMForConditionalGeneration`.
 
     Args:
+        video_processor: the :class:`FoveatedVLMVideoProcessor` (frame size, normalisation, target factor, default
+            sampling); :meth:`from_model_config` builds the one that matches a model config.
         tokenizer: SmolLM2's tokenizer; the video tokens are added if missing.
-        image_size: side of the square frames the encoder reads.
-        image_mean, image_std: per-channel normalisation (DINOv3 uses ImageNet's).
-        target_downsample: factor between frames and their downsampled-frame targets (8, like the SD-VAE).
-        target_source: what ``return_targets`` computes without a VAE: ``"downsampled_frames"`` or ``"motion"``
-            (block-matched displacement from the previous frame, :func:`block_motion`).
-        motion_search_radius: largest displacement in pixels, per axis, that ``"motion"`` targets search.
         tokens_per_frame: placeholders per frame (1 foveated; ``dense_tokens_per_frame`` for the dense baseline).
         max_sequence_length: the LLM's context; longer inputs raise a ``ValueError`` saying how many frames fit.
         system_prompt: system message of the chat template; None keeps the template's default.
-        num_frames / fps: default sampling of encoded videos (paths, bytes, files) when a call gives neither;
-            the trainer records the sampling the model was trained with. None for both: every frame.
     """
 
     def __init__(
         self,
+        video_processor: FoveatedVLMVideoProcessor | None = None,
         tokenizer=None,
-        image_size: int = 256,
-        image_mean: Sequence[float] = IMAGENET_MEAN,
-        image_std: Sequence[float] = IMAGENET_STD,
-        target_downsample: int = 8,
-        target_source: str = "downsampled_frames",
-        motion_search_radius: int = 8,
         tokens_per_frame: int = 1,
         max_sequence_length: int = 8192,
         system_prompt: str | None = None,
         chat_template: str | None = None,
-        num_frames: int | None = None,
-        fps: float | None = None,
     ):
-        check_sampling(num_frames, fps)
-        self.num_frames = num_frames
-        self.fps = fps
-        self.image_size = image_size
-        self.image_mean = list(image_mean)
-        self.image_std = list(image_std)
-        self.target_downsample = target_downsample
-        if target_source not in PROCESSOR_TARGET_SOURCES:
-            raise ValueError(
-                f"target_source must be one of {PROCESSOR_TARGET_SOURCES}, got {target_source!r}"
-            )
-        self.target_source = target_source
-        self.motion_search_radius = motion_search_radius
         self.tokens_per_frame = tokens_per_frame
         self.max_sequence_length = max_sequence_length
         self.system_prompt = system_prompt
-        if image_size % target_downsample:
-            raise ValueError(
-                f"image_size {image_size} is not divisible by target_downsample {target_downsample}"
-            )
-        super().__init__(tokenizer, chat_template=chat_template or getattr(tokenizer, "chat_template", None))
+        super().__init__(
+            video_processor or FoveatedVLMVideoProcessor(),
+            tokenizer,
+            chat_template=chat_template or getattr(tokenizer, "chat_template", None),
+        )
         self.video_token_ids = add_video_tokens(tokenizer)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -139,19 +111,42 @@ class FoveatedVLMProcessor(ProcessorMixin):
 
     @classmethod
     def from_model_config(cls, tokenizer, config, **kwargs) -> FoveatedVLMProcessor:
-        """The processor matching a :class:`FoveatedVLMConfig`: frame size, target factor and source, motion
-        search radius, tokens per frame and context length; ``kwargs`` set the other arguments
-        (``system_prompt``, ``num_frames``, ...)."""
-        return cls(
-            tokenizer=tokenizer,
+        """The processor matching a :class:`FoveatedVLMConfig`: frame size, target factor, tokens per frame and
+        context length. ``kwargs`` set the other arguments: the video processor's (``num_frames``, ``fps``,
+        ``image_mean``, ``image_std``) and this class's (``system_prompt``, ``chat_template``)."""
+        video_kwargs = {key: kwargs.pop(key) for key in VIDEO_PROCESSOR_KEYS if key in kwargs}
+        video_processor = FoveatedVLMVideoProcessor(
             image_size=config.vision_config.image_size,
             target_downsample=config.target_downsample,
-            target_source="motion" if config.target_source == "motion" else "downsampled_frames",
-            motion_search_radius=config.motion_search_radius,
+            **video_kwargs,
+        )
+        return cls(
+            video_processor=video_processor,
+            tokenizer=tokenizer,
             tokens_per_frame=config.tokens_per_frame,
             max_sequence_length=config.text_config.max_position_embeddings,
             **kwargs,
         )
+
+    @classmethod
+    def _resolve_subprocessors(cls, pretrained_model_name_or_path, processor_dict, **kwargs):
+        """Build the video processor from the saved config without an Auto class lookup (no torchvision needed);
+        a processor saved before the video processor existed kept its settings in its own config: read them."""
+        if kwargs.get("video_processor") is None:
+            saved = processor_dict.get("video_processor")
+            if not isinstance(saved, dict):
+                saved = {key: processor_dict.pop(key) for key in VIDEO_PROCESSOR_KEYS if key in processor_dict}
+            kwargs["video_processor"] = FoveatedVLMVideoProcessor.from_dict(saved)
+        return super()._resolve_subprocessors(pretrained_model_name_or_path, processor_dict, **kwargs)
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        """The video processor is checked against its own class: transformers' check looks its base class up in
+        the video-processor registry, which is unavailable without torchvision (not needed here)."""
+        if argument_name != "video_processor":
+            return super().check_argument_for_proper_class(argument_name, argument)
+        if not isinstance(argument, FoveatedVLMVideoProcessor):
+            raise TypeError(f"video_processor must be a FoveatedVLMVideoProcessor, got {type(argument).__name__}")
+        return FoveatedVLMVideoProcessor
 
     @classmethod
     def _load_tokenizer_from_pretrained(cls, sub_processor_type, pretrained_model_name_or_path, **kwargs):
@@ -166,58 +161,29 @@ class FoveatedVLMProcessor(ProcessorMixin):
             sub_processor_type, pretrained_model_name_or_path, **kwargs
         )
 
-    # ------------------------------------------------------------------------------------------ frames
-    def preprocess_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[T, H, W, 3]`` in [0, 1] (or uint8) -> normalised pixels ``[T, 3, S, S]`` and resized frames in [0, 1].
+    # ------------------------------------------------------------------------------------------ video settings
+    @property
+    def image_size(self) -> int:
+        """Side of the square frames the encoder reads (the video processor's)."""
+        return self.video_processor.image_size
 
-        Runs on the frames' device: decoded uint8 frames moved to a GPU are resized and normalised there.
-        """
-        if frames.dtype == torch.uint8:
-            frames = frames.float() / 255.0
-        elif not frames.is_floating_point():
-            raise ValueError(f"frames must be uint8 or float in [0, 1], got dtype {frames.dtype}")
-        resized = resize_frames(frames, self.image_size)
-        mean = torch.tensor(self.image_mean, dtype=resized.dtype, device=resized.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std, dtype=resized.dtype, device=resized.device).view(1, 3, 1, 1)
-        return (resized - mean) / std, resized
+    @property
+    def num_frames(self) -> int | None:
+        """Default frame count of encoded videos (the video processor's)."""
+        return self.video_processor.num_frames
 
-    def downsampled_targets(self, resized: torch.Tensor) -> torch.Tensor:
-        """Area-downsampled frames in [-1, 1]: ``[T, 3, S, S]`` in [0, 1] -> ``[T, 3, S/f, S/f]``."""
-        return F.avg_pool2d(resized * 2 - 1, self.target_downsample)
+    @num_frames.setter
+    def num_frames(self, value: int | None) -> None:
+        self.video_processor.num_frames = value
 
-    def motion_targets(self, resized: torch.Tensor) -> torch.Tensor:
-        """Motion targets: ``[T, 3, S, S]`` in [0, 1] -> ``[T, 2, S/f, S/f]`` displacement (x, y) of each target
-        cell's content since the previous frame, in target cells (zero for the first frame)."""
-        return block_motion(resized.mean(1), self.target_downsample, self.motion_search_radius)
+    @property
+    def fps(self) -> float | None:
+        """Default frame rate of encoded videos (the video processor's)."""
+        return self.video_processor.fps
 
-    def frame_targets(self, resized: torch.Tensor, vae=None) -> torch.Tensor:
-        """The prediction targets of one clip's resized frames ``[T, 3, S, S]``: VAE latents when ``vae`` is given,
-        else per ``target_source``."""
-        if vae is not None:
-            return self.vae_targets(resized, vae)
-        if self.target_source == "motion":
-            return self.motion_targets(resized)
-        return self.downsampled_targets(resized)
-
-    @torch.no_grad()
-    def vae_targets(self, resized: torch.Tensor, vae, batch_size: int = 16) -> torch.Tensor:
-        """SD-VAE latents ``latent_dist.mean * scaling_factor`` of ``[T, 3, S, S]`` frames in [0, 1]."""
-        parameter = next(vae.parameters())
-        latents = []
-        for chunk in resized.split(batch_size):
-            pixels = (chunk * 2 - 1).to(device=parameter.device, dtype=parameter.dtype)
-            latents.append(vae.encode(pixels).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
-        return torch.cat(latents)
-
-    def postprocess_targets(self, targets: torch.Tensor, vae=None) -> torch.Tensor:
-        """Targets ``[..., C, h, w]`` back to images in [0, 1] ``[..., 3, H', W']`` (VAE decode if given)."""
-        if vae is None:
-            return ((targets + 1) / 2).clamp(0, 1)
-        parameter = next(vae.parameters())
-        flat = targets.reshape(-1, *targets.shape[-3:]).to(device=parameter.device, dtype=parameter.dtype)
-        with torch.no_grad():
-            images = vae.decode(flat / vae.config.scaling_factor).sample.float().cpu()
-        return ((images + 1) / 2).clamp(0, 1).reshape(*targets.shape[:-3], *images.shape[-3:])
+    @fps.setter
+    def fps(self, value: float | None) -> None:
+        self.video_processor.fps = value
 
     # ------------------------------------------------------------------------------------------ text
     def video_block(self, num_frames: int) -> str:
@@ -318,13 +284,18 @@ class FoveatedVLMProcessor(ProcessorMixin):
         answers = self._as_text_list(captions, len(videos), "captions", default=None)
         check_prompt_text(prompts, "text")
         check_prompt_text(answers, "captions", allow_none=True)
-        pixels, resized = zip(*(self.prepare_video(video, num_frames, fps) for video in videos))
-        samples = [self._tokenize_sample(p, len(clip), a) for p, clip, a in zip(prompts, pixels, answers)]
+        frames = self.video_processor(
+            videos,
+            num_frames=num_frames,
+            fps=fps,
+            return_targets=return_targets,
+            prediction_targets=prediction_targets,
+            vae=vae,
+        )
+        lengths = frames["video_frame_mask"].sum(1).tolist()
+        samples = [self._tokenize_sample(p, n, a) for p, n, a in zip(prompts, lengths, answers)]
         batch = self._pad_text(samples, with_labels=captions is not None)
-        batch["pixel_values_videos"], batch["video_frame_mask"] = self._pad_frames(list(pixels))
-        targets = self._targets(resized, return_targets, prediction_targets, vae)
-        if targets is not None:
-            batch["prediction_targets"], _ = self._pad_frames(targets)
+        batch.update(frames)
         if return_video_layout:
             batch["video_layout"] = VideoLayout.from_inputs(
                 batch["input_ids"],
@@ -336,20 +307,6 @@ class FoveatedVLMProcessor(ProcessorMixin):
                 caption_bucket,
             )
         return BatchFeature(batch, tensor_type=None)
-
-    def prepare_video(
-        self, video, num_frames: int | None = None, fps: float | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One video (any kind ``video_foveated`` reads) -> normalised pixels and resized frames ``[T, 3, S, S]``.
-
-        Encoded videos with neither ``num_frames`` nor ``fps`` follow the processor's own sampling.
-        """
-        if is_encoded_video(video) and num_frames is None and fps is None:
-            num_frames, fps = self.num_frames, self.fps
-        runs = [self.preprocess_frames(run) for run in video_to_frames(video, num_frames=num_frames, fps=fps)]
-        if len(runs) == 1:
-            return runs[0]
-        return torch.cat([pixels for pixels, _ in runs]), torch.cat([resized for _, resized in runs])
 
     @staticmethod
     def _as_text_list(text, count: int, name: str, default) -> list:
@@ -364,25 +321,6 @@ class FoveatedVLMProcessor(ProcessorMixin):
         if len(texts) != count:
             raise ValueError(f"got {len(texts)} {name} for {count} videos: give one per video")
         return texts
-
-    def _targets(self, resized, return_targets: bool, precomputed, vae) -> list[torch.Tensor] | None:
-        if precomputed is not None:
-            targets = (
-                [precomputed]
-                if isinstance(precomputed, torch.Tensor) and precomputed.dim() == 4
-                else precomputed
-            )
-            if len(targets) != len(resized):
-                raise ValueError(f"got prediction_targets for {len(targets)} videos, expected {len(resized)}")
-            for target, clip in zip(targets, resized):
-                if target.shape[0] != clip.shape[0]:
-                    raise ValueError(
-                        f"prediction_targets have {target.shape[0]} frames, the video {clip.shape[0]}"
-                    )
-            return [torch.as_tensor(t).float() for t in targets]
-        if not return_targets:
-            return None
-        return [self.frame_targets(clip, vae) for clip in resized]
 
     def _pad_text(
         self, samples: list[tuple[list[int], list[int]]], with_labels: bool
@@ -401,17 +339,6 @@ class FoveatedVLMProcessor(ProcessorMixin):
         if with_labels:
             batch["labels"] = labels
         return batch
-
-    @staticmethod
-    def _pad_frames(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stack ``[T_i, ...]`` clips into ``[B, T, ...]`` (zero-padded at the end) and a ``[B, T]`` mask."""
-        longest = max(clip.shape[0] for clip in clips)
-        padded = clips[0].new_zeros((len(clips), longest, *clips[0].shape[1:]))
-        mask = torch.zeros((len(clips), longest), dtype=torch.bool)
-        for row, clip in enumerate(clips):
-            padded[row, : clip.shape[0]] = clip
-            mask[row, : clip.shape[0]] = True
-        return padded, mask
 
     def batch_decode(self, *args, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -437,34 +364,6 @@ class FoveatedVLMProcessor(ProcessorMixin):
         ]
 
 
-def block_motion(grey: torch.Tensor, block: int, radius: int) -> torch.Tensor:
-    """Block-matching motion of grey frames ``[T, S, S]``: ``[T, 2, S/block, S/block]`` (x, y), in blocks.
-
-    Each ``block x block`` cell of frame t is matched against the previous frame shifted by every displacement
-    up to ``radius`` pixels per axis (mean absolute difference, plus ``MOTION_ZERO_PREFERENCE`` per pixel of
-    displacement so that flat regions read as still); the best displacement, divided by ``block``, is the cell's
-    motion. Frame 1 has none. Works on any video, with no object annotations.
-    """
-    count, height, width = grey.shape
-    motion = grey.new_zeros(count, 2, height // block, width // block)
-    if count < 2:
-        return motion
-    previous = F.pad(grey[:-1].unsqueeze(1), (radius,) * 4, mode="replicate").squeeze(1)  # (T-1, S+2r, S+2r)
-    current = grey[1:]
-    best_cost = torch.full_like(motion[1:, 0], float("inf"))  # (T-1, h, w)
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            # content now at (y, x) was at (y - dy, x - dx) in the previous frame
-            source = previous[:, radius - dy : radius - dy + height, radius - dx : radius - dx + width]
-            difference = (current - source).abs().unsqueeze(1)  # (T-1, 1, S, S)
-            cost = F.avg_pool2d(difference, block).squeeze(1) + MOTION_ZERO_PREFERENCE * (abs(dx) + abs(dy))
-            better = cost < best_cost
-            best_cost = torch.where(better, cost, best_cost)
-            motion[1:, 0] = torch.where(better, dx / block, motion[1:, 0])
-            motion[1:, 1] = torch.where(better, dy / block, motion[1:, 1])
-    return motion
-
-
-__all__ = ["FoveatedVLMProcessor", "add_video_tokens", "block_motion", "check_prompt_text"]
+__all__ = ["FoveatedVLMProcessor", "add_video_tokens", "check_prompt_text"]
 
 FoveatedVLMProcessor.register_for_auto_class()

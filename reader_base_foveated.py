@@ -6,25 +6,23 @@ static plan of pass 1 and the initial plan of frame 1 are learned parameters of 
 frame's visual tokens and where it looked. Every reader is a config choice (``config.frame_reader``); everything
 else (processor, LLM, two-pass planning, losses, generate, streaming, Hub loading) is shared.
 
-A reader declares (class methods of :class:`FrameReader`, read by the config):
+A reader's knobs are its config (``reader_config_foveated``: a :class:`ReaderConfig` subclass per reader, which
+also gives the plan width and the tokens of one plan); its module reads them as ``self.settings``. The module
+declares (class attributes of :class:`FrameReader`):
 
-* ``plan_width(config)``: the width W of one plan (``config.query_dim`` for query plans, 2 for a fixation);
-* ``tokens_per_plan(config)``: visual tokens one plan gives (a frame read by k plans gives ``k * tokens_per_plan``;
-  ``multi_query_output="mean"`` averages them into one LLM token);
 * ``plan_is_query``: the model maps query plans to encoder width (``fovea_query_input_projection``) before ``read``;
 * ``needs_pixels``: ``encode_frames`` then keeps the frames in ``PatchCache.pixels``;
 * ``fuses_plans``: stacking plans ``[N, k, W]`` reads them as k independent reads (the streaming fast path then
   reads the static and the planned plan of a frame in one call);
 * ``needs_frame_caption_losses``: with labels, the model puts each frame's clip's fine caption loss in
   ``output.caption_loss_frames [N]`` before calling ``auxiliary_loss`` (a per-clip reward, e.g. REINFORCE);
-* ``validate(config)``: a ``ValueError`` naming any bad knob of the reader.
 
 and implements ``read(inputs, cache, encoder, patch_bias) -> FrameReading(visual, attention)``. Attention is a full
 distribution over ``[CLS, registers, patches, own key]`` (``S + 1`` entries, sums to 1): for readers that do not
 attend it is where the reader looked (its sampling weights on the patch grid; the prefix 0; mass that fell outside
 the frame on the last, "own key", entry: ``self.full_distribution``), so ``split_attention``, ``glimpse_location``, the attention metrics, the
 attention supervision loss and the probes work for every reader unchanged. A reader may add an auxiliary loss term
-(``auxiliary_loss``, weighted by ``config.reader_loss_weight``) from the extras its fine-pass reading carries, and
+(``auxiliary_loss``, weighted by its ``auxiliary_loss_weight``) from the extras its fine-pass reading carries, and
 may replace the attention supervision by its own (``box_loss``: fixation readers, whose coverage has no gradient
 while a window misses the box).
 
@@ -85,34 +83,15 @@ class FrameReader(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.num_prefix_tokens = 1 + config.vision_config.num_register_tokens
+        self.settings = config.reader_settings
 
-    @classmethod
-    def plan_width(cls, config) -> int:
-        """Width W of one plan (what the plan head predicts per plan)."""
-        return config.query_dim
-
-    @classmethod
-    def tokens_per_plan(cls, config) -> int:
-        """Visual tokens one plan reads from a frame."""
-        return 1
-
-    @classmethod
-    def validate(cls, config) -> None:
-        """Raise a ``ValueError`` naming a bad knob of this reader (called by the config)."""
+    @property
+    def auxiliary_loss_weight(self) -> float:
+        """Weight of :meth:`auxiliary_loss` in the model's total loss (1 unless the reader's config sets one)."""
+        return 1.0
 
     def init_learned_parameters(self) -> None:
         """Initialise the reader's own ``nn.Parameter`` s (its Linear layers are initialised by the model)."""
-
-    @staticmethod
-    def check_knobs(config, checks: dict[str, tuple[bool, str]]) -> None:
-        """``{knob: (ok, what it must be)}`` -> a ``ValueError`` naming the first bad knob, its value and the reader
-        (what ``validate`` raises)."""
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise ValueError(
-                    f"FoveatedVLMConfig.{name} must be {expected} for frame_reader={config.frame_reader!r}, "
-                    f"got {getattr(config, name)!r}"
-                )
 
     # ------------------------------------------------------------------------------ helpers of the readers
     @staticmethod

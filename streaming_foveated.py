@@ -59,17 +59,20 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
 try:
+    from .configuration_foveated import INFERENCE_MODES
     from .layout_foveated import COARSE, FINE, check_pixel_values
     from .processing_foveated import VIDEO_START_TOKEN, check_prompt_text
     from .streaming_static_foveated import DynamicState, SharedBuffers, StaticDecoder, StaticStepper
 except ImportError:  # imported as a top-level module from a checkout of the repository
+    from configuration_foveated import INFERENCE_MODES
     from layout_foveated import COARSE, FINE, check_pixel_values
     from processing_foveated import VIDEO_START_TOKEN, check_prompt_text
     from streaming_static_foveated import DynamicState, SharedBuffers, StaticDecoder, StaticStepper
 
 DEFAULT_CHUNK_FRAMES = 128  # frames per encoder pass in extend(): bounds the patch K/V held at once
 DEFAULT_MAX_NEW_TOKENS = 64
-INFERENCE_MODES = {"two_pass": (COARSE, FINE), "coarse": (COARSE,)}
+PASSES_OF_MODE = {"two_pass": (COARSE, FINE), "coarse": (COARSE,)}
+"""The passes each ``inference_mode`` (``configuration_foveated.INFERENCE_MODES``) streams."""
 
 
 @dataclass
@@ -208,7 +211,7 @@ class FoveatedStream:
             )
         mode = inference_mode or config.inference_mode
         if mode not in INFERENCE_MODES:
-            raise ValueError(f"inference_mode must be one of {sorted(INFERENCE_MODES)}, got {mode!r}")
+            raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {mode!r}")
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
         if max_frames is None and (cuda_graph or torch_compile):
@@ -218,7 +221,7 @@ class FoveatedStream:
         if cuda_graph and model.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {model.device}")
         self.model = model
-        self.modes = INFERENCE_MODES[mode]
+        self.modes = PASSES_OF_MODE[mode]
         self.chunk_frames = chunk_frames
         device = model.device
         input_ids = torch.as_tensor(input_ids, device=device)
@@ -369,7 +372,7 @@ class FoveatedStream:
         ):  # frame 1's query reads the prompt
             self.next_queries.copy_(self.model.model.next_queries(hidden[COARSE]))
         initial = self.model.fovea_initial_target.unsqueeze(0).expand(self.batch_size, -1, -1, -1)
-        return self._predict(hidden[self.reading_mode], initial, self.next_queries)
+        return self._predict(hidden[self.reading_mode], initial)
 
     # ------------------------------------------------------------------------------------------ frames
     def step(
@@ -528,7 +531,7 @@ class FoveatedStream:
         }
         if targets is not None:
             current = targets.to(device)[valid]  # (M, C, h, w)
-            outputs["predictions"] = self._predict(hidden, current, next_queries)
+            outputs["predictions"] = self._predict(hidden, current)
         scattered = {name: _scatter(value, valid) for name, value in outputs.items()}  # (B, c, ...)
         return {**scattered, "frame_mask": valid}
 
@@ -541,13 +544,9 @@ class FoveatedStream:
         embeds = states.embed_sequence(ids, visual_tokens, mode)
         return states.run_language_model(embeds, mask, positions, cache, use_cache=True).last_hidden_state
 
-    def _predict(self, hidden: torch.Tensor, current: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """Next target from reading-stream states ``[M, H]``, current targets ``[M, C, h, w]``, queries ``[M, Q]``."""
-        model = self.model
-        head = model.fovea_prediction_head
-        if self.reading_mode == COARSE:
-            head = model.fovea_coarse_prediction_head or head
-        return model.predict_next_targets(head, hidden, current, queries)
+    def _predict(self, hidden: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """Next target from reading-stream states ``[M, H]`` and current targets ``[M, C, h, w]``."""
+        return self.model.predict_next_targets(hidden, current)
 
     # ------------------------------------------------------------------------------------------ caption
     @torch.no_grad()

@@ -49,8 +49,8 @@ class SharedBuffers:
     num_frames: torch.Tensor
 
 
-Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(reading states [B, H], current targets [B, C, h, w], next queries [B, Q]) -> next targets [B, C, h, w]``."""
+Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(reading states [B, H], current targets [B, C, h, w]) -> next targets [B, C, h, w]``."""
 
 
 class StaticStepper:
@@ -259,7 +259,7 @@ class StaticStepper:
         values["attention"] = states.split_attention(values["attention"])[0]  # (B, P)
         values["attention_coarse"] = states.split_attention(attention_coarse)[0]  # (B, P)
         if with_targets:
-            values["predictions"] = self.predict(values["hidden"], self.target, planned)
+            values["predictions"] = self.predict(values["hidden"], self.target)
         del values["hidden"]
         values = {
             name: torch.where(

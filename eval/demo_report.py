@@ -67,8 +67,9 @@ def reader_attention(model, processor, items: list[dict[str, Any]], reader: str)
     from eval.probes import prepare_batch, reader_call
 
     batch = prepare_batch(model, processor, items, list(range(len(items))))
-    inputs, _, kwargs, mode = reader_call(reader, model, batch)
-    output = model(**inputs, **kwargs, inference_mode=mode)
+    inputs, _, probe, mode = reader_call(reader, model, batch)
+    with model.probe_reading(**probe):
+        output = model(**inputs, inference_mode=mode)
     attention = output.attention_coarse if reader == "static" else output.attention_fine
     grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
     return [m.numpy() for m in attention.float().cpu().reshape(-1, grid, grid).split(batch.lengths)]

@@ -209,7 +209,7 @@ def plot_grid(rows: dict[str, list[np.ndarray]], title: str, path: Path) -> None
 
 def attention_images(item: dict[str, Any], outputs: ClipOutputs, processor, patch_size: int):
     """Per-frame rows (frame with target box, static overlay, dynamic overlay) at display size."""
-    frames_resized = _to_uint8(processor.preprocess_frames(torch.as_tensor(item["frames"]).float() / 255)[1])
+    frames_resized = _to_uint8(processor.video_processor.preprocess_frames(torch.as_tensor(item["frames"]).float() / 255)[1])
     size = processor.image_size
     grid = size // patch_size
     scale = max(1, round(DISPLAY_SIDE / size))
@@ -249,7 +249,7 @@ def next_frame_images(outputs: ClipOutputs, model, processor, vae) -> dict[str, 
     rows = {}
     for label, targets in candidates.items():
         if targets is not None:
-            decoded = _to_uint8(processor.postprocess_targets(targets, vae).float().cpu())
+            decoded = _to_uint8(processor.video_processor.postprocess_targets(targets, vae).float().cpu())
             rows[label] = [_upscale(image, DISPLAY_SIDE) for image in decoded]
     return rows
 

@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     def decode(targets: torch.Tensor) -> torch.Tensor:
-        return processor.postprocess_targets(targets, context.vae).float().cpu()
+        return processor.video_processor.postprocess_targets(targets, context.vae).float().cpu()
 
     rows = []
     for item, outputs in forward_clips(context, args.inference_mode, args.batch_size, args.num_workers):

@@ -9,7 +9,7 @@ procedural clips, several *readers* of the fine pass. Readers:
 * ``static``: the static-query reading of the same weights (``inference_mode="coarse"``; its losses are the
   coarse pass's and its attention the static query's).
 * ``random``: Gaussian queries of std ``config.query_init_std`` (seeded per clip) for every frame.
-* ``centre``: the planned queries, confined (``fine_patch_bias``) to the patches nearest the frame's centre,
+* ``centre``: the planned queries, confined (``probe_reading(patch_bias=...)``) to the patches nearest the frame's centre,
   as many as the target box covers in that frame (at least one).
 * ``shuffled``: the planned queries of each video permuted in time (a seeded derangement per clip).
 * ``oracle``: the planned queries, confined to the patches the target box covers (no confinement in frames
@@ -246,31 +246,31 @@ def planned_queries(model, batch: ProbeBatch) -> torch.Tensor:
 
 
 def reader_call(reader: str, model, batch: ProbeBatch, seed: int = 0):
-    """How ``reader`` reads ``batch``: ``(forward inputs, generate inputs, probe kwargs, inference mode)``.
+    """How ``reader`` reads ``batch``: ``(forward inputs, generate inputs, probe, inference mode)``.
 
-    ``model(**inputs, **kwargs, inference_mode=mode)`` is its teacher-forced forward;
-    ``model.generate(**generate_inputs, **kwargs)`` (with ``mode`` as the default mode) its captions.
+    ``with model.probe_reading(**probe): model(**inputs, inference_mode=mode)`` is its teacher-forced forward, and
+    ``model.generate(**generate_inputs)`` in the same block (with ``mode`` as the default mode) its captions.
     """
-    inputs, generate, kwargs, mode = batch.inputs, batch.generate_inputs, {}, "two_pass"
+    inputs, generate, probe, mode = batch.inputs, batch.generate_inputs, {}, "two_pass"
     device = model.device
     if reader == "static":
         mode = "coarse"
     elif reader == "random":
         shape = model.fovea_static_query.shape
         queries = random_queries(batch.lengths, batch.clip_indices, seed, shape, model.config.query_init_std)
-        kwargs["fine_queries"] = queries.to(device=device, dtype=model.fovea_static_query.dtype)
+        probe["queries"] = queries.to(device=device, dtype=model.fovea_static_query.dtype)
     elif reader == "centre":
-        kwargs["fine_patch_bias"] = centre_bias(batch.coverage).to(device)
+        probe["patch_bias"] = centre_bias(batch.coverage).to(device)
     elif reader == "shuffled":
         order = shuffled_order(batch.lengths, batch.clip_indices, seed).to(device)
-        kwargs["fine_queries"] = planned_queries(model, batch).index_select(0, order)
+        probe["queries"] = planned_queries(model, batch).index_select(0, order)
     elif reader == "oracle":
-        kwargs["fine_patch_bias"] = oracle_bias(batch.coverage).to(device)
+        probe["patch_bias"] = oracle_bias(batch.coverage).to(device)
     elif reader == "blank":
         inputs, generate = blank_inputs(inputs), blank_inputs(generate)
     elif reader != "dynamic":
         raise ValueError(f"unknown reader {reader!r}; readers: {READERS}")
-    return inputs, generate, kwargs, mode
+    return inputs, generate, probe, mode
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -359,12 +359,13 @@ def probe_batch(model, processor, batch: ProbeBatch, readers, max_new_tokens: in
     results: list[dict[str, dict[str, Any]]] = [{} for _ in batch.items]
     keep = _caption_logits_to_keep(batch.inputs["labels"])
     for reader in readers:
-        inputs, generate, kwargs, mode = reader_call(reader, model, batch, seed)
-        output = model(**inputs, **kwargs, inference_mode=mode, logits_to_keep=keep)
+        inputs, generate, probe, mode = reader_call(reader, model, batch, seed)
+        with model.probe_reading(**probe):
+            output = model(**inputs, inference_mode=mode, logits_to_keep=keep)
+            with default_inference_mode(model, mode):
+                tokens = model.generate(**generate, max_new_tokens=max_new_tokens, do_sample=False)
         if reader == "dynamic":
             batch.planned = output.queries
-        with default_inference_mode(model, mode):
-            tokens = model.generate(**generate, **kwargs, max_new_tokens=max_new_tokens, do_sample=False)
         texts = processor.decode_generated(tokens, generate)
         for row, (item, text, values) in enumerate(
             zip(batch.items, texts, _clip_values(output, batch, reader), strict=True)

@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+import studies.readers  # noqa: F401  (registers the study readers that READER_ARMS builds)
 from foveated_vlm.tiny import tiny_config, tiny_processor
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 from streaming_foveated import stream_prompt_inputs

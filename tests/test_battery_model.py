@@ -115,7 +115,7 @@ MODEL_CASES = [
     Case(
         "inference-mode-unknown",
         _forward(inference_mode="fast"),
-        "inference_mode must be 'two_pass' or 'coarse'",
+        "inference_mode must be one of",
     ),
     Case(
         "labels-supervise-nothing",

@@ -57,7 +57,7 @@ def _same_model(loaded, model, random_video, processor) -> None:
     "overrides",
     [
         {},
-        {"separate_prediction_heads": True, "glimpse_location": True},
+        {"glimpse_location": True, "frame_reader": "cascade"},
         {"foveation_mode": "dense", "dense_tokens_per_frame": 4},
     ],
 )

@@ -1,4 +1,4 @@
-"""The fixation readers (fixation_readers_foveated.py): windows, crops, coverage, probes' gates, REINFORCE, the
+"""The fixation study readers (studies/readers/fixation.py): windows, crops, coverage, probes' gates, REINFORCE, the
 glimpse budget, every knob (shapes, gradients and padding of every reader: tests/test_reader_integration.py)."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fixation_readers_foveated as fixation
+import studies.readers.fixation as fixation
 from configuration_foveated import FoveatedVLMConfig
-from fixation_readers_foveated import FIXATION_READERS, crop_windows, fixation_windows, window_coverage
 from readers_foveated import FRAME_READERS
+from studies.readers.fixation import STUDY_FIXATION_READERS, crop_windows, fixation_windows, window_coverage
 
 from .builders import (
     FIXATION_ARMS,
@@ -42,8 +42,8 @@ def _fixation(x: float, y: float, scale: float) -> torch.Tensor:
 
 
 def test_every_fixation_reader_is_registered_and_tested():
-    assert {overrides["frame_reader"] for _, overrides in FIXATION_ARMS} == set(FIXATION_READERS)
-    for name, reader in FIXATION_READERS.items():
+    assert {overrides["frame_reader"] for _, overrides in FIXATION_ARMS} == set(STUDY_FIXATION_READERS)
+    for name, (reader, _) in STUDY_FIXATION_READERS.items():
         assert FRAME_READERS[name] is reader and reader.needs_pixels and not reader.plan_is_query
 
 
@@ -140,7 +140,7 @@ def test_the_policy_box_loss_is_minus_log_the_policys_mass_on_the_boxs_cells():
     assert gradient[0, 0, 0] < 0 and (gradient[0, 0, 1:] > 0).all(), "descending it raises the box's cell"
 
 
-@pytest.mark.parametrize("reader", sorted(FIXATION_READERS))
+@pytest.mark.parametrize("reader", sorted(STUDY_FIXATION_READERS))
 @pytest.mark.parametrize("box_loss", ["gaussian", "coverage"])
 def test_fixation_box_loss_picks_the_readers_supervision(build, reader, box_loss):
     model, processor = build(
@@ -223,7 +223,7 @@ def test_a_probes_patch_bias_gates_the_pixels_the_coverage_and_the_periphery(bui
 )
 def test_bad_knobs_raise_naming_the_knob(overrides, field):
     overrides = {"frame_reader": "dual_stream", **overrides}
-    with pytest.raises(ValueError, match=f"FoveatedVLMConfig.{field} must be"):
+    with pytest.raises(ValueError, match=rf"reader_config\['{field}'\] must be"):
         FoveatedVLMConfig(**overrides)
 
 
@@ -232,7 +232,7 @@ def test_the_knobs_round_trip_through_the_config_dict():
         frame_reader="adaptive_fixation", glimpse_budget_levels=(1, 3), glimpse_cost=0.5
     )
     again = FoveatedVLMConfig(**config.to_dict())
-    assert again.to_dict() == config.to_dict() and again.glimpse_budget_levels == [1, 3]
+    assert again.to_dict() == config.to_dict() and again.reader_settings.glimpse_budget_levels == [1, 3]
 
 
 def test_fixation_crop_size_is_the_side_the_vit_reads(build, monkeypatch):
@@ -474,7 +474,7 @@ def test_a_bandit_moves_the_policy_to_the_rewarded_cell(build):
 
 def _budget_plans(config, level: int) -> torch.Tensor:
     """Plans of two frames whose level logits pick ``glimpse_budget_levels[level]``."""
-    levels = len(config.glimpse_budget_levels)
+    levels = len(config.reader_settings.glimpse_budget_levels)
     plans = torch.randn(2, config.plan_dim)
     plans[:, -levels:] = -FAR
     plans[:, config.plan_dim - levels + level] = FAR
@@ -492,7 +492,7 @@ def test_the_chosen_budget_reads_that_many_glimpses_and_fills_the_rest(build, le
         model.model.fovea_reader.fovea_no_glimpse.fill_(7.0)
     reading = _read(model, _budget_plans(config, level))
     visual, attention = reading
-    used = config.glimpse_budget_levels[level]
+    used = config.reader_settings.glimpse_budget_levels[level]
     assert (visual[:, used:] == 7.0).all() and not (visual[:, :used] == 7.0).any()
     assert (attention[:, used:, -1] == 1.0).all(), "an unused slot looked nowhere"
     assert (reading.extras["glimpses"] == used).all() and reading.extras["mean_glimpses"] == used
@@ -518,7 +518,7 @@ def test_the_budget_is_straight_through_and_costs_glimpse_cost_per_glimpse(build
     assert temperatures and set(temperatures) == {0.3}
     torch.testing.assert_close(out.loss_reader, 0.5 * out.reader_extras["glimpses"].mean())
     out.loss_reader.backward()
-    levels = len(model.config.glimpse_budget_levels)
+    levels = len(model.config.reader_settings.glimpse_budget_levels)
     grad = model.model.fovea_query_head.weight.grad
     assert grad[-levels:].abs().sum() > 0, (
         "the cost reaches the level logits through the straight-through choice"

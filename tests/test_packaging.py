@@ -102,3 +102,24 @@ def test_the_data_package_imports_nothing_of_training():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[]"
+
+
+CORE_DEPENDENCIES = {"torch", "transformers", "numpy", "pillow"}
+"""What installing the package alone brings: the Hub files' needs, plus arrays and images."""
+EXTRAS = {"video", "train", "eval", "gguf", "metrics", "dev", "all"}
+
+
+def test_core_dependencies_are_the_model_s_and_the_rest_are_extras():
+    """Training, evaluation and decoding packages are extras (``pip install foveated-vlm[train]``); the README's
+    set-up installs ``all`` of them."""
+    import re
+
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=\[; ]", requirement)[0].lower() for requirement in project["dependencies"]}
+    assert names == CORE_DEPENDENCIES
+    assert set(project["optional-dependencies"]) == EXTRAS
+    bundled = project["optional-dependencies"]["all"][0]
+    assert all(extra in bundled for extra in EXTRAS - {"all"})
+    assert ".[all]" in (REPO / "scripts" / "setup.sh").read_text()

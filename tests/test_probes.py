@@ -60,9 +60,9 @@ def _batch(model, processor, clips, count=3):
 
 
 def _forward(model, batch, reader, seed=0):
-    inputs, generate, kwargs, mode = probes.reader_call(reader, model, batch, seed)
-    with torch.no_grad():
-        return model(**inputs, **kwargs, inference_mode=mode), kwargs, inputs, generate, mode
+    inputs, generate, probe, mode = probes.reader_call(reader, model, batch, seed)
+    with torch.no_grad(), model.probe_reading(**probe):
+        return model(**inputs, inference_mode=mode), probe, inputs, generate, mode
 
 
 # ----------------------------------------------------------------------------------------------- readers
@@ -81,12 +81,12 @@ def test_random_reader_reads_with_seeded_gaussian_queries(make_model, clips):
     batch = _batch(model, processor, clips)
     dynamic, *_ = _forward(model, batch, "dynamic")
     out, kwargs, *_ = _forward(model, batch, "random")
-    queries = kwargs["fine_queries"]
+    queries = kwargs["queries"]
     torch.testing.assert_close(out.queries, queries)
     assert queries.shape == dynamic.queries.shape and not torch.allclose(queries, dynamic.queries)
     assert not torch.allclose(out.loss_fine, dynamic.loss_fine)
-    again = probes.reader_call("random", model, batch, 0)[2]["fine_queries"]
-    other = probes.reader_call("random", model, batch, 1)[2]["fine_queries"]
+    again = probes.reader_call("random", model, batch, 0)[2]["queries"]
+    other = probes.reader_call("random", model, batch, 1)[2]["queries"]
     assert torch.equal(queries, again) and not torch.allclose(queries, other)
     per_clip = probes.random_queries([2, 2], [0, 1], 0, (8,), 1.0)
     assert not torch.allclose(per_clip[:2], per_clip[2:]), "each clip draws its own queries"
@@ -104,7 +104,7 @@ def test_shuffled_reader_permutes_the_planned_queries_within_each_video(make_mod
     assert torch.equal(video[order], video), "frames stay in their own video"
     assert (order != torch.arange(len(order))).all(), "no frame keeps its own query"
     assert torch.equal(order.sort().values, torch.arange(len(order)))
-    torch.testing.assert_close(kwargs["fine_queries"], dynamic.queries[order])
+    torch.testing.assert_close(kwargs["queries"], dynamic.queries[order])
     torch.testing.assert_close(out.queries, dynamic.queries[order])
     assert not torch.allclose(out.loss_fine, dynamic.loss_fine)
     rng = np.random.default_rng(0)
@@ -116,7 +116,7 @@ def test_centre_reader_reads_only_a_centred_region_of_the_boxs_size(make_model, 
     model, processor = make_model()
     batch = _batch(model, processor, clips)
     out, kwargs, *_ = _forward(model, batch, "centre")
-    region = kwargs["fine_patch_bias"] == 0
+    region = kwargs["patch_bias"] == 0
     assert torch.equal(region.sum(-1), (batch.coverage > 0).sum(-1).clamp_min(1))
     assert torch.equal(out.attention_fine[~region], torch.zeros(int((~region).sum())))
     assert (out.attention_fine.sum(-1) > 0).all()
@@ -137,7 +137,7 @@ def test_oracle_reader_puts_all_patch_mass_in_the_box(make_model, clips):
     assert torch.equal(out.attention_fine[outside], torch.zeros(int(outside.sum())))
     mass = (out.attention_fine * covered).sum(-1)[in_view]
     torch.testing.assert_close(mass, 1 - out.attention_prefix_fine.sum(-1)[in_view])  # ~1 up to prefix mass
-    assert (kwargs["fine_patch_bias"][~in_view] == 0).all(), "no confinement where the target is out of view"
+    assert (kwargs["patch_bias"][~in_view] == 0).all(), "no confinement where the target is out of view"
 
 
 def test_blank_reader_reads_constant_frames(make_model, clips):

@@ -47,8 +47,8 @@ def test_frames_are_resized_normalised_and_padded(processor, random_video):
     assert batch["prediction_targets"].shape == (2, 4, 3, 4, 4)
     assert batch["pixel_values_videos"][1, 2:].abs().sum() == 0
     assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][:, -1].all(), "left padding"
-    mean = torch.tensor(processor.image_mean).view(3, 1, 1)
-    std = torch.tensor(processor.image_std).view(3, 1, 1)
+    mean = torch.tensor(processor.video_processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(processor.video_processor.image_std).view(3, 1, 1)
     frame = torch.from_numpy(random_video(2, 32, 32)[0]).permute(2, 0, 1).float() / 255
     torch.testing.assert_close(batch["pixel_values_videos"][1, 0], (frame - mean) / std)
 
@@ -56,14 +56,14 @@ def test_frames_are_resized_normalised_and_padded(processor, random_video):
 def test_preprocess_frames_takes_uint8_and_stays_on_the_frames_device(processor, random_video):
     """Decoded uint8 frames are normalised where they live (mean/std follow the device), like float frames."""
     video = torch.from_numpy(random_video(3, 40, 56))
-    pixels, resized = processor.preprocess_frames(video)
-    expected, expected_resized = processor.preprocess_frames(video.float() / 255.0)
+    pixels, resized = processor.video_processor.preprocess_frames(video)
+    expected, expected_resized = processor.video_processor.preprocess_frames(video.float() / 255.0)
     torch.testing.assert_close(pixels, expected)
     torch.testing.assert_close(resized, expected_resized)
     assert pixels.shape == (3, 3, 32, 32) and pixels.dtype == torch.float32
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
-        on_device, _ = processor.preprocess_frames(video.to(device))
+        on_device, _ = processor.video_processor.preprocess_frames(video.to(device))
         assert on_device.device.type == device
         torch.testing.assert_close(on_device.cpu(), expected, rtol=1e-5, atol=1e-5)
 
@@ -71,10 +71,12 @@ def test_preprocess_frames_takes_uint8_and_stays_on_the_frames_device(processor,
 def test_downsampled_targets_are_area_means_in_minus_one_one(processor):
     frames = torch.zeros(1, 32, 32, 3)
     frames[:, :8, :8] = 1.0
-    targets = processor.downsampled_targets(resize_frames(frames, 32))
+    targets = processor.video_processor.downsampled_targets(resize_frames(frames, 32))
     assert targets.shape == (1, 3, 4, 4)
     assert targets[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0] and (targets[0, :, 1:, :] == -1).all()
-    torch.testing.assert_close(processor.postprocess_targets(targets)[0, :, 0, 0], torch.ones(3))
+    torch.testing.assert_close(
+        processor.video_processor.postprocess_targets(targets)[0, :, 0, 0], torch.ones(3)
+    )
 
 
 def test_resize_keeps_aspect_by_centre_crop():
@@ -203,7 +205,7 @@ def test_too_many_frames_says_how_many_fit(processor, random_video):
     "overrides",
     [
         {},
-        {"target_source": "motion", "target_channels": 2, "motion_search_radius": 3},
+        {"target_downsample": 4},
         {"text": {"max_position_embeddings": 64}},
     ],
 )
@@ -211,9 +213,44 @@ def test_the_processor_of_a_model_config_reads_its_frames_targets_and_context(to
     config = tiny_config(tokenizer, **overrides)
     processor = FoveatedVLMProcessor.from_model_config(tokenizer, config, system_prompt="You watch.")
     assert processor.image_size == config.vision_config.image_size
-    assert processor.target_downsample == config.target_downsample
-    assert processor.target_source == ("motion" if config.target_source == "motion" else "downsampled_frames")
-    assert processor.motion_search_radius == config.motion_search_radius
+    assert processor.video_processor.target_downsample == config.target_downsample
     assert processor.tokens_per_frame == config.tokens_per_frame
     assert processor.max_sequence_length == config.text_config.max_position_embeddings
     assert processor.system_prompt == "You watch."
+
+
+def test_the_video_processor_is_a_transformers_video_processor_saved_with_the_processor(tokenizer, tmp_path):
+    """The frames half is a ``BaseVideoProcessor`` of its own: it pads, masks and makes targets alone, and saving
+    the processor saves it (frame size, normalisation, target factor, sampling), so both load back equal."""
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    config = tiny_config(tokenizer)
+    processor = FoveatedVLMProcessor.from_model_config(tokenizer, config, num_frames=3)
+    video_processor = processor.video_processor
+    assert isinstance(video_processor, BaseVideoProcessor)
+    frames = video_processor(
+        [np.zeros((4, 20, 30, 3), np.uint8), np.zeros((2, 8, 8, 3), np.uint8)], return_targets=True
+    )
+    side = config.vision_config.image_size
+    assert frames["pixel_values_videos"].shape == (2, 4, 3, side, side)
+    assert frames["video_frame_mask"].sum(1).tolist() == [4, 2]
+    assert frames["prediction_targets"].shape[:2] == (2, 4)
+    processor.save_pretrained(tmp_path)
+    loaded = FoveatedVLMProcessor.from_pretrained(tmp_path)
+    assert loaded.video_processor.to_dict() == video_processor.to_dict()
+    assert loaded.num_frames == 3 and loaded.image_size == side
+
+
+def test_a_processor_saved_before_the_video_processor_loads_its_frame_settings(tokenizer, tmp_path):
+    """A processor saved by the code before the split kept image size, normalisation, target factor and sampling
+    in its own ``processor_config.json``: they become its video processor's."""
+    import json
+
+    FoveatedVLMProcessor.from_model_config(tokenizer, tiny_config(tokenizer)).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    saved.pop("video_processor", None)
+    legacy = {"image_size": 48, "image_mean": [0.5] * 3, "image_std": [0.25] * 3, "target_downsample": 4}
+    (tmp_path / "processor_config.json").write_text(json.dumps({**saved, **legacy, "num_frames": 6}))
+    loaded = FoveatedVLMProcessor.from_pretrained(tmp_path)
+    assert loaded.image_size == 48 and loaded.num_frames == 6
+    assert loaded.video_processor.image_mean == [0.5] * 3 and loaded.video_processor.target_downsample == 4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,11 +11,13 @@ from torch import nn
 from transformers import initialization as init
 from transformers.dynamic_module_utils import get_relative_imports
 
-import readers_foveated
+import reader_config_foveated
 from configuration_foveated import FoveatedVLMConfig
 from heads_foveated import clip_caption_losses
 from reader_base_foveated import FrameReader, FrameReading
+from reader_config_foveated import READER_CONFIGS, ReaderConfig
 from readers_foveated import FRAME_READERS, register_reader
+from spatial_readers_foveated import SPATIAL_READERS
 
 from .builders import caption_batch, caption_batch_row
 from .environments import REPO, hub_modules
@@ -23,6 +27,20 @@ CLIP_REWARD_READER = "test_clip_reward_reader"
 PIXEL_PLAN_WIDTH = 3
 PENALTY_WEIGHT = 0.25
 GAIN_INIT = 0.5
+
+
+@dataclass
+class PixelReaderConfig(ReaderConfig):
+    """The test reader's knobs: its plan width and the weight of its auxiliary loss."""
+
+    reader_loss_weight: float = 1.0
+    """Weight of the penalty (``loss_reader``)."""
+
+    def validate(self, config) -> None:
+        self.check(config.frame_reader, {"reader_loss_weight": (self.reader_loss_weight >= 0, ">= 0")})
+
+    def plan_width(self, config) -> int:
+        return PIXEL_PLAN_WIDTH
 
 
 class PixelReader(FrameReader):
@@ -39,9 +57,9 @@ class PixelReader(FrameReader):
     def init_learned_parameters(self) -> None:
         init.constant_(self.gain, GAIN_INIT)
 
-    @classmethod
-    def plan_width(cls, config) -> int:
-        return PIXEL_PLAN_WIDTH
+    @property
+    def auxiliary_loss_weight(self) -> float:
+        return self.settings.reader_loss_weight
 
     def read(self, inputs, cache, encoder, patch_bias=None) -> FrameReading:
         colour = cache.pixels.float().mean((2, 3))  # (N, 3)
@@ -67,10 +85,11 @@ class ClipRewardReader(PixelReader):
 
 @pytest.fixture(scope="module", autouse=True)
 def pixel_reader():
-    register_reader(PIXEL_READER, PixelReader)
-    register_reader(CLIP_REWARD_READER, ClipRewardReader)
+    register_reader(PIXEL_READER, PixelReader, PixelReaderConfig)
+    register_reader(CLIP_REWARD_READER, ClipRewardReader, PixelReaderConfig)
     yield
     del FRAME_READERS[PIXEL_READER], FRAME_READERS[CLIP_REWARD_READER]
+    del READER_CONFIGS[PIXEL_READER], READER_CONFIGS[CLIP_REWARD_READER]
 
 
 def test_the_default_reader_is_the_query_reader_with_the_same_state_dict(make_model):
@@ -90,8 +109,8 @@ def test_the_default_reader_is_the_query_reader_with_the_same_state_dict(make_mo
 def test_an_unknown_reader_is_refused_with_the_names():
     with pytest.raises(ValueError, match="frame_reader must be one of .*'query'"):
         FoveatedVLMConfig(frame_reader="nonsense")
-    with pytest.raises(ValueError, match="reader_loss_weight"):
-        FoveatedVLMConfig(reader_loss_weight=-1.0)
+    with pytest.raises(ValueError, match=r"reader_config\['reader_loss_weight'\] must be >= 0"):
+        FoveatedVLMConfig(frame_reader=PIXEL_READER, reader_config={"reader_loss_weight": -1.0})
 
 
 def test_register_reader_refuses_duplicates_and_non_readers():
@@ -99,6 +118,9 @@ def test_register_reader_refuses_duplicates_and_non_readers():
         register_reader("query", PixelReader)
     with pytest.raises(TypeError, match="FrameReader subclass"):
         register_reader("not_a_reader", nn.Linear)
+    with pytest.raises(TypeError, match="ReaderConfig subclass"):
+        register_reader("not_a_config", PixelReader, dict)
+    assert "not_a_reader" not in READER_CONFIGS and "not_a_config" not in FRAME_READERS
 
 
 def test_a_reader_declares_its_plan_width_pixels_and_auxiliary_loss(make_model):
@@ -174,10 +196,12 @@ def _closure(module: str) -> set[str]:
 
 
 def test_the_reader_files_import_only_reader_files_without_a_cycle():
-    """The config and the model import the registry; the readers never import them back (no cycle)."""
+    """The model imports the registry, the config only the readers' configs (plain configuration, no torch); the
+    readers never import the model or its config back (no cycle)."""
     readers = [module for module in hub_modules() if "reader" in module]
-    assert {"reader_base_foveated", "readers_foveated"} <= set(readers)
-    assert "readers_foveated" in _module_imports("configuration_foveated"), "the config asks the registry"
+    assert {"reader_base_foveated", "readers_foveated", "reader_config_foveated"} <= set(readers)
+    assert _module_imports("configuration_foveated") == {"reader_config_foveated"}
+    assert _closure("reader_config_foveated") == set(), "the readers' configs import no Hub file"
     assert "readers_foveated" in _module_imports("base_foveated"), "the states model builds the reader"
     for module in readers:
         reached = _closure(module)
@@ -185,7 +209,13 @@ def test_the_reader_files_import_only_reader_files_without_a_cycle():
         assert reached <= set(readers), f"{module}.py imports {sorted(reached - set(readers))}"
 
 
-def test_every_family_is_merged_into_the_registry():
-    for family in readers_foveated.FAMILIES:
-        for name, reader in family.items():
-            assert FRAME_READERS[name] is reader
+def test_every_hub_reader_has_a_config_and_every_study_reader_is_named_as_one():
+    """The registry holds the Hub readers, each with its config; the study readers are named in the Hub files
+    (so an error can say where they live) and register themselves from ``studies.readers``."""
+    import studies.readers
+
+    assert {"query", *SPATIAL_READERS} <= set(FRAME_READERS)
+    assert all(name in READER_CONFIGS for name in FRAME_READERS)
+    assert set(studies.readers.STUDY_READERS) == set(reader_config_foveated.STUDY_READER_NAMES)
+    for name, (reader, config) in studies.readers.STUDY_READERS.items():
+        assert FRAME_READERS[name] is reader and READER_CONFIGS[name] is config

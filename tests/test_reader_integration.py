@@ -40,7 +40,7 @@ LEFT_HALF_COLUMNS = 2  # of the tiny model's 4 x 4 patch grid
 # One LLM token a frame: what streaming reads (the k-token variants go through model(...) and generate).
 STREAMED = [(name, o) for name, o in READER_ARMS if FoveatedVLMConfig(**o).tokens_per_frame == 1]
 STREAMED_IDS = [name for name, _ in STREAMED]
-WITH_REMEDIES = {"query_skip_to_head": True, "glimpse_location": True, "plan_first_query": True}
+WITH_REMEDIES = {"glimpse_location": True, "plan_first_query": True}
 PROBE_CLIPS = 2
 PROBE_FRAMES = 4
 PROBE_TOKENS = 2

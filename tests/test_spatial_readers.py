@@ -9,6 +9,7 @@ import torch
 from configuration_foveated import FoveatedVLMConfig
 from reader_base_foveated import glimpse_location, patch_coordinates
 from spatial_readers_foveated import SPATIAL_READERS
+from studies.readers.spatial import STUDY_SPATIAL_READERS
 
 from .builders import SPATIAL_ARMS, TOKENS
 
@@ -22,7 +23,9 @@ def _patch_count(model) -> int:
 
 
 def test_every_spatial_reader_is_tested():
-    assert {overrides["frame_reader"] for overrides in ARM_OVERRIDES} == set(SPATIAL_READERS)
+    assert {overrides["frame_reader"] for overrides in ARM_OVERRIDES} == set(SPATIAL_READERS) | set(
+        STUDY_SPATIAL_READERS
+    )
 
 
 CONFINED_ARMS = [(name, o) for name, o in SPATIAL_ARMS if o.get("top_k_output") != "tokens"]
@@ -67,7 +70,7 @@ def test_top_k_tokens_are_the_best_scored_patches(make_model):
     scores = (
         selector.query_projection(model.model.fovea_query_input_projection(queries)).unsqueeze(1) @ states.mT
     )
-    best = scores.squeeze(1).topk(model.config.top_k_patches, -1).indices  # (N, K)
+    best = scores.squeeze(1).topk(model.config.reader_settings.top_k_patches, -1).indices  # (N, K)
     torch.testing.assert_close(
         visual, torch.gather(states, 1, best[..., None].expand(-1, -1, states.shape[-1]))
     )
@@ -123,12 +126,14 @@ BAD_KNOBS = [
 
 @pytest.mark.parametrize(("overrides", "knob"), BAD_KNOBS, ids=[knob for _, knob in BAD_KNOBS])
 def test_bad_reader_knobs_are_refused_by_name(overrides, knob):
-    with pytest.raises(ValueError, match=f"FoveatedVLMConfig.{knob} must be"):
+    with pytest.raises(ValueError, match=rf"reader_config\['{knob}'\] must be"):
         FoveatedVLMConfig(**overrides)
 
 
 def test_the_readers_declare_their_plans_and_tokens():
-    plans = {name: FoveatedVLMConfig(frame_reader=name) for name in SPATIAL_READERS}
+    plans = {
+        name: FoveatedVLMConfig(frame_reader=name) for name in [*SPATIAL_READERS, *STUDY_SPATIAL_READERS]
+    }
     assert {name: config.plan_dim for name, config in plans.items()} == {
         "multi_scale": 384,
         "cascade": 384,

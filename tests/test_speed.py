@@ -85,7 +85,7 @@ def test_graphed_training_steps_equal_eager_steps(make_model, random_video):
 
 def test_compile_regions_installs_the_declared_regions_and_undoes_them(make_model, random_video, monkeypatch):
     """The encoder's patch and query layers, every decoder layer and the heads run compiled until undo()."""
-    model, processor = make_model(separate_prediction_heads=True)
+    model, processor = make_model()
     compiled, calls = [], []
 
     def fake_compile(fn, **kwargs):
@@ -107,7 +107,6 @@ def test_compile_regions_installs_the_declared_regions_and_undoes_them(make_mode
     modules = [
         *model.model.language_model.layers,
         model.fovea_prediction_head,
-        model.fovea_coarse_prediction_head,
     ]
     assert len(compiled) == 2 + len(modules)
     with torch.no_grad():

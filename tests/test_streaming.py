@@ -16,13 +16,7 @@ from .builders import STREAM_TOLERANCE as TOLERANCE
 from .builders import caption_pair, relative_error, step_through
 from .builders import stream_clip_batch as clip_batch
 
-REMEDIES = {
-    "predict_delta": True,
-    "query_skip_to_head": True,
-    "separate_prediction_heads": True,
-    "plan_first_query": True,
-    "glimpse_location": True,
-}
+REMEDIES = {"plan_first_query": True, "glimpse_location": True, "previous_target_dropout": 0.5}
 LONG_VIDEO_FRAMES = 2000
 LONG_VIDEO_CHUNK = 256
 
@@ -272,11 +266,7 @@ FAST_FRAMES = 5
 FAST_CASES = {
     "two-pass-fused": ("two_pass", {}, True),
     "two-pass-unfused": ("two_pass", {}, False),
-    "fused-top-k-temperature": (
-        "two_pass",
-        {"query_attention_top_k": 5, "query_attention_temperature": 0.5},
-        True,
-    ),
+    "fused-multi-scale": ("two_pass", {"frame_reader": "multi_scale"}, True),
     "fused-remedies": ("two_pass", REMEDIES, True),
     "fused-mean-pool": ("two_pass", {"coarse_reading": "mean_pool"}, True),
     "coarse-remedies": ("coarse", REMEDIES, True),
@@ -355,7 +345,7 @@ def test_fast_steps_and_extend_interleave(build):
 
 def test_fused_query_pass_equals_two_reads(build):
     """Two query tokens per frame in one pass (each sees the cached K/V and its own key) = two separate passes."""
-    model, _ = build(query_attention_top_k=5)
+    model, _ = build()
     frames, _, _ = fast_clip(model)
     with torch.no_grad():
         patches = model.encode_frames(frames[:, 0])

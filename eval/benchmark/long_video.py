@@ -35,7 +35,7 @@ def bench_long_video(model, processor, dense_processor, settings: Settings, devi
     stream = model.stream(**stream_prompt_inputs(processor, PROMPT), chunk_frames=settings.chunk_frames)
     for begin in range(0, settings.long_video_frames, settings.chunk_frames):
         chunk = decoded[begin : begin + settings.chunk_frames].to(device, non_blocking=True)
-        pixels, _ = processor.preprocess_frames(chunk)
+        pixels, _ = processor.video_processor.preprocess_frames(chunk)
         stream.extend(pixels.to(model.dtype).unsqueeze(0))
     sync(device)
     watched = time.perf_counter()

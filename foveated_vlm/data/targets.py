@@ -60,8 +60,7 @@ def target_spec(
         "target_source": target_source,
         "vae": vae_name_or_path if target_source == "vae" else None,
         "image_size": processor.image_size,
-        "target_downsample": processor.target_downsample,
-        "motion_search_radius": processor.motion_search_radius if target_source == "motion" else None,
+        "target_downsample": processor.video_processor.target_downsample,
         "num_frames": num_frames,
         "fps": fps,
         "num_clips": len(clip_ids),
@@ -81,8 +80,8 @@ def cache_directory(root: str | os.PathLike, spec: dict[str, Any]) -> Path:
 
 def compute_targets(frames, processor, vae=None) -> torch.Tensor:
     """Targets of one clip: ``[T, H, W, 3]`` frames -> ``[T, C, h, w]`` (VAE latents, else the processor's own)."""
-    _, resized = processor.preprocess_frames(video_to_array(frames))
-    return processor.frame_targets(resized, vae)
+    _, resized = processor.video_processor.preprocess_frames(video_to_array(frames))
+    return processor.video_processor.frame_targets(resized, vae)
 
 
 def load_vae(name_or_path: str | os.PathLike, device: torch.device | str = "cpu"):

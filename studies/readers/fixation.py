@@ -1,4 +1,4 @@
-"""Fixation readers: the plan says where to look, and the ViT reads a crop of the frame's pixels there.
+"""Fixation study readers: the plan says where to look, and the ViT reads a crop of the frame's pixels there.
 
 Every reader here reads pixels (``needs_pixels``): a plan places one or more crop windows on the frame, each window
 is resampled differentiably to ``fixation_crop_size`` pixels (``F.affine_grid`` + ``F.grid_sample``) and read by the
@@ -32,15 +32,16 @@ width, c crop side in pixels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-try:
-    from .reader_base_foveated import FrameReader, FrameReading, PatchCache
-except ImportError:  # imported as a top-level module from a checkout of the repository
-    from reader_base_foveated import FrameReader, FrameReading, PatchCache
+from reader_base_foveated import FrameReader, FrameReading, PatchCache
+from reader_config_foveated import ReaderConfig
 
 FIXATION_WIDTH = 3  # plan numbers of one fixation: centre x, centre y, window scale
 FIXATION_TOKENS = ("cls", "mean")
@@ -60,8 +61,8 @@ def fixation_windows(fixations: torch.Tensor, config) -> tuple[torch.Tensor, tor
     ``fixation_min_scale + (fixation_max_scale - fixation_min_scale) * sigmoid`` of the third.
     """
     fixations = fixations.float()
-    centres = config.fixation_centre_range * fixations[..., :2].tanh()
-    low, high = config.fixation_min_scale, config.fixation_max_scale
+    centres = config.reader_settings.fixation_centre_range * fixations[..., :2].tanh()
+    low, high = config.reader_settings.fixation_min_scale, config.reader_settings.fixation_max_scale
     return centres, low + (high - low) * fixations[..., 2].sigmoid()
 
 
@@ -171,6 +172,99 @@ def _plan_gate(patch_bias: torch.Tensor | None, plans: int) -> torch.Tensor | No
 
 
 # ----------------------------------------------------------------------------------------------------
+# Configs: the knobs of each reader (``FoveatedVLMConfig.reader_config``); the readers' classmethods check them
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FixationReaderConfig(ReaderConfig):
+    """Knobs shared by the fixation readers; ``reader`` is the module class whose classmethods give the shapes."""
+
+    reader: ClassVar[type[FrameReader]]
+    fixation_crop_size: int = 64
+    """Side in pixels of the crop around a fixation that the ViT reads in its own patch pass (a multiple of
+    ``patch_size``; 64 px at 16 px patches is 16 patches, 1/16 of a 256 px frame's pass)."""
+    fixation_token: str = "cls"
+    """The foveal token of a crop: its ViT output at ``"cls"`` or the ``"mean"`` of its patch states (both normed)."""
+    fixation_min_scale: float = 0.125
+    """Smallest crop window side, a fraction of the frame side (a sigmoid of the plan between the two scales)."""
+    fixation_max_scale: float = 0.5
+    """Largest crop window side, a fraction of the frame side (<= 1)."""
+    fixation_centre_range: float = 1.0
+    """The window centre is ``fixation_centre_range * tanh(plan)`` per axis, in -1..1 frame coordinates."""
+    fixation_periphery: str = "token"
+    """``"token"``: a periphery token (the mean of the frame's final patch states) after the foveal ones;
+    ``"fused"``: foveal tokens and periphery fused into one token (a learned linear map); ``"none"``: foveal only."""
+    fixation_periphery_grid: int = 1
+    """The periphery pools the final patch states over a G x G grid of cells and maps the cells' means to one token
+    (a low-resolution view that keeps where things are); 1: the plain mean of the patch states."""
+    fixation_box_loss: str = "gaussian"
+    """With attention supervision: ``"gaussian"`` scores each window by ``-log`` of the mass a Gaussian footprint of
+    it puts in the named object's box (a gradient even when the window misses the box); ``"coverage"``: ``-log``
+    mass in the box of the window's exact coverage."""
+    fixation_box_sigma: float = 1.0
+    """``fixation_box_loss="gaussian"``: std of the footprint, in window half-widths."""
+
+    def validate(self, config) -> None:
+        self.reader.validate(config)
+
+    def plan_width(self, config) -> int:
+        return self.reader.plan_width(config)
+
+    def tokens_per_plan(self, config) -> int:
+        return self.reader.tokens_per_plan(config)
+
+
+@dataclass
+class MultiFixationReaderConfig(FixationReaderConfig):
+    """Knobs of ``multi_fixation``."""
+
+    num_fixations: int = 2
+    """Fixations a plan holds (``3 * num_fixations`` plan numbers: x, y, scale each), each a foveal crop."""
+
+    def validate(self, config) -> None:
+        self.check(config.frame_reader, {"num_fixations": (self.num_fixations >= 1, ">= 1")})
+        super().validate(config)
+
+
+@dataclass
+class DualStreamReaderConfig(FixationReaderConfig):
+    """Knobs of ``dual_stream`` (one fixation, fovea + periphery)."""
+
+
+@dataclass
+class GlimpseReaderConfig(FixationReaderConfig):
+    """Knobs of ``glimpse_rl``."""
+
+    glimpse_grid: int = 4
+    """The plan is logits over a ``glimpse_grid x glimpse_grid`` grid of glimpse locations; one cell is sampled
+    while training (argmax in eval) and read as a foveal crop at its centre."""
+    glimpse_window: float = 1.0
+    """Side of the crop window around the chosen cell's centre, in grid cells."""
+    glimpse_entropy_weight: float = 0.0
+    """Weight of the policy's entropy bonus in its REINFORCE loss (``loss_reader``)."""
+    glimpse_baseline_hidden_dim: int = 64
+    """Hidden width of the learned REINFORCE baseline (an MLP of the detached plan logits)."""
+    reader_loss_weight: float = 1.0
+    """Weight of the REINFORCE loss (``loss_reader``) in the total loss."""
+
+
+@dataclass
+class AdaptiveFixationReaderConfig(FixationReaderConfig):
+    """Knobs of ``adaptive_fixation``."""
+
+    glimpse_budget_levels: list[int] = field(default_factory=lambda: [1, 2, 4])
+    """The glimpse counts a frame may choose from (increasing); a frame has as many token slots as the largest, and
+    unused slots hold a learned "no glimpse" embedding."""
+    glimpse_budget_temperature: float = 1.0
+    """Temperature of the straight-through Gumbel-softmax over the budget levels while training (argmax in eval)."""
+    glimpse_cost: float = 0.01
+    """Penalty per glimpse a frame reads (``loss_reader`` is this times the mean glimpses per frame)."""
+    reader_loss_weight: float = 1.0
+    """Weight of the glimpse cost (``loss_reader``) in the total loss."""
+
+
+# ----------------------------------------------------------------------------------------------------
 # Readers
 # ----------------------------------------------------------------------------------------------------
 
@@ -188,15 +282,17 @@ class FixationReader(FrameReader):
         self.grid_side = config.vision_config.image_size // config.vision_config.patch_size
         width = config.vision_config.hidden_size
         fused = (self.fixations(config) + 1) * width
-        self.fovea_fusion = nn.Linear(fused, width) if config.fixation_periphery == "fused" else None
-        cells = config.fixation_periphery_grid**2
-        gridded = config.fixation_periphery != "none" and cells > 1
+        self.fovea_fusion = (
+            nn.Linear(fused, width) if config.reader_settings.fixation_periphery == "fused" else None
+        )
+        cells = config.reader_settings.fixation_periphery_grid**2
+        gridded = config.reader_settings.fixation_periphery != "none" and cells > 1
         self.periphery_projection = nn.Linear(cells * width, width) if gridded else None
 
     @classmethod
     def fixations(cls, config) -> int:
         """Foveal token slots of one plan (m)."""
-        return config.num_fixations
+        return config.reader_settings.num_fixations
 
     @classmethod
     def plan_width(cls, config) -> int:
@@ -204,40 +300,51 @@ class FixationReader(FrameReader):
 
     @classmethod
     def tokens_per_plan(cls, config) -> int:
-        if config.fixation_periphery == "fused":
+        if config.reader_settings.fixation_periphery == "fused":
             return 1
-        return cls.fixations(config) + (config.fixation_periphery == "token")
+        return cls.fixations(config) + (config.reader_settings.fixation_periphery == "token")
 
     @classmethod
     def validate(cls, config) -> None:
         patch = config.vision_config.patch_size
         side = config.vision_config.image_size // patch
-        cls.check_knobs(
-            config,
+        config.reader_settings.check(
+            config.frame_reader,
             {
                 "fixation_crop_size": (
-                    config.fixation_crop_size > 0 and config.fixation_crop_size % patch == 0,
+                    config.reader_settings.fixation_crop_size > 0
+                    and config.reader_settings.fixation_crop_size % patch == 0,
                     f"a positive multiple of patch_size ({patch})",
                 ),
-                "fixation_token": (config.fixation_token in FIXATION_TOKENS, f"one of {FIXATION_TOKENS}"),
+                "fixation_token": (
+                    config.reader_settings.fixation_token in FIXATION_TOKENS,
+                    f"one of {FIXATION_TOKENS}",
+                ),
                 "fixation_periphery": (
-                    config.fixation_periphery in PERIPHERY_MODES,
+                    config.reader_settings.fixation_periphery in PERIPHERY_MODES,
                     f"one of {PERIPHERY_MODES}",
                 ),
-                "fixation_min_scale": (0 < config.fixation_min_scale, "positive"),
+                "fixation_min_scale": (0 < config.reader_settings.fixation_min_scale, "positive"),
                 "fixation_max_scale": (
-                    config.fixation_min_scale <= config.fixation_max_scale <= 1,
+                    config.reader_settings.fixation_min_scale
+                    <= config.reader_settings.fixation_max_scale
+                    <= 1,
                     "in [fixation_min_scale, 1]",
                 ),
-                "fixation_centre_range": (0 < config.fixation_centre_range <= 1, "in (0, 1]"),
-                "num_fixations": (config.num_fixations >= 1, ">= 1"),
+                "fixation_centre_range": (0 < config.reader_settings.fixation_centre_range <= 1, "in (0, 1]"),
                 "fixation_periphery_grid": (
-                    1 <= config.fixation_periphery_grid <= side
-                    and (config.fixation_periphery != "none" or config.fixation_periphery_grid == 1),
+                    1 <= config.reader_settings.fixation_periphery_grid <= side
+                    and (
+                        config.reader_settings.fixation_periphery != "none"
+                        or config.reader_settings.fixation_periphery_grid == 1
+                    ),
                     f"in [1, the patch grid's side {side}], and 1 without a periphery",
                 ),
-                "fixation_box_loss": (config.fixation_box_loss in BOX_LOSSES, f"one of {BOX_LOSSES}"),
-                "fixation_box_sigma": (config.fixation_box_sigma > 0, "positive"),
+                "fixation_box_loss": (
+                    config.reader_settings.fixation_box_loss in BOX_LOSSES,
+                    f"one of {BOX_LOSSES}",
+                ),
+                "fixation_box_sigma": (config.reader_settings.fixation_box_sigma > 0, "positive"),
             },
         )
 
@@ -252,9 +359,9 @@ class FixationReader(FrameReader):
     def box_loss(self, extras, boxes) -> torch.Tensor | None:
         """:func:`gaussian_box_loss` of the fine pass's windows (``fixation_box_loss="gaussian"``); None (the exact
         coverage's ``-log`` mass) for ``"coverage"``."""
-        if self.config.fixation_box_loss != "gaussian":
+        if self.settings.fixation_box_loss != "gaussian":
             return None
-        return gaussian_box_loss(extras["centres"], extras["half"], boxes, self.config.fixation_box_sigma)
+        return gaussian_box_loss(extras["centres"], extras["half"], boxes, self.settings.fixation_box_sigma)
 
     def read_windows(
         self,
@@ -273,9 +380,9 @@ class FixationReader(FrameReader):
             frames = pixels.unsqueeze(1).expand(n, k, *pixels.shape[1:]).flatten(0, 1)  # (N * k, 3, H, W)
             pixels = frames * _pixel_gate(gate, frames)
             coverage = coverage * gate.unsqueeze(2)
-        crops = crop_windows(pixels, centres, half, self.config.fixation_crop_size)  # (N * k * m, 3, c, c)
+        crops = crop_windows(pixels, centres, half, self.settings.fixation_crop_size)  # (N * k * m, 3, c, c)
         states = encoder.encode_patches(crops).patch_states  # (N * k * m, S_c, D)
-        if self.config.fixation_token == "cls":
+        if self.settings.fixation_token == "cls":
             tokens = states[:, 0]
         else:
             tokens = states[:, self.num_prefix_tokens :].mean(1)
@@ -293,7 +400,7 @@ class FixationReader(FrameReader):
         """Foveal tokens ``[N, k, m, D]`` and coverage ``[N, k, m, P]`` with the periphery as a reading: tokens
         ``[N, k * t, D]`` (``[N, D]`` for one plan of one token) and their full distributions."""
         tokens, weights = fovea, coverage
-        if self.config.fixation_periphery != "none":
+        if self.settings.fixation_periphery != "none":
             periphery, uniform = self.periphery(cache, gate, fovea.shape[1])
             tokens = torch.cat([fovea, periphery.unsqueeze(2).to(fovea.dtype)], 2)  # (N, k, m + 1, D)
             weights = torch.cat([coverage, uniform.unsqueeze(2)], 2)  # (N, k, m + 1, P)
@@ -317,7 +424,7 @@ class FixationReader(FrameReader):
         weights = kept / kept.sum(-1, keepdim=True).clamp_min(tiny)
         if self.periphery_projection is None:
             return torch.einsum("nkp,npd->nkd", weights.to(states.dtype), states), weights
-        side, cells = self.grid_side, self.config.fixation_periphery_grid
+        side, cells = self.grid_side, self.settings.fixation_periphery_grid
         kept_map = kept.reshape(n * plans, 1, side, side)  # (N * k, 1, g, g)
         state_map = self.patch_map(states).unsqueeze(1) * kept_map.view(n, plans, 1, side, side).to(
             states.dtype
@@ -339,8 +446,14 @@ class DualStreamReader(FixationReader):
     @classmethod
     def validate(cls, config) -> None:
         super().validate(config)
-        cls.check_knobs(
-            config, {"fixation_periphery": (config.fixation_periphery != "none", "'token' or 'fused'")}
+        config.reader_settings.check(
+            config.frame_reader,
+            {
+                "fixation_periphery": (
+                    config.reader_settings.fixation_periphery != "none",
+                    "'token' or 'fused'",
+                )
+            },
         )
 
 
@@ -360,11 +473,11 @@ class GlimpseReader(FixationReader):
 
     def __init__(self, config):
         super().__init__(config)
-        cells = config.glimpse_grid**2
+        cells = config.reader_settings.glimpse_grid**2
         self.fovea_baseline = nn.Sequential(
-            nn.Linear(cells, config.glimpse_baseline_hidden_dim),
+            nn.Linear(cells, config.reader_settings.glimpse_baseline_hidden_dim),
             nn.GELU(),
-            nn.Linear(config.glimpse_baseline_hidden_dim, 1),
+            nn.Linear(config.reader_settings.glimpse_baseline_hidden_dim, 1),
         )
 
     @classmethod
@@ -373,24 +486,27 @@ class GlimpseReader(FixationReader):
 
     @classmethod
     def plan_width(cls, config) -> int:
-        return config.glimpse_grid**2
+        return config.reader_settings.glimpse_grid**2
 
     @classmethod
     def validate(cls, config) -> None:
         super().validate(config)
-        cls.check_knobs(
-            config,
+        config.reader_settings.check(
+            config.frame_reader,
             {
-                "glimpse_grid": (config.glimpse_grid >= 1, ">= 1"),
-                "glimpse_window": (config.glimpse_window > 0, "positive"),
-                "glimpse_entropy_weight": (config.glimpse_entropy_weight >= 0, ">= 0"),
-                "glimpse_baseline_hidden_dim": (config.glimpse_baseline_hidden_dim >= 1, ">= 1"),
+                "glimpse_grid": (config.reader_settings.glimpse_grid >= 1, ">= 1"),
+                "glimpse_window": (config.reader_settings.glimpse_window > 0, "positive"),
+                "glimpse_entropy_weight": (config.reader_settings.glimpse_entropy_weight >= 0, ">= 0"),
+                "glimpse_baseline_hidden_dim": (
+                    config.reader_settings.glimpse_baseline_hidden_dim >= 1,
+                    ">= 1",
+                ),
             },
         )
 
     def cell_centres(self, cells: torch.Tensor) -> torch.Tensor:
         """Centres ``[..., 2]`` (x, y) of grid cells ``[...]`` (row-major indices of the ``G x G`` grid)."""
-        return patch_centres(self.config.glimpse_grid, cells.device)[cells]
+        return patch_centres(self.settings.glimpse_grid, cells.device)[cells]
 
     def read(self, inputs, cache, encoder, patch_bias=None) -> FrameReading:
         plans, one_plan = self.as_plans(inputs)  # (N, k, G * G)
@@ -401,7 +517,7 @@ class GlimpseReader(FixationReader):
             cells = logits.argmax(-1)  # (N, k)
         centres = self.cell_centres(cells).unsqueeze(2)  # (N, k, 1, 2)
         half = torch.full_like(
-            logits[..., :1], self.config.glimpse_window / self.config.glimpse_grid
+            logits[..., :1], self.settings.glimpse_window / self.settings.glimpse_grid
         )  # (N, k, 1)
         gate = _plan_gate(patch_bias, plans.shape[1])
         fovea, coverage = self.read_windows(centres, half, cache, encoder, gate)
@@ -418,16 +534,20 @@ class GlimpseReader(FixationReader):
     def box_loss(self, extras, boxes) -> torch.Tensor | None:
         """:func:`policy_box_loss` of the fine pass's policy (``fixation_box_loss="gaussian"``: the supervision
         teaches the policy directly); None for ``"coverage"`` (the sampled crop gives the box loss no gradient)."""
-        if self.config.fixation_box_loss != "gaussian":
+        if self.settings.fixation_box_loss != "gaussian":
             return None
         return policy_box_loss(extras["log_policy"], boxes)
+
+    @property
+    def auxiliary_loss_weight(self) -> float:
+        return self.settings.reader_loss_weight
 
     def auxiliary_loss(self, extras, output, targets) -> torch.Tensor | None:
         """REINFORCE of the fine pass's glimpses: :func:`reinforce_loss` with :func:`glimpse_rewards`."""
         rewards = glimpse_rewards(output, targets, self.config)
         if rewards is None:
             return None
-        return reinforce_loss(extras, rewards, self.config.glimpse_entropy_weight)
+        return reinforce_loss(extras, rewards, self.settings.glimpse_entropy_weight)
 
 
 def glimpse_rewards(output, targets: torch.Tensor | None, config) -> torch.Tensor | None:
@@ -502,32 +622,35 @@ class AdaptiveFixationReader(FixationReader):
 
     @classmethod
     def fixations(cls, config) -> int:
-        return max(config.glimpse_budget_levels)
+        return max(config.reader_settings.glimpse_budget_levels)
 
     @classmethod
     def plan_width(cls, config) -> int:
-        return FIXATION_WIDTH * cls.fixations(config) + len(config.glimpse_budget_levels)
+        return FIXATION_WIDTH * cls.fixations(config) + len(config.reader_settings.glimpse_budget_levels)
 
     @classmethod
     def validate(cls, config) -> None:
         super().validate(config)
-        levels = list(config.glimpse_budget_levels)
-        cls.check_knobs(
-            config,
+        levels = list(config.reader_settings.glimpse_budget_levels)
+        config.reader_settings.check(
+            config.frame_reader,
             {
                 "glimpse_budget_levels": (
                     len(levels) >= 1 and min(levels) >= 1 and levels == sorted(set(levels)),
                     "non-empty, increasing, >= 1",
                 ),
-                "glimpse_budget_temperature": (config.glimpse_budget_temperature > 0, "positive"),
-                "glimpse_cost": (config.glimpse_cost >= 0, ">= 0"),
+                "glimpse_budget_temperature": (
+                    config.reader_settings.glimpse_budget_temperature > 0,
+                    "positive",
+                ),
+                "glimpse_cost": (config.reader_settings.glimpse_cost >= 0, ">= 0"),
             },
         )
 
     def budget_choice(self, logits: torch.Tensor) -> torch.Tensor:
         """One-hot level choices ``[N, k, L]``: straight-through Gumbel-softmax while training, argmax in eval."""
         if self.training:
-            return F.gumbel_softmax(logits.float(), tau=self.config.glimpse_budget_temperature, hard=True)
+            return F.gumbel_softmax(logits.float(), tau=self.settings.glimpse_budget_temperature, hard=True)
         return F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
 
     def read(self, inputs, cache, encoder, patch_bias=None) -> FrameReading:
@@ -539,7 +662,7 @@ class AdaptiveFixationReader(FixationReader):
         fovea, coverage = self.read_windows(centres, half, cache, encoder, gate)
         choice = self.budget_choice(plans[..., FIXATION_WIDTH * slots :])  # (N, k, L)
         # the levels stay Python numbers: no host-to-device copy, so the read can be captured in a CUDA graph
-        levels = self.config.glimpse_budget_levels
+        levels = self.settings.glimpse_budget_levels
         slot_index = torch.arange(slots, device=choice.device)
         level_slots = torch.stack([slot_index < level for level in levels]).to(choice.dtype)  # (L, M)
         used = (choice @ level_slots).unsqueeze(-1).to(fovea.dtype)  # (N, k, M, 1): the chosen level's slots
@@ -553,31 +676,23 @@ class AdaptiveFixationReader(FixationReader):
         }
         return self.reading(fovea, coverage * used, cache, gate, one_plan, extras)
 
+    @property
+    def auxiliary_loss_weight(self) -> float:
+        return self.settings.reader_loss_weight
+
     def auxiliary_loss(self, extras, output, targets) -> torch.Tensor:
         """``glimpse_cost`` times the mean glimpses a frame read (straight-through to the level logits)."""
-        return self.config.glimpse_cost * extras["glimpses"].mean()
+        return self.settings.glimpse_cost * extras["glimpses"].mean()
 
 
-FIXATION_READERS: dict[str, type[FrameReader]] = {
-    "dual_stream": DualStreamReader,
-    "multi_fixation": FixationReader,
-    "glimpse_rl": GlimpseReader,
-    "adaptive_fixation": AdaptiveFixationReader,
+MultiFixationReaderConfig.reader = FixationReader
+DualStreamReaderConfig.reader = DualStreamReader
+GlimpseReaderConfig.reader = GlimpseReader
+AdaptiveFixationReaderConfig.reader = AdaptiveFixationReader
+
+STUDY_FIXATION_READERS: dict[str, tuple[type[FrameReader], type[ReaderConfig]]] = {
+    "dual_stream": (DualStreamReader, DualStreamReaderConfig),
+    "multi_fixation": (FixationReader, MultiFixationReaderConfig),
+    "glimpse_rl": (GlimpseReader, GlimpseReaderConfig),
+    "adaptive_fixation": (AdaptiveFixationReader, AdaptiveFixationReaderConfig),
 }
-
-__all__ = [
-    "FIXATION_READERS",
-    "AdaptiveFixationReader",
-    "DualStreamReader",
-    "FixationReader",
-    "GlimpseReader",
-    "crop_windows",
-    "fixation_windows",
-    "gaussian_box_loss",
-    "glimpse_rewards",
-    "patch_centres",
-    "policy_box_loss",
-    "reinforce_loss",
-    "standardised_rewards",
-    "window_coverage",
-]
