@@ -1,6 +1,6 @@
-"""Ablations (proposal §13.2): train every arm with the same data, steps and seed, evaluate each, one table.
+"""The studies' shared arms runner: train every arm with the same data, steps and seed, evaluate each, one table.
 
-    python -m eval.ablations --config configs/demo.yaml --out OUT [--arms ARMS.yaml] [--only two_pass static_only]
+    python -m studies.runner --config configs/demo.yaml --out OUT [--arms ARMS.yaml] [--only two_pass static_only]
         [--max_steps N] [--seed S] [--launcher "accelerate launch"] [--eval_clips 128] [--parallel 8]
         [--evaluations intrinsic captioning fovea]
 
@@ -17,8 +17,8 @@ Every arm trains every pass it is evaluated on (the peer compared a pass that wa
 the static arm trains and reads with the static query alone (``model.inference_mode=coarse``: one coarse pass
 in training too), the two-pass arm trains both passes (coarse weighted by ``lambda_coarse``).
 
-Default arms (``--arms`` replaces them; YAML ``arms: [{name, set: [...], description}]``):
-two_pass, static_only, mean_pool_pass1, query_dim_32, query_dim_128, no_text, lambda_coarse_{0.25,0.5,2}.
+Default arms, the ablations of proposal §13.2 (``--arms`` replaces them, e.g. ``studies/named_object/arms.yaml``;
+YAML ``arms: [{name, set: [...], description}]``): two_pass, static_only, mean_pool_pass1, query_dim_32, query_dim_128, no_text, lambda_coarse_{0.25,0.5,2}.
 Writes ``OUT/ablations.md`` and ``OUT/ablations.json``.
 """
 
@@ -368,7 +368,7 @@ def format_markdown(report: dict[str, Any]) -> str:
 
 
 def run_in_parallel(argv: list[str], arms: list[Arm], out_dir: Path, workers: int) -> None:
-    """Run each arm as ``python -m eval.ablations ARGV --only NAME`` (training and evaluation), ``workers`` at once.
+    """Run each arm as ``python -m studies.runner ARGV --only NAME`` (training and evaluation), ``workers`` at once.
 
     A failed arm process is logged and left for the gathering pass, which reports the arm's own failure.
     """
@@ -377,7 +377,7 @@ def run_in_parallel(argv: list[str], arms: list[Arm], out_dir: Path, workers: in
     def one(arm: Arm) -> int:
         log_path = out_dir / ARMS_DIR / arm.name / ARM_PROCESS_LOG
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-u", "-m", "eval.ablations", *argv, "--only", arm.name]
+        command = [sys.executable, "-u", "-m", "studies.runner", *argv, "--only", arm.name]
         with open(log_path, "w", encoding="utf-8") as log:
             code = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
         if code:

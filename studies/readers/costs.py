@@ -1,10 +1,10 @@
 """What each frame reader costs: training and streaming milliseconds per frame, side by side in one process.
 
-    python -m eval.reader_costs --config configs/named.yaml --out OUT [--arms configs/readers_arms.yaml]
+    python -m studies.readers.costs --config configs/named.yaml --out OUT [--arms studies/readers/arms.yaml]
         [--only query top_k] [--batch_size 8] [--num_frames 8] [--repeats 10] [--warmup 3] [--device cuda]
-    python -m eval.reader_costs --tiny --out OUT   # the tiny test model on the CPU (seconds)
+    python -m studies.readers.costs --tiny --out OUT   # the tiny test model on the CPU (seconds)
 
-Every arm (``--set`` overrides on top of the config, as ``eval.ablations`` reads them; by default one arm per
+Every arm (``--set`` overrides on top of the config, as ``studies.runner`` reads them; by default one arm per
 registered reader at one token a frame, plus the dense baseline) builds the config's random-init model and times,
 on the same frames:
 
@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from eval.ablations import Arm, load_arms
 from eval.benchmark.settings import CAPTION, PROMPT, SEED
 from eval.benchmark.timing import time_calls
 from eval.common import add_override_argument, markdown_table, script_main, write_report
@@ -38,6 +37,7 @@ from foveated_vlm.training.modeling import build_model_and_processor
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 from readers_foveated import FRAME_READERS
 from streaming_foveated import stream_prompt_inputs
+from studies.runner import Arm, load_arms
 
 REPORT_NAME = "reader_costs"
 DEFAULT_BATCH_SIZE = 8
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="training YAML whose model is measured (e.g. configs/named.yaml)")
     source.add_argument("--tiny", action="store_true", help="the tiny test model instead of a config")
-    parser.add_argument("--arms", help="arms YAML (eval.ablations format); default: one per reader + dense")
+    parser.add_argument("--arms", help="arms YAML (studies.runner format); default: one per reader + dense")
     parser.add_argument("--only", nargs="+", help="measure only these arms")
     add_override_argument(parser, "config override applied before each arm's own")
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)

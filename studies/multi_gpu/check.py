@@ -15,7 +15,7 @@ SmolLM2-135M shapes, random init written once to ``OUT/full_random`` so that no 
 
 Usage (on the 2-GPU machine)::
 
-    python -m eval.multi_gpu --output OUT --markdown OUT/multi_gpu.md   # also OUT/multi_gpu.json
+    python -m studies.multi_gpu.check --output OUT --markdown OUT/multi_gpu.md   # also OUT/multi_gpu.json
 
 The markdown section is meant for ``BENCHMARKS.md``; every command it ran is in the JSON.
 """
@@ -37,7 +37,7 @@ from foveated_vlm.files import atomic_write_text
 from foveated_vlm.training.figures import read_log
 from foveated_vlm.training.trainer import LOG_NAME
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FSDP_CONFIG = "configs/accelerate/fsdp.yaml"
 DDP_CONFIG = "configs/accelerate/ddp.yaml"
 NUM_FRAMES = 16  # configs/full.yaml
@@ -115,7 +115,7 @@ def fsdp_export_matches_checkpoint(run: Path, checkpoint: Path) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if torch.cuda.device_count() < 2:
-        raise SystemExit(f"eval.multi_gpu needs 2 CUDA devices, found {torch.cuda.device_count()}")
+        raise SystemExit(f"studies.multi_gpu.check needs 2 CUDA devices, found {torch.cuda.device_count()}")
     out = Path(args.output)
     pretrained = Path(args.pretrained) if args.pretrained else write_random_full_model(out / "full_random")
     common = [
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def render_markdown(report: dict[str, Any]) -> str:
     curve, fsdp = report["curve"], report["fsdp"]
     lines = [
-        "## Two GPUs against one (`python -m eval.multi_gpu`)",
+        "## Two GPUs against one (`python -m studies.multi_gpu.check`)",
         "",
         f"- Devices: {', '.join(report['devices'])}; full-size shapes, procedural clips of 16 frames, bf16",
         f"- Loss curve, {curve['steps']} steps, 1 GPU x 2 accumulated micro-batches vs 2 GPUs (DDP): max relative "

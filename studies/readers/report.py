@@ -1,15 +1,15 @@
 """The frame readers side by side: tables and one figure from readers sweeps (one a seed) and a cost run.
 
-    python -m eval.readers_report --sweep OUT [OUT_SEED1 ...] --arms configs/readers_arms.yaml
+    python -m studies.readers.report --sweep OUT [OUT_SEED1 ...] --arms studies/readers/arms.yaml
         [--costs COSTS/reader_costs.json] --out docs [--name readers] [--split validation]
 
-Each ``--sweep`` is an ``eval.ablations`` output folder (``OUT/arms/NAME/log.jsonl``, and probe reports
+Each ``--sweep`` is a ``studies.runner`` output folder (``OUT/arms/NAME/log.jsonl``, and probe reports
 ``OUT/arms/NAME/eval/*/probes.json``: ``eval/probes`` from the runner, others from ``eval.probes --out``, one per
 split), one a seed of the same arms. Per arm and seed, from the last validation row of its log: attention mass in the
 named object's box of the planned (fine) and static (coarse) readings, the teacher-forced caption loss, the
 next-frame losses and their coarse/fine ratio; from its probes of ``--split``, if any: caption accuracy (all
 attributes right, and motion) of the planned, static and blank readings. A figure of several seeds is their mean,
-with each seed's value in brackets. ``--costs`` (``eval.reader_costs`` JSON) adds training and streaming
+with each seed's value in brackets. ``--costs`` (``studies.readers.costs`` JSON) adds training and streaming
 milliseconds per frame. Where probes ran, a second table gives, per probed split (e.g. held-out (shape, motion)
 pairs), the mass in the named box on those clips and every scored attribute's accuracy of the three readings.
 Writes ``OUT/NAME_results.json``, ``OUT/NAME.md`` and ``OUT/figures/NAME_mass_caption.png`` (NAME:
@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.ablations import load_arms
 from eval.common import SPLIT_ROLES, markdown_table, pyplot, save_figure
 from eval.probes import JSON_NAME as PROBES_FILE
 from foveated_vlm.files import atomic_write_text
 from foveated_vlm.training.figures import read_log
 from foveated_vlm.training.trainer import LOG_NAME
+from studies.runner import load_arms
 
 VALIDATION_KEYS = ("mass_in_box_fine", "mass_in_box_coarse", "loss_caption", "loss_fine", "loss_coarse")
 DEFAULT_SPLIT = "validation"
@@ -317,10 +317,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--sweep", required=True, nargs="+", help="eval.ablations output folders, one a seed of the same arms"
+        "--sweep", required=True, nargs="+", help="studies.runner output folders, one a seed of the same arms"
     )
     parser.add_argument("--arms", required=True, help="the sweep's arms YAML (names and descriptions)")
-    parser.add_argument("--costs", help="eval.reader_costs JSON")
+    parser.add_argument("--costs", help="studies.readers.costs JSON")
     parser.add_argument("--out", required=True, help="folder of the JSON, the markdown and figures/")
     parser.add_argument("--name", default="reader_comparison", help="file name stem")
     parser.add_argument(
