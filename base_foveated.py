@@ -24,14 +24,14 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 try:
-    from .configuration_foveated import FoveatedVLMConfig
+    from .configuration_foveated import INFERENCE_MODES, FoveatedVLMConfig
     from .encoder_foveated import GLIMPSE_LOCATION_FEATURES, FoveatedEncoder, PatchCache, glimpse_location
     from .layout_foveated import COARSE, FINE, VideoLayout, check_pixel_values, gather_positions
     from .outputs_foveated import FoveatedVLMModelOutput
     from .reader_base_foveated import FrameReader, FrameReading
     from .readers_foveated import build_reader
 except ImportError:  # imported as a top-level module from a checkout of the repository
-    from configuration_foveated import FoveatedVLMConfig
+    from configuration_foveated import INFERENCE_MODES, FoveatedVLMConfig
     from encoder_foveated import GLIMPSE_LOCATION_FEATURES, FoveatedEncoder, PatchCache, glimpse_location
     from layout_foveated import COARSE, FINE, VideoLayout, check_pixel_values, gather_positions
     from outputs_foveated import FoveatedVLMModelOutput
@@ -41,7 +41,6 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
 KAIMING_SLOPE = 5**0.5  # torch.nn.Linear's own default initialisation
 # LLM attention kernels that attend causally when given no mask (eager and flex would attend both ways)
 CAUSAL_WITHOUT_MASK = ("sdpa", "flash_attention_2", "flash_attention_3")
-INFERENCE_MODES = ("two_pass", "coarse")
 
 
 class FoveatedVLMPreTrainedModel(PreTrainedModel):

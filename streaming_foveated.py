@@ -59,17 +59,19 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
 try:
+    from .configuration_foveated import INFERENCE_MODES
     from .layout_foveated import COARSE, FINE, check_pixel_values
     from .processing_foveated import VIDEO_START_TOKEN, check_prompt_text
     from .streaming_static_foveated import DynamicState, SharedBuffers, StaticDecoder, StaticStepper
 except ImportError:  # imported as a top-level module from a checkout of the repository
+    from configuration_foveated import INFERENCE_MODES
     from layout_foveated import COARSE, FINE, check_pixel_values
     from processing_foveated import VIDEO_START_TOKEN, check_prompt_text
     from streaming_static_foveated import DynamicState, SharedBuffers, StaticDecoder, StaticStepper
 
 DEFAULT_CHUNK_FRAMES = 128  # frames per encoder pass in extend(): bounds the patch K/V held at once
 DEFAULT_MAX_NEW_TOKENS = 64
-INFERENCE_MODES = {"two_pass": (COARSE, FINE), "coarse": (COARSE,)}
+MODE_PASSES = {"two_pass": (COARSE, FINE), "coarse": (COARSE,)}  # the passes each of INFERENCE_MODES runs
 
 
 @dataclass
@@ -218,7 +220,7 @@ class FoveatedStream:
         if cuda_graph and model.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {model.device}")
         self.model = model
-        self.modes = INFERENCE_MODES[mode]
+        self.modes = MODE_PASSES[mode]
         self.chunk_frames = chunk_frames
         device = model.device
         input_ids = torch.as_tensor(input_ids, device=device)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from configuration_foveated import INFERENCE_MODES
 from eval.common import (
     ClipOutputs,
     command_line,
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = script_parser(__doc__)
     parser.add_argument(
         "--inference_mode",
-        choices=("two_pass", "coarse"),
+        choices=INFERENCE_MODES,
         help="reading to evaluate (default: the model's; two_pass gives both passes)",
     )
     return parser

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import traceback
 from typing import Any
 
 import torch
 
 from eval.benchmark.settings import CAPTION, PROMPT, SEED
-from eval.benchmark.timing import time_calls
+from eval.benchmark.streaming import stream_step_times
+from eval.benchmark.timing import median, median_ms
 from eval.common import add_override_argument, markdown_table, script_main, write_report
 from foveated_vlm.tiny import tiny_config, tiny_processor, tiny_tokenizer
 from foveated_vlm.training.config import load_config, parse_yaml
@@ -91,10 +91,6 @@ def clips(processor, args: argparse.Namespace) -> dict[str, torch.Tensor]:
     )
 
 
-def median_ms(fn, device: torch.device, args: argparse.Namespace) -> float:
-    return float(statistics.median(time_calls(fn, device, args.warmup, args.repeats)))
-
-
 def train_cost(model, batch: dict[str, torch.Tensor], device: torch.device, args) -> float:
     """Milliseconds per frame of one training forward + backward."""
     model.train()
@@ -103,7 +99,7 @@ def train_cost(model, batch: dict[str, torch.Tensor], device: torch.device, args
         model(**batch).loss.backward()
         model.zero_grad(set_to_none=True)
 
-    return median_ms(step, device, args) / (args.batch_size * args.num_frames)
+    return median_ms(step, device, args.warmup, args.repeats) / (args.batch_size * args.num_frames)
 
 
 def stream_cost(model, processor, batch, device: torch.device, args, fast: bool) -> float:
@@ -112,14 +108,10 @@ def stream_cost(model, processor, batch, device: torch.device, args, fast: bool)
     steps = args.warmup + args.repeats
     prompt = stream_prompt_inputs(processor, [PROMPT] * args.batch_size)
     stream = model.stream(**prompt, max_frames=steps if fast else None)
-    frames = batch["pixel_values_videos"]
-    counter = iter(range(steps))
-
-    def step() -> None:
-        stream.step(frames[:, next(counter) % args.num_frames])
-
+    frames = batch["pixel_values_videos"].transpose(0, 1)  # [B, T, C, S, S] -> [T, B, C, S, S]
     with torch.no_grad():
-        return median_ms(step, device, args) / args.batch_size
+        times = stream_step_times(stream, frames, device, args.warmup, args.repeats)
+    return median(times) / args.batch_size
 
 
 def measure_arm(args: argparse.Namespace, arm: Arm, device: torch.device) -> dict[str, Any]:
