@@ -22,6 +22,7 @@ import torch
 from configuration_foveated import INFERENCE_MODES
 from eval.attributes import DEFAULT_SCORED_ATTRIBUTES, score_caption
 from eval.common import (
+    DEFAULT_MAX_NEW_TOKENS,
     command_line,
     default_inference_mode,
     format_ci,
@@ -36,7 +37,6 @@ from foveated_vlm.data.collate import VideoCaptionCollator
 from foveated_vlm.files import atomic_write_text
 from foveated_vlm.metrics import BACKENDS, CAPTION_METRICS, caption_metrics
 
-DEFAULT_MAX_NEW_TOKENS = 24
 NUM_EXAMPLES = 8
 CAPTIONS_NAME = "captions.jsonl"
 ACCURACY_KEYS = (*DEFAULT_SCORED_ATTRIBUTES, "all")

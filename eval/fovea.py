@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from eval.common import (
+    PASSES,
     ClipOutputs,
     command_line,
     format_ci,
@@ -45,7 +46,6 @@ from foveated_vlm.metrics import (
     target_box_coverage,
 )
 
-PASSES = ("fine", "coarse")
 FIGURE_NAME = "mass_over_time.png"
 PLOT_HEADROOM = 1.3
 SUBSETS = {"all": None, "named": True, "generic": False}

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from configuration_foveated import INFERENCE_MODES
 from eval.common import (
+    PASSES,
     ClipOutputs,
     command_line,
     format_ci,
@@ -56,7 +57,6 @@ from foveated_vlm.metrics import (
     ssim,
 )
 
-PASSES = ("fine", "coarse")
 BASELINE = "copy"
 PER_CLIP_NAME = "per_clip.jsonl"
 NAN = float("nan")

@@ -30,6 +30,7 @@ import torch
 
 from configuration_foveated import INFERENCE_MODES
 from eval.common import (
+    DEFAULT_BATCH_SIZE,
     command_line,
     format_ci,
     load_model,
@@ -53,7 +54,6 @@ LETTER_LABEL = re.compile(r"^\(?([A-Z])[\.\):]\s*")
 GROUP_COLUMNS = ("attribute", "task_type", "task", "question_type", "domain")
 DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 PREDICTIONS_NAME = "predictions.jsonl"
-DEFAULT_BATCH_SIZE = 8
 DEFAULT_NUM_FRAMES = 16
 
 

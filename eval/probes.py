@@ -42,6 +42,8 @@ from torch.utils.data import DataLoader
 
 from eval.attributes import ATTRIBUTES, score_caption, scored_attributes_of, true_attributes
 from eval.common import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_NEW_TOKENS,
     command_line,
     default_inference_mode,
     load_context,
@@ -59,6 +61,7 @@ from foveated_vlm.metrics import (
     target_box_coverage,
     token_log_likelihoods,
 )
+from layout_foveated import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +69,9 @@ READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank
 DENSE_READERS = ("dynamic", "blank")
 """The readers of a dense model (``foveation_mode="dense"``): it has no queries to replace, and no attention map
 (its mass in the box is NaN)."""
-DEFAULT_MAX_NEW_TOKENS = 24
-DEFAULT_BATCH_SIZE = 8
 JSON_NAME = "probes.json"
 MARKDOWN_NAME = "probes.md"
 FIGURE_NAME = "probes.png"
-IGNORE_INDEX = -100
 FIRST_PLANNED_FRAME = 1
 """Mass in box is averaged over frames from this index on: frame 0 of every video is read by ``q_init``."""
 _RANDOM_STREAM, _SHUFFLE_STREAM = 1, 2

@@ -41,6 +41,7 @@ import torch
 
 from eval import captioning, fovea, intrinsic, probes
 from eval.common import (
+    DEFAULT_MAX_NEW_TOKENS,
     FINAL_DIR,
     REPORT_JSON,
     add_override_argument,
@@ -52,6 +53,7 @@ from eval.common import (
 from foveated_vlm.files import atomic_write_text
 from foveated_vlm.metrics import BACKENDS
 from foveated_vlm.training.config import load_config, parse_yaml
+from foveated_vlm.training.trainer import METRICS_NAME as TRAINING_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,6 @@ ARMS_DIR = "arms"
 EVAL_DIR = "eval"
 TRAIN_LOG = "train.log"
 ARM_PROCESS_LOG = "ablation.log"
-METRICS_NAME = "metrics.json"
 TABLE_NAME = "ablations"
 DEFAULT_LAUNCHER = f"{shlex.quote(sys.executable)} -u"
 
@@ -234,7 +235,7 @@ def run_arm(args: argparse.Namespace, arm: Arm, trainer: Trainer) -> dict[str, A
             record["train_seconds"] = time.perf_counter() - started
         else:
             record["reused"] = True
-        metrics = json.loads((arm_dir / METRICS_NAME).read_text(encoding="utf-8"))
+        metrics = json.loads((arm_dir / TRAINING_METRICS).read_text(encoding="utf-8"))
         record["steps"] = metrics.get("step")
         readers = arm_probe_readers(
             args,
@@ -299,7 +300,7 @@ TABLE_HEADERS = [
 ]
 
 
-PROBE_READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank")
+PROBE_READERS = probes.READERS
 PROBE_HEADERS = [
     "arm",
     *(f"all right: {reader}" for reader in PROBE_READERS),
@@ -468,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=probes.READERS,
         help="readers the probes run on a two-pass arm (default: all); a static-only arm runs 'static' alone",
     )
-    parser.add_argument("--max_new_tokens", type=int, default=captioning.DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--metrics_backend", default="auto", choices=BACKENDS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(

@@ -19,16 +19,9 @@ from foveated_vlm.metrics import box_patch_masks, crop_boxes, target_box_coverag
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 from processing_foveated import FoveatedVLMProcessor
 
-from .builders import clips_batch
+from .builders import SMALL_DATA, SMOKE_CONFIG, clips_batch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SMOKE_CONFIG = str(REPO_ROOT / "configs" / "smoke.yaml")
-SMALL_DATA = [
-    "--set",
-    "train.report_to=none",
-    "--set",
-    "data.num_clips={train: 16, validation: 4, heldout: 4}",
-]
 NUM_FRAMES = 4  # configs/smoke.yaml
 IMAGE_SIZE = 32
 PATCH_SIZE = 8

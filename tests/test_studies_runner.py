@@ -12,14 +12,7 @@ import train_accelerate
 from eval import probes
 from studies import runner as ablations
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SMOKE_CONFIG = str(REPO_ROOT / "configs" / "smoke.yaml")
-SMALL_DATA = [
-    "--set",
-    "train.report_to=none",
-    "--set",
-    "data.num_clips={train: 16, validation: 4, heldout: 4}",
-]
+from .builders import SMALL_DATA, SMOKE_CONFIG
 
 
 def test_ablation_runner_trains_and_evaluates_each_arm(tmp_path):

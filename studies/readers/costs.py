@@ -30,7 +30,7 @@ import torch
 from eval.benchmark.settings import CAPTION, PROMPT, SEED
 from eval.benchmark.streaming import stream_step_times
 from eval.benchmark.timing import median, median_ms
-from eval.common import add_override_argument, markdown_table, script_main, write_report
+from eval.common import DEFAULT_BATCH_SIZE, add_override_argument, markdown_table, script_main, write_report
 from foveated_vlm.tiny import tiny_config, tiny_processor, tiny_tokenizer
 from foveated_vlm.training.config import load_config, parse_yaml
 from foveated_vlm.training.modeling import build_model_and_processor
@@ -40,7 +40,6 @@ from streaming_foveated import stream_prompt_inputs
 from studies.runner import Arm, load_arms
 
 REPORT_NAME = "reader_costs"
-DEFAULT_BATCH_SIZE = 8
 DEFAULT_NUM_FRAMES = 8
 DEFAULT_REPEATS = 10
 DEFAULT_WARMUP = 3
