@@ -12,7 +12,7 @@ import train_accelerate
 from eval import probes
 from studies import runner as ablations
 
-from .builders import SMALL_DATA, SMOKE_CONFIG
+from .builders import REPO, SMALL_DATA, SMOKE_CONFIG
 
 
 def test_ablation_runner_trains_and_evaluates_each_arm(tmp_path):
@@ -120,3 +120,12 @@ def test_subprocess_trainer_reports_a_failed_run(tmp_path):
     with pytest.raises(RuntimeError, match="status 3"):
         failing(["--max_steps", "1"], tmp_path / "train.log")
     assert "--max_steps" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.parametrize("study", ["named_object", "readers", "label_free"])
+def test_every_study_arms_file_loads_with_the_runner(study):
+    arms = ablations.load_arms(REPO / "studies" / study / "arms.yaml")
+    assert arms and all(arm.name for arm in arms)
+    for arm in arms:
+        sections = {override.split("=", 1)[0].split(".", 1)[0] for override in arm.overrides}
+        assert sections <= {"model", "data", "train"}, f"{study}/{arm.name}: overrides {arm.overrides}"
