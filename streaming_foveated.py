@@ -71,8 +71,7 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
 
 DEFAULT_CHUNK_FRAMES = 128  # frames per encoder pass in extend(): bounds the patch K/V held at once
 DEFAULT_MAX_NEW_TOKENS = 64
-PASSES_OF_MODE = {"two_pass": (COARSE, FINE), "coarse": (COARSE,)}
-"""The passes each ``inference_mode`` (``configuration_foveated.INFERENCE_MODES``) streams."""
+MODE_PASSES = {"two_pass": (COARSE, FINE), "coarse": (COARSE,)}  # the passes each of INFERENCE_MODES runs
 
 
 @dataclass
@@ -221,7 +220,7 @@ class FoveatedStream:
         if cuda_graph and model.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {model.device}")
         self.model = model
-        self.modes = PASSES_OF_MODE[mode]
+        self.modes = MODE_PASSES[mode]
         self.chunk_frames = chunk_frames
         device = model.device
         input_ids = torch.as_tensor(input_ids, device=device)

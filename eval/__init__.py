@@ -8,10 +8,11 @@
 * ``python -m eval.captioning`` BLEU, ROUGE-L, CIDEr-D and attribute accuracy on held-out combinations.
 * ``python -m eval.build_mcq``  a small multiple-choice video QA set from the procedural data.
 * ``python -m eval.mcq``        MVBench / Video-MME style multiple-choice QA by answer log-likelihood.
-* ``python -m eval.ablations``  train and evaluate each arm of §13.2 with the same data, steps and seed.
 * ``python -m eval.figures``    loss curves, attention heat maps, predicted vs real next frames (PNG + GIF).
 * ``python -m eval.demo_report`` held-out captioning, probes and figures of a trained demo run (``scripts/demo.sh``).
 * ``python -m eval.benchmark``  GPU speed of foveated vs dense (the package ``eval/benchmark``; see its docstring).
 
-Run them from the repository root as modules (``python -m eval.NAME``), not as files.
+Run them from the repository root as modules (``python -m eval.NAME``), not as files. Sweeps and comparisons
+(arms trained side by side, their reports and results pages) are ``studies/``, which uses ``eval``; ``eval`` never
+imports a study.
 """

@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 
+from configuration_foveated import INFERENCE_MODES
 from eval.attributes import DEFAULT_SCORED_ATTRIBUTES, score_caption
 from eval.common import (
+    DEFAULT_MAX_NEW_TOKENS,
     command_line,
     default_inference_mode,
     format_ci,
@@ -35,8 +37,6 @@ from foveated_vlm.data.collate import VideoCaptionCollator
 from foveated_vlm.files import atomic_write_text
 from foveated_vlm.metrics import BACKENDS, CAPTION_METRICS, caption_metrics
 
-MODES = ("two_pass", "coarse")
-DEFAULT_MAX_NEW_TOKENS = 24
 NUM_EXAMPLES = 8
 CAPTIONS_NAME = "captions.jsonl"
 ACCURACY_KEYS = (*DEFAULT_SCORED_ATTRIBUTES, "all")
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Caption in every mode, score, write the reports, return the report."""
     context = load_context(args)
     model = context.model
-    modes = args.modes or (MODES if model.config.inference_mode == "two_pass" else ("coarse",))
+    modes = args.modes or (INFERENCE_MODES if model.config.inference_mode == "two_pass" else ("coarse",))
     report: dict[str, Any] = {
         "command": command_line(),
         "model": str(context.model_path),
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=MODES,
+        choices=INFERENCE_MODES,
         help="inference modes to caption with (default: both, or coarse for a coarse-only model)",
     )
     parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)

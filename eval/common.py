@@ -39,6 +39,8 @@ REPORT_MARKDOWN = "report.md"
 SPLIT_ROLES = ("train", "validation", "heldout")
 DEFAULT_SPLIT = "heldout"
 DEFAULT_BATCH_SIZE = 8
+DEFAULT_MAX_NEW_TOKENS = 24  # a generated caption's length in every report (captioning, probes, runner)
+PASSES = ("fine", "coarse")  # the two readings of a two-pass model, in the order reports list them
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DECIMALS = 4
 

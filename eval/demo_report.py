@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eval.fovea import target_visible
 from eval.probe_report import plot_probes
 from eval.probes import run_probes
 from foveated_vlm.files import atomic_write_text
@@ -77,9 +78,8 @@ def reader_attention(model, processor, items: list[dict[str, Any]], reader: str)
 
 def target_boxes(item: dict[str, Any]) -> np.ndarray:
     """``[T, 4]`` pixel box of the clip's target (the named object), NaN in frames where it is out of view."""
-    target = item["target_index"]
-    boxes = np.asarray(item["boxes"], dtype=float)[:, target].copy()
-    boxes[~np.asarray(item["visible"])[:, target]] = np.nan
+    boxes = np.asarray(item["boxes"], dtype=float)[:, item["target_index"]].copy()
+    boxes[~target_visible(item)] = np.nan
     return boxes
 
 

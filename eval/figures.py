@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from configuration_foveated import INFERENCE_MODES
 from eval.common import (
     LOG_NAME,
     ClipOutputs,
@@ -338,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = script_parser(__doc__)
     parser.add_argument("--log", help=f"training log (default: RUN/{LOG_NAME} with --run_dir)")
     parser.add_argument("--clips", type=int, nargs="+", default=[0, 1], help="indices of the clips to draw")
-    parser.add_argument("--inference_mode", choices=("two_pass", "coarse"), help="default: the model's")
+    parser.add_argument("--inference_mode", choices=INFERENCE_MODES, help="default: the model's")
     return parser
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from eval.common import (
+    PASSES,
     ClipOutputs,
     command_line,
     format_ci,
@@ -45,10 +46,31 @@ from foveated_vlm.metrics import (
     target_box_coverage,
 )
 
-PASSES = ("fine", "coarse")
 FIGURE_NAME = "mass_over_time.png"
 PLOT_HEADROOM = 1.3
 SUBSETS = {"all": None, "named": True, "generic": False}
+"""Clip subsets every box report gives (``eval.fovea``, ``eval.probes``): value = the clips' ``named`` flag
+(None: every clip)."""
+
+
+def mass_in_box(attention: torch.Tensor | None, coverage: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention mass in the target's box and its chance level, per frame: the one computation of every box report.
+
+    ``attention``: ``[N, P]`` patch part of the query's full attention (a pass's ``attention_*``), or None for a
+    model without a map (dense: its mass is NaN); ``coverage``: ``[N, P]`` box coverage fractions of the patches
+    (:func:`~foveated_vlm.metrics.target_box_coverage`). Returns ``(mass [N], chance [N])`` in float64 on the
+    CPU; chance is the box's area share (a uniform map's mass).
+    """
+    coverage = coverage.float().cpu()
+    chance = coverage.double().mean(-1)
+    if attention is None:
+        return torch.full_like(chance, float("nan")), chance
+    return attention_mass_in_box(attention.float().cpu(), coverage).double(), chance
+
+
+def target_visible(item: dict[str, Any]) -> np.ndarray:
+    """``[T]`` bool: frames of a procedural clip where its target object is visible."""
+    return np.asarray(item["visible"])[:, item["target_index"]].astype(bool)
 
 
 def clip_record(
@@ -59,14 +81,14 @@ def clip_record(
     record: dict[str, Any] = {
         "clip_id": item["clip_id"],
         "named": bool(item["named"]),
-        "visible": np.asarray(item["visible"])[:, item["target_index"]].astype(bool),
-        "chance": masks.double().mean(-1).numpy(),
+        "visible": target_visible(item),
+        "chance": mass_in_box(None, masks)[1].numpy(),
     }
     for name in PASSES:
         attention = getattr(outputs, f"attention_{name}")
         if attention is None:
             continue
-        record[f"mass_{name}"] = attention_mass_in_box(attention, masks.to(attention.dtype)).double().numpy()
+        record[f"mass_{name}"] = mass_in_box(attention, masks)[0].numpy()
         peaks = attention.argmax(-1)
         record[f"peak_{name}"] = (masks[torch.arange(len(peaks)), peaks] > 0).double().numpy()
     return record

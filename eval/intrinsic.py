@@ -32,7 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from configuration_foveated import INFERENCE_MODES
 from eval.common import (
+    PASSES,
     ClipOutputs,
     command_line,
     format_ci,
@@ -55,7 +57,6 @@ from foveated_vlm.metrics import (
     ssim,
 )
 
-PASSES = ("fine", "coarse")
 BASELINE = "copy"
 PER_CLIP_NAME = "per_clip.jsonl"
 NAN = float("nan")
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = script_parser(__doc__)
     parser.add_argument(
         "--inference_mode",
-        choices=("two_pass", "coarse"),
+        choices=INFERENCE_MODES,
         help="reading to evaluate (default: the model's; two_pass gives both passes)",
     )
     return parser

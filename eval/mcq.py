@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from configuration_foveated import INFERENCE_MODES
 from eval.common import (
+    DEFAULT_BATCH_SIZE,
     command_line,
     format_ci,
     load_model,
@@ -44,13 +46,14 @@ from foveated_vlm.metrics import token_log_likelihoods
 from processing_foveated import END_OF_TURN, IGNORE_INDEX
 from video_foveated import load_video, sample_frame_indices
 
-MODES = ("coarse", "two_pass", "streaming")
+STREAMING = "streaming"
+MODES = (*INFERENCE_MODES, STREAMING)
+"""Readings scored: the model's inference modes (``model(...)``) and the stream (``model.stream``)."""
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LETTER_LABEL = re.compile(r"^\(?([A-Z])[\.\):]\s*")
 GROUP_COLUMNS = ("attribute", "task_type", "task", "question_type", "domain")
 DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 PREDICTIONS_NAME = "predictions.jsonl"
-DEFAULT_BATCH_SIZE = 8
 DEFAULT_NUM_FRAMES = 16
 
 
@@ -164,7 +167,7 @@ def read_prefix(model, processor, prompts: list[str], videos: list[np.ndarray], 
         everything it holds, and the logits that predict the answer's first token.
     """
     inputs = processor(text=prompts, videos=videos).to(model.device)
-    if mode != "streaming":
+    if mode != STREAMING:
         output = model(**inputs, use_cache=True, logits_to_keep=1, inference_mode=mode)
         return output.cache, inputs["attention_mask"], output.logits[:, -1]
     try:

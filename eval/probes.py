@@ -42,6 +42,8 @@ from torch.utils.data import DataLoader
 
 from eval.attributes import ATTRIBUTES, score_caption, scored_attributes_of, true_attributes
 from eval.common import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_NEW_TOKENS,
     command_line,
     default_inference_mode,
     load_context,
@@ -51,14 +53,15 @@ from eval.common import (
     summarise,
     write_report,
 )
+from eval.fovea import SUBSETS, mass_in_box, target_visible
 from eval.probe_report import format_markdown, plot_probes
 from foveated_vlm.metrics import (
-    attention_mass_in_box,
     bootstrap_ci,
     ratio_of_means,
     target_box_coverage,
     token_log_likelihoods,
 )
+from layout_foveated import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +69,9 @@ READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank
 DENSE_READERS = ("dynamic", "blank")
 """The readers of a dense model (``foveation_mode="dense"``): it has no queries to replace, and no attention map
 (its mass in the box is NaN)."""
-SUBSETS = {"all": None, "named": True, "generic": False}
-DEFAULT_MAX_NEW_TOKENS = 24
-DEFAULT_BATCH_SIZE = 8
 JSON_NAME = "probes.json"
 MARKDOWN_NAME = "probes.md"
 FIGURE_NAME = "probes.png"
-IGNORE_INDEX = -100
 FIRST_PLANNED_FRAME = 1
 """Mass in box is averaged over frames from this index on: frame 0 of every video is read by ``q_init``."""
 _RANDOM_STREAM, _SHUFFLE_STREAM = 1, 2
@@ -324,17 +323,12 @@ def _clip_values(output, batch: ProbeBatch, reader: str) -> list[dict[str, float
         output.logits, inputs["labels"][:, -output.logits.shape[1] :]
     )
     caption_nll = (-log_likelihood / counts.clamp_min(1)).cpu().tolist()
-    attention = getattr(output, f"attention_{passes}")
-    if attention is None:  # a dense model: no map
-        mass = torch.full(batch.coverage.shape[:1], float("nan"), dtype=torch.float64)
-    else:
-        mass = attention_mass_in_box(attention.float().cpu(), batch.coverage).double()
-    mass = mass.split(batch.lengths)
-    chance = batch.coverage.double().mean(-1).split(batch.lengths)
+    mass, chance = mass_in_box(getattr(output, f"attention_{passes}"), batch.coverage)  # [N] each
+    mass, chance = mass.split(batch.lengths), chance.split(batch.lengths)
     in_view = (batch.coverage.sum(-1) > 0).split(batch.lengths)
     values = []
     for row, item in enumerate(batch.items):
-        visible = torch.as_tensor(np.asarray(item["visible"])[:, item["target_index"]]).bool() & in_view[row]
+        visible = torch.as_tensor(target_visible(item)) & in_view[row]
         visible[:FIRST_PLANNED_FRAME] = False
         frames = visible.nonzero().squeeze(-1)
         values.append(

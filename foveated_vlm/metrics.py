@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from encoder_foveated import attention_entropy
+from layout_foveated import IGNORE_INDEX
 
 from .data.boxes import box_patch_masks, crop_boxes, target_box_coverage
 
@@ -44,7 +45,6 @@ BLEU_MAX_ORDER = 4
 CIDER_MAX_ORDER = 4
 CIDER_SIGMA = 6.0
 CIDER_SCALE = 10.0
-IGNORE_INDEX = -100
 CAPTION_METRICS = ("bleu", "rouge_l", "cider")
 EVALUATE_NAMES = {"bleu": "bleu", "rouge_l": "rouge"}
 BACKENDS = ("auto", "evaluate", "builtin")

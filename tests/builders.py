@@ -27,6 +27,14 @@ from modeling_foveated import FoveatedVLMForConditionalGeneration
 from streaming_foveated import stream_prompt_inputs
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE_CONFIG = str(REPO / "configs" / "smoke.yaml")
+SMALL_DATA = [
+    "--set",
+    "train.report_to=none",
+    "--set",
+    "data.num_clips={train: 16, validation: 4, heldout: 4}",
+]
+"""``--set`` overrides of a seconds-long smoke run (``SMOKE_CONFIG``) for the eval and study runners' tests."""
 CAPTIONS = ("the red square moves from left to right.", "the blue circle bounces around.")
 PROMPTS = ("Describe the video.", "What does the blue circle do?")
 TINY_VAE_BLOCKS = 4

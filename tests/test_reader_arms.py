@@ -1,4 +1,4 @@
-"""The readers' ablation arms (configs/readers_arms.yaml) and their cost measurement (eval/reader_costs.py)."""
+"""The readers' ablation arms (studies/readers/arms.yaml) and their cost measurement (studies/readers/costs.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import json
 import pytest
 import torch
 
-from eval import reader_costs
-from eval.ablations import load_arms
 from foveated_vlm.training.config import load_config
 from foveated_vlm.training.modeling import build_model_and_processor
 from readers_foveated import FRAME_READERS
+from studies.readers import costs as reader_costs
+from studies.runner import load_arms
 
 from .builders import FIXATION_CROP
 from .environments import REPO
 
-ARMS = REPO / "configs" / "readers_arms.yaml"
+ARMS = REPO / "studies" / "readers" / "arms.yaml"
 BASE = REPO / "configs" / "named.yaml"
 SUPERVISED = "model.attention_supervision_weight=1.0"
 ARM_FRAMES = 2

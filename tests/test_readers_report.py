@@ -1,4 +1,4 @@
-"""eval.readers_report: the readers' table and figure from a sweep folder (training logs, probes) and a cost run."""
+"""studies.readers.report: the readers' table and figure from a sweep folder (training logs, probes) and a cost run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from eval import readers_report
+from studies.readers import report as readers_report
 
 ARMS_YAML = "arms:\n  - {name: query, set: []}\n  - {name: top_k, set: [model.frame_reader=top_k]}\n  - {name: absent, set: []}\n"
 

@@ -17,13 +17,15 @@ import pytest
 from .environments import REPO
 
 MAX_LINES = 700
+EVAL, STUDIES = "eval", "studies"
 LONG_BY_DESIGN = {"foveated_vlm/data/procedural.py"}  # the procedural generator: one topic (issue 13)
 
 
 def project_sources(root: Path = REPO) -> dict[str, Path]:
-    """Module name -> file of the project's own modules: root ``*.py``, ``foveated_vlm/**``, ``eval/**``."""
+    """Module name -> file of the project's own modules: root ``*.py``, ``foveated_vlm/**``, ``eval/**``,
+    ``studies/**``."""
     files = sorted(root.glob("*.py")) + sorted((root / "foveated_vlm").rglob("*.py"))
-    files += sorted((root / "eval").rglob("*.py"))
+    files += sorted((root / "eval").rglob("*.py")) + sorted((root / "studies").rglob("*.py"))
     modules = {}
     for path in files:
         parts = list(path.relative_to(root).with_suffix("").parts)
@@ -65,14 +67,14 @@ def import_graph(sources: dict[str, Path]) -> dict[str, set[str]]:
 
 
 def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
-    """The graph between units: each subpackage of ``foveated_vlm`` (``foveated_vlm.data``, ...), ``eval``, and each
-    other module on its own (the Hub files, ``foveated_vlm.metrics``, ...)."""
+    """The graph between units: each subpackage of ``foveated_vlm`` (``foveated_vlm.data``, ...), ``eval``,
+    ``studies``, and each other module on its own (the Hub files, ``foveated_vlm.metrics``, ...)."""
 
     def unit(module: str) -> str:
         parts = module.split(".")
         if parts[0] == "foveated_vlm" and len(parts) > 2:
             return ".".join(parts[:2])
-        return "eval" if parts[0] == "eval" else module
+        return parts[0] if parts[0] in (EVAL, STUDIES) else module
 
     units: dict[str, set[str]] = {}
     for module, targets in graph.items():
@@ -177,6 +179,38 @@ def test_a_re_added_cycle_is_found_and_named(tmp_path):
     assert import_cycles(packages) == [
         ({"foveated_vlm.x", "foveated_vlm.y"}, ["foveated_vlm.x", "foveated_vlm.y", "foveated_vlm.x"])
     ]
+
+
+def imports_of_studies(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Module outside ``studies`` -> the ``studies`` modules it imports: studies sit beside the library (Hub files,
+    ``foveated_vlm``, ``eval``, the trainer) and use it; nothing of the library may need a study."""
+    found = {}
+    for module, targets in graph.items():
+        if module.split(".")[0] != STUDIES:
+            used = {target for target in targets if target.split(".")[0] == STUDIES}
+            if used:
+                found[module] = used
+    return found
+
+
+def test_studies_are_imported_by_no_hub_file_nor_eval_nor_the_library():
+    graph = import_graph(project_sources())
+    assert any(module.startswith(f"{STUDIES}.") for module in graph), "the studies package was not scanned"
+    assert not imports_of_studies(graph), f"the library imports a study: {imports_of_studies(graph)}"
+
+
+def test_an_import_of_a_study_from_eval_is_found(tmp_path):
+    """The check itself: an ``eval`` module (or a Hub file) that imports a study is reported by name."""
+    for folder in (EVAL, STUDIES):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text('"""x"""\n', encoding="utf-8")
+    (tmp_path / STUDIES / "runner.py").write_text("import eval\n", encoding="utf-8")
+    (tmp_path / EVAL / "probes.py").write_text(
+        "def f():\n    from studies.runner import x\n", encoding="utf-8"
+    )
+    (tmp_path / "modeling_foveated.py").write_text("from .studies import runner\n", encoding="utf-8")
+    found = imports_of_studies(import_graph(project_sources(tmp_path)))
+    assert found == {"eval.probes": {"studies.runner"}, "modeling_foveated": {"studies.runner"}}
 
 
 def test_relative_and_package_imports_resolve():

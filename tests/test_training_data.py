@@ -96,7 +96,7 @@ def test_drop_prompt_empties_every_prompt_and_keeps_the_rest(setup):
 
 
 def test_every_default_ablation_arm_is_a_valid_config():
-    from eval.ablations import DEFAULT_ARMS
+    from studies.runner import DEFAULT_ARMS
 
     for arm in DEFAULT_ARMS:
         load_config("configs/smoke.yaml", arm.overrides)

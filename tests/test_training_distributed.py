@@ -223,7 +223,7 @@ def _log(run: Path, rows: list[dict]) -> Path:
 
 
 def test_multi_gpu_report_figures_and_markdown(tmp_path):
-    from eval import multi_gpu
+    from studies.multi_gpu import check as multi_gpu
 
     one = _log(
         tmp_path / "one", [{"step": s, "loss": 2.0, "samples_per_second": 10.0 * s} for s in (10, 20, 30, 40)]
@@ -256,7 +256,7 @@ def test_multi_gpu_report_figures_and_markdown(tmp_path):
 @pytest.mark.gpu
 def test_two_gpus_train_like_one(tmp_path):
     """The GPU check end to end, short: curves, FSDP save/load/resume and throughput on 2 GPUs."""
-    from eval import multi_gpu
+    from studies.multi_gpu import check as multi_gpu
 
     report = multi_gpu.main(["--output", str(tmp_path), "--steps", "20", "--batch-size", "2"])
     assert report["curve"]["passed"] and report["fsdp"]["passed"]

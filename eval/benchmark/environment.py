@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from .settings import BF16
-from .timing import GIB, free_memory, median, time_calls
+from .timing import GIB, free_memory, median_ms
 
 MATMUL_SIZE = 8192  # side of the bf16 matrix product that measures the achievable peak
 COPY_BYTES = 2 * 1024**3  # bytes of the device-to-device copy that measures bandwidth
@@ -24,10 +24,10 @@ def measure_ceilings(device: torch.device) -> dict[str, float | None]:
         return {"matmul_tflops": None, "copy_tbps": None}
     a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device, dtype=BF16)
     b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device, dtype=BF16)
-    matmul_ms = median(time_calls(partial(torch.matmul, a, b), device, CEILING_WARMUP, CEILING_REPEATS))
+    matmul_ms = median_ms(partial(torch.matmul, a, b), device, CEILING_WARMUP, CEILING_REPEATS)
     source = torch.empty(COPY_BYTES // 2, dtype=BF16, device=device).normal_()
     target = torch.empty_like(source)
-    copy_ms = median(time_calls(partial(target.copy_, source), device, CEILING_WARMUP, CEILING_REPEATS))
+    copy_ms = median_ms(partial(target.copy_, source), device, CEILING_WARMUP, CEILING_REPEATS)
     del a, b, source, target
     free_memory(device)
     return {

@@ -12,7 +12,7 @@ from foveated_vlm.training.speed import compile_regions
 
 from .flops import encoder_frame_flops, query_frame_flops
 from .settings import Settings
-from .timing import median, time_calls
+from .timing import median_ms
 
 GRAPHED_VARIANTS = {  # name -> whether the encoder's regions are compiled first
     "eager encode, graphed query": False,
@@ -74,6 +74,6 @@ def query_floors(config: FoveatedVLMConfig, kv_bytes: float, ceilings: dict) -> 
 def _query_figures(
     encode, read, settings: Settings, device: torch.device, per_frame: float
 ) -> dict[str, float]:
-    encode_us = median(time_calls(encode, device, settings.warmup, settings.repeats)) * per_frame
-    read_us = median(time_calls(read, device, settings.warmup, settings.repeats)) * per_frame
+    encode_us = median_ms(encode, device, settings.warmup, settings.repeats) * per_frame
+    read_us = median_ms(read, device, settings.warmup, settings.repeats) * per_frame
     return {"encode_us": encode_us, "query_us": read_us, "ratio": encode_us / read_us}

@@ -80,7 +80,9 @@ def bench_streaming(
     eager = replace(settings, stream_frames=min(settings.stream_frames, STREAM_EAGER_FRAMES))
     library = _open_stream(model, processor)
     name = f"library FoveatedStream.step (eager, DynamicCache; median of {eager.stream_frames} frames)"
-    results["variants"][name] = median(_stream_times(library, frames, targets, eager, device))
+    results["variants"][name] = median(
+        stream_step_times(library, frames, device, eager.stream_warmup, eager.stream_frames, targets)
+    )
     variants = stream_variants(settings, device)
     # the profiler table shows the compiled fused step (the fastest), or the last variant without compile
     profiled = next(
@@ -89,7 +91,11 @@ def bench_streaming(
     for name, options in variants.items():
         try:
             stream = _open_stream(model, processor, max_frames=total + PROFILE_STEPS + 1, **options)
-            results["variants"][name] = median(_stream_times(stream, frames, targets, settings, device))
+            results["variants"][name] = median(
+                stream_step_times(
+                    stream, frames, device, settings.stream_warmup, settings.stream_frames, targets
+                )
+            )
             if profile_dir is not None and name == profiled:
                 write_profile(
                     partial(stream.step, frames[0], targets=targets[0]),
@@ -107,18 +113,23 @@ def bench_streaming(
     return results
 
 
-def _stream_times(
+def stream_step_times(
     stream: FoveatedStream,
     frames: torch.Tensor,
-    targets: torch.Tensor,
-    settings: Settings,
     device: torch.device,
+    warmup: int,
+    repeats: int,
+    targets: torch.Tensor | None = None,
 ) -> list[float]:
-    """Milliseconds of each ``stream.step`` after ``stream_warmup`` steps (the stream advances one frame per call)."""
-    frame = iter(range(settings.stream_warmup + settings.stream_frames))
+    """Milliseconds of each of ``repeats`` ``stream.step`` calls after ``warmup`` (one frame a call).
+
+    ``frames``: ``[T, B, C, S, S]`` normalised frames, read in turn (cycling past ``T``); ``targets``: ``[T, B, ...]``
+    next-frame targets or None. The stream must hold ``warmup + repeats`` frames.
+    """
+    frame = iter(range(warmup + repeats))
 
     def step() -> None:
-        t = next(frame)
-        stream.step(frames[t], targets=targets[t])
+        t = next(frame) % len(frames)
+        stream.step(frames[t], targets=None if targets is None else targets[t])
 
-    return time_calls(step, device, settings.stream_warmup, settings.stream_frames)
+    return time_calls(step, device, warmup, repeats)

@@ -1,4 +1,7 @@
-"""Timing, host synchronisation, memory and profiler tables: how every section measures."""
+"""Timing, host synchronisation, memory and profiler tables: how every section measures.
+
+The one timing harness of the repository: the benchmark's sections and the studies' cost runs
+(``studies.readers.costs``) time through :func:`time_calls` / :func:`median_ms`."""
 
 from __future__ import annotations
 
@@ -54,6 +57,11 @@ def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, repeats
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
+
+
+def median_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` (:func:`time_calls`)."""
+    return median(time_calls(fn, device, warmup, repeats))
 
 
 def host_sync_sites(fn: Callable[[], Any], device: torch.device) -> list[str] | None:

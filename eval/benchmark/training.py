@@ -18,10 +18,11 @@ import torch
 from torch import nn
 from transformers import BatchFeature
 
+from acceleration_foveated import GRAPH_WARMUP_RUNS
 from foveated_vlm.tiny import tiny_processor
 from foveated_vlm.training.config import TrainingConfig, config_from_dict
 from foveated_vlm.training.modeling import build_optimizer, set_encoder_trainable
-from foveated_vlm.training.speed import GRAPH_WARMUP_STEPS, compile_regions
+from foveated_vlm.training.speed import compile_regions
 from foveated_vlm.training.step import LOSS_KEYS, TrainStep
 from foveated_vlm.training.trainer import make_accelerator
 
@@ -261,7 +262,7 @@ def _profiled_variant(variants: list[TrainVariant]) -> TrainVariant | None:
 
 def _warmup_steps(variant: TrainVariant, settings: Settings) -> int:
     """Steps before timing: a captured step first runs eagerly, is captured, then replays."""
-    return max(settings.train_warmup, GRAPH_WARMUP_STEPS + 1) if variant.cuda_graph else settings.train_warmup
+    return max(settings.train_warmup, GRAPH_WARMUP_RUNS + 1) if variant.cuda_graph else settings.train_warmup
 
 
 def _run_train_variant(model, batch, variant, config, settings, device, peak_tflops) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Speed levers of the training step: regional ``torch.compile`` and one CUDA graph per optimizer step.
 
-Measured on one H100 by ``python -m eval.benchmark`` (see ``docs/perf_notes.md``). The eager step of this model
-is bound by the CPU launching ~10k small kernels; these two levers take the CPU off the critical path:
+These are levers, not a timer: ``python -m eval.benchmark`` (the one timing harness) measured them on one H100
+(``docs/performance.md``). The eager step of this model is bound by the CPU launching ~10k small kernels; these
+two levers take the CPU off the critical path:
 
 * :func:`compile_regions` compiles the blocks that repeat (encoder patch layer, encoder query layer, LLM decoder
   layers, prediction heads): identical layers share one graph, so compile time does not grow with depth.
@@ -24,9 +25,6 @@ from acceleration_foveated import GRAPH_WARMUP_RUNS, capture_graph, run_on_side_
 
 logger = logging.getLogger(__name__)
 
-GRAPH_WARMUP_STEPS = (
-    GRAPH_WARMUP_RUNS  # eager steps on a side stream before a capture (cuBLAS workspaces, compile)
-)
 MAX_GRAPHS = 8  # batch shapes kept as graphs; further shapes run eagerly (with a warning)
 
 
@@ -107,7 +105,7 @@ class GraphedTrainStep:
     Args:
         step: ``batch -> Tensor``, forward + backward + clip + optimizer step.
         device: the CUDA device.
-        warmup_steps: eager steps per batch shape before its capture.
+        warmup_steps: eager steps per batch shape before its capture (side stream: cuBLAS workspaces, compile).
         max_graphs: shapes kept as graphs; later new shapes run eagerly.
     """
 
@@ -115,7 +113,7 @@ class GraphedTrainStep:
         self,
         step: Callable[[dict[str, Any]], torch.Tensor],
         device: torch.device,
-        warmup_steps: int = GRAPH_WARMUP_STEPS,
+        warmup_steps: int = GRAPH_WARMUP_RUNS,
         max_graphs: int = MAX_GRAPHS,
     ):
         if torch.device(device).type != "cuda":
@@ -164,7 +162,6 @@ class GraphedTrainStep:
 
 
 __all__ = [
-    "GRAPH_WARMUP_STEPS",
     "MAX_GRAPHS",
     "GraphedTrainStep",
     "batch_signature",
