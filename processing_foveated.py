@@ -135,7 +135,9 @@ class FoveatedVLMProcessor(ProcessorMixin):
         if kwargs.get("video_processor") is None:
             saved = processor_dict.get("video_processor")
             if not isinstance(saved, dict):
-                saved = {key: processor_dict.pop(key) for key in VIDEO_PROCESSOR_KEYS if key in processor_dict}
+                saved = {
+                    key: processor_dict.pop(key) for key in VIDEO_PROCESSOR_KEYS if key in processor_dict
+                }
             kwargs["video_processor"] = FoveatedVLMVideoProcessor.from_dict(saved)
         return super()._resolve_subprocessors(pretrained_model_name_or_path, processor_dict, **kwargs)
 
@@ -145,7 +147,9 @@ class FoveatedVLMProcessor(ProcessorMixin):
         if argument_name != "video_processor":
             return super().check_argument_for_proper_class(argument_name, argument)
         if not isinstance(argument, FoveatedVLMVideoProcessor):
-            raise TypeError(f"video_processor must be a FoveatedVLMVideoProcessor, got {type(argument).__name__}")
+            raise TypeError(
+                f"video_processor must be a FoveatedVLMVideoProcessor, got {type(argument).__name__}"
+            )
         return FoveatedVLMVideoProcessor
 
     @classmethod

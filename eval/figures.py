@@ -210,7 +210,9 @@ def plot_grid(rows: dict[str, list[np.ndarray]], title: str, path: Path) -> None
 
 def attention_images(item: dict[str, Any], outputs: ClipOutputs, processor, patch_size: int):
     """Per-frame rows (frame with target box, static overlay, dynamic overlay) at display size."""
-    frames_resized = _to_uint8(processor.video_processor.preprocess_frames(torch.as_tensor(item["frames"]).float() / 255)[1])
+    frames_resized = _to_uint8(
+        processor.video_processor.preprocess_frames(torch.as_tensor(item["frames"]).float() / 255)[1]
+    )
     size = processor.image_size
     grid = size // patch_size
     scale = max(1, round(DISPLAY_SIDE / size))

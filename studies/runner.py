@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO_ROOT / "train_accelerate.py"
+STUDY_PLUGINS = "model.plugins=[studies.readers]"
+"""Every arm may name a study reader: its training (and so its evaluation) imports them."""
 ARMS_DIR = "arms"
 EVAL_DIR = "eval"
 TRAIN_LOG = "train.log"
@@ -143,7 +145,7 @@ def training_arguments(args: argparse.Namespace, arm: Arm, arm_dir: Path) -> lis
         argv += ["--seed", str(args.seed)]
     if args.config:
         argv = ["--config", str(args.config), *argv]
-    for override in [*args.overrides, *arm.overrides]:
+    for override in [STUDY_PLUGINS, *args.overrides, *arm.overrides]:
         argv += ["--set", override]
     return argv
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import yaml
 
@@ -107,3 +109,16 @@ def test_cli_flags_override_the_file(monkeypatch):
     assert config.train.max_steps == 7, "--max_steps wins over --set and the file"
     assert config.train.seed == 3 and config.output_dir == "/tmp/x"
     assert (captured["resume"], captured["repo"], captured["local"]) == ("latest", "me/model", "/tmp/h")
+
+
+def test_model_plugins_are_imported_before_the_model_and_a_missing_one_is_named(tmp_path, monkeypatch):
+    """``model.plugins`` imports extensions (e.g. ``studies.readers``) so a config can name what they register."""
+    (tmp_path / "my_reader_plugin.py").write_text("import sys\nsys.modules[__name__].LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = config_from_dict({"model": {"plugins": ["my_reader_plugin"]}})
+    assert config.model.plugins == ["my_reader_plugin"]
+    assert sys.modules["my_reader_plugin"].LOADED
+    with pytest.raises(ValueError, match="model.plugins: cannot import 'no_such_plugin'"):
+        config_from_dict({"model": {"plugins": ["no_such_plugin"]}})
+    study = config_from_dict({"model": {"plugins": ["studies.readers"], "frame_reader": "dual_stream"}})
+    assert study.model.overrides["frame_reader"] == "dual_stream"

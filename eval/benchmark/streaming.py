@@ -67,7 +67,9 @@ def bench_streaming(
     pixels = torch.rand(
         total + CHECK_FRAMES, size, size, 3, device=device, generator=generator
     )  # [T, H, W, 3]
-    frames = processor.video_processor.preprocess_frames(pixels)[0].unsqueeze(1).to(model.dtype)  # [T, 1, 3, S, S] normalised
+    frames = (
+        processor.video_processor.preprocess_frames(pixels)[0].unsqueeze(1).to(model.dtype)
+    )  # [T, 1, 3, S, S] normalised
     targets = torch.randn(total + CHECK_FRAMES, 1, *config.target_shape, device=device, generator=generator)
     targets = targets.to(model.dtype)
     results: dict[str, Any] = {

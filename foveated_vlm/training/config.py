@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ class ModelSection:
     text_name_or_path: str | None = "HuggingFaceTB/SmolLM2-135M-Instruct"
     vae_name_or_path: str | None = None
     system_prompt: str | None = None
+    plugins: list[str] = field(default_factory=list)
+    """Python modules imported before the model is built or loaded: extensions that register themselves, such as
+    the repository's ``studies.readers`` (the study frame readers). A run that names one saves it in its config, so
+    its evaluation imports it again."""
     vision: dict[str, Any] = field(default_factory=dict)
     text: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -278,7 +283,18 @@ def config_from_dict(values: dict[str, Any]) -> TrainingConfig:
         kwargs[name] = (
             _build_section(factory, values[name], name) if dataclasses.is_dataclass(factory) else values[name]
         )
-    return TrainingConfig(**kwargs).validate()
+    config = TrainingConfig(**kwargs)
+    import_plugins(config.model.plugins)
+    return config.validate()
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import each of ``model.plugins``; a ``ValueError`` naming a module that cannot be imported."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(f"model.plugins: cannot import {module!r} ({error})") from error
 
 
 def apply_override(values: dict[str, Any], assignment: str) -> None:
