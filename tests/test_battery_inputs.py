@@ -454,7 +454,7 @@ PROCESSOR_ERRORS = [
     ),
     Case(
         "processor-sampling-invalid",
-        lambda w: type(w.processor)(tokenizer=w.processor.tokenizer, image_size=32, num_frames=0),
+        lambda w: type(w.processor.video_processor)(image_size=32, num_frames=0),
         "num_frames must be an integer >= 1",
     ),
 ]

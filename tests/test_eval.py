@@ -91,7 +91,7 @@ def test_prediction_and_attention_metrics_known_answers(make_model):
         visual_coarse=None,
         caption_log_likelihood=(-6.0, 3),
     )
-    values = intrinsic.clip_metrics(outputs, processor.postprocess_targets, None)
+    values = intrinsic.clip_metrics(outputs, processor.video_processor.postprocess_targets, None)
     assert values["loss_fine"] == 0 and values["psnr_fine"] == float("inf")
     assert values["ssim_fine"] == pytest.approx(1.0)
     assert values["loss_coarse"] == pytest.approx(0.04, rel=1e-5)

@@ -59,3 +59,20 @@ def test_legacy_study_reader_checkpoint_says_where_its_reader_lives(monkeypatch)
     if "dual_stream" not in readers_foveated.FRAME_READERS:
         readers_foveated.register_reader("dual_stream", *studies.readers.STUDY_READERS["dual_stream"])
     _check_bit_identical("dual_stream")
+
+
+@pytest.mark.parametrize("name", ["query", "recipe"])
+def test_a_fresh_model_initialises_the_weights_the_old_code_did(tokenizer, name):
+    """The same seed draws the same weights as before the split, so a training run (the main job) reproduces its
+    figures: the fixtures' weights are the old code's initialisation at seed 0 of the same tiny config."""
+    from foveated_vlm.tiny import tiny_config
+
+    saved = FoveatedVLMForConditionalGeneration.from_pretrained(FIXTURES / name).config.to_dict()
+    overrides = {key: saved[key] for key in ("plan_first_query", "glimpse_location", "attention_map_layer")}
+    overrides["previous_target_dropout"] = saved["previous_target_dropout"]
+    torch.manual_seed(0)
+    fresh = FoveatedVLMForConditionalGeneration(tiny_config(tokenizer, **overrides)).state_dict()
+    reloaded = FoveatedVLMForConditionalGeneration.from_pretrained(FIXTURES / name).state_dict()
+    assert set(fresh) == set(reloaded)
+    for key, value in reloaded.items():
+        assert torch.equal(fresh[key], value), key

@@ -14,6 +14,7 @@ from configuration_foveated import FoveatedVLMConfig
 from eval import probes
 from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset
 from readers_foveated import FRAME_READERS
+from spatial_readers_foveated import SPATIAL_READERS
 from streaming_foveated import stream_prompt_inputs
 
 from .builders import (
@@ -35,6 +36,7 @@ from .builders import (
 from .environments import bare_site, run_isolated
 
 ARM_IDS = [name for name, _ in READER_ARMS]
+HUB_READERS = ("query", *SPATIAL_READERS)
 ARM_OVERRIDES = [overrides for _, overrides in READER_ARMS]
 LEFT_HALF_COLUMNS = 2  # of the tiny model's 4 x 4 patch grid
 # One LLM token a frame: what streaming reads (the k-token variants go through model(...) and generate).
@@ -175,7 +177,8 @@ def test_the_fast_path_fuses_the_reads_only_where_the_reader_allows(build):
         ({"frame_reader": "dual_stream"}, False),  # fovea + periphery, averaged into one LLM token
     )
     for overrides, fused in cases:
-        model, processor = build(fixation_crop_size=FIXATION_CROP, **overrides)
+        crop = {"fixation_crop_size": FIXATION_CROP} if overrides["frame_reader"] == "dual_stream" else {}
+        model, processor = build(**crop, **overrides)
         stream = model.stream(**stream_prompt_inputs(processor, list(STREAM_PROMPTS)), max_frames=2)
         assert stream._static.fused_read is fused, overrides
 
@@ -219,17 +222,19 @@ LOADER = textwrap.dedent(
 )
 
 
-def test_every_reader_loads_from_the_hub_files_with_the_same_logits(make_model, random_video, tmp_path):
-    arms = [overrides for _, overrides in READER_ARMS]
+def test_every_hub_reader_loads_from_the_hub_files_with_the_same_logits(make_model, random_video, tmp_path):
+    """The readers of the model's files load where only torch and transformers can be imported, with the same
+    logits; a study reader's checkpoint carries no study code and says where its reader lives."""
+    arms = [{"frame_reader": "query"}] + [o for _, o in READER_ARMS if o["frame_reader"] in HUB_READERS]
+    assert {overrides["frame_reader"] for overrides in arms} == set(HUB_READERS)
     directories, expected = [], []
     for index, overrides in enumerate(arms):
         model, processor = make_model(**overrides)
         directory = tmp_path / f"reader_{index}"
         model.save_pretrained(directory)
         processor.save_pretrained(directory)
-        assert all(
-            (directory / f"{family}_readers_foveated.py").is_file() for family in ("spatial", "fixation")
-        )
+        assert (directory / "spatial_readers_foveated.py").is_file()
+        assert not list(directory.glob("*fixation*")), "no study code in a checkpoint"
         directories.append(str(directory))
         inputs = processor(text="Describe the video.", videos=random_video(4))
         with torch.no_grad():
@@ -247,6 +252,13 @@ def test_every_reader_loads_from_the_hub_files_with_the_same_logits(make_model, 
     logits = load_file(tmp_path / "out.safetensors")
     for index, reference in enumerate(expected):
         assert torch.equal(logits[str(index)], reference), arms[index]
+    study, processor = make_model(frame_reader="dual_stream", fixation_crop_size=FIXATION_CROP)
+    study.save_pretrained(tmp_path / "study")
+    processor.save_pretrained(tmp_path / "study")
+    refused = run_isolated(
+        LOADER, str(tmp_path / "study.safetensors"), str(tmp_path / "study"), paths=[site], cwd=elsewhere
+    )
+    assert refused.returncode != 0 and "studies.readers" in refused.stderr, refused.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -277,9 +289,9 @@ def test_the_probes_plans_read_other_places_for_fixation_plans(build, probe_clip
     batch = probes.prepare_batch(model, processor, probe_clips, list(range(PROBE_CLIPS)))
     attention = {}
     for name in ("dynamic", "static", "random", "shuffled"):
-        inputs, _, kwargs, mode = probes.reader_call(name, model, batch, seed=0)
-        with torch.no_grad():
-            out = model(**inputs, **kwargs, inference_mode=mode)
+        inputs, _, probe, mode = probes.reader_call(name, model, batch, seed=0)
+        with torch.no_grad(), model.probe_reading(**probe):
+            out = model(**inputs, inference_mode=mode)
         attention[name] = out.attention_fine if mode == "two_pass" else out.attention_coarse
     for name in ("static", "random", "shuffled"):
         assert not torch.allclose(attention[name], attention["dynamic"]), name
