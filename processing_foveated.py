@@ -9,6 +9,7 @@ encoded videos.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -18,10 +19,28 @@ from transformers.processing_utils import ProcessorMixin
 
 try:
     from .layout_foveated import IGNORE_INDEX, VideoLayout
-    from .video_foveated import as_videos, check_sampling, is_encoded_video, resize_frames, video_to_frames
+    from .video_foveated import (
+        LongVideoWarning,
+        as_videos,
+        check_long_video_factor,
+        check_sampling,
+        is_encoded_video,
+        long_video_message,
+        resize_frames,
+        video_to_frames,
+    )
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from layout_foveated import IGNORE_INDEX, VideoLayout
-    from video_foveated import as_videos, check_sampling, is_encoded_video, resize_frames, video_to_frames
+    from video_foveated import (
+        LongVideoWarning,
+        as_videos,
+        check_long_video_factor,
+        check_sampling,
+        is_encoded_video,
+        long_video_message,
+        resize_frames,
+        video_to_frames,
+    )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,7 +76,8 @@ def add_video_tokens(tokenizer) -> dict[str, int]:
 
 
 def check_prompt_text(texts: Sequence, name: str, allow_none: bool = False) -> None:
-    """ValueError unless every entry of ``texts`` is a string free of the video tokens (None allowed if asked).
+    """ValueError unless every entry of ``texts`` is encodable text (no lone surrogates) free of the video tokens
+    (None allowed if asked).
 
     The processor writes the video block itself; a ``<|frame|>`` typed into a prompt or caption would become a
     frame slot with no frame (or a second video start), so it is refused here rather than read as garbage.
@@ -69,6 +89,14 @@ def check_prompt_text(texts: Sequence, name: str, allow_none: bool = False) -> N
             what = "None" if entry is None else f"a {type(entry).__name__}"
             fix = " ('' for no prompt)" if name == "text" else " (or None for a video without one)"
             raise ValueError(f"{name}[{index}] is {what}: give one string per video{fix}")
+        try:
+            entry.encode("utf-8")
+        except UnicodeEncodeError as error:  # lone surrogates: the tokenizer would fail with a TypeError
+            raise ValueError(
+                f"{name}[{index}] is not valid Unicode text (a lone surrogate at character {error.start}, as "
+                "bytes decoded with errors='surrogateescape' leave): decode the bytes as UTF-8, or drop them with "
+                "text.encode('utf-8', 'replace').decode()"
+            ) from None
         for token in VIDEO_TOKENS:
             if token in entry:
                 raise ValueError(
@@ -93,6 +121,10 @@ class FoveatedVLMProcessor(ProcessorMixin):
         system_prompt: system message of the chat template; None keeps the template's default.
         num_frames / fps: default sampling of encoded videos (paths, bytes, files) when a call gives neither;
             the trainer records the sampling the model was trained with. None for both: every frame.
+        trained_frames: the most frames of a training clip (the trainer records it; None for a checkpoint saved
+            before it was recorded: no warning then).
+        long_video_factor: a video read as more than this many times ``trained_frames`` frames gives one
+            :class:`LongVideoWarning` per processor, saying how to subsample it (None: never).
     """
 
     def __init__(
@@ -110,10 +142,20 @@ class FoveatedVLMProcessor(ProcessorMixin):
         chat_template: str | None = None,
         num_frames: int | None = None,
         fps: float | None = None,
+        trained_frames: int | None = None,
+        long_video_factor: float | None = 2.0,
     ):
         check_sampling(num_frames, fps)
+        check_long_video_factor(long_video_factor)
+        if trained_frames is not None and (
+            isinstance(trained_frames, bool) or not isinstance(trained_frames, int) or trained_frames < 1
+        ):
+            raise ValueError(f"trained_frames must be an integer >= 1 (or None), got {trained_frames!r}")
         self.num_frames = num_frames
         self.fps = fps
+        self.trained_frames = trained_frames
+        self.long_video_factor = long_video_factor
+        self._warned_long_video = False
         self.image_size = image_size
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
@@ -275,6 +317,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
         vae=None,
         num_frames: int | None = None,
         fps: float | None = None,
+        max_frames: int | None = None,
         return_video_layout: bool = False,
         caption_bucket: int = 1,
         return_tensors: str = "pt",
@@ -294,7 +337,8 @@ class FoveatedVLMProcessor(ProcessorMixin):
             num_frames / fps: sampling. ``num_frames`` picks that many frames uniformly from any video (arrays
                 and frame lists too); ``fps`` applies to encoded videos only (arrays carry no timestamps). With
                 neither, encoded videos follow the processor's own ``num_frames``/``fps`` and arrays are read
-                whole.
+                whole. A video read far beyond ``trained_frames`` warns once (``long_video_factor``).
+            max_frames: cap on the frames of each video after sampling (more are subsampled uniformly to this).
             return_video_layout: add ``video_layout``, the batch's frame and caption positions as index tensors
                 (:class:`VideoLayout`), so that the training forward runs without host synchronisation. Leave it
                 off for ``generate`` (it does not expand the layout for beams).
@@ -312,13 +356,13 @@ class FoveatedVLMProcessor(ProcessorMixin):
             raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
         if videos is None:
             raise ValueError("videos are required (use the tokenizer directly for text only)")
-        check_sampling(num_frames, fps)
+        check_sampling(num_frames, fps, max_frames)
         videos = as_videos(videos)
         prompts = self._as_text_list(text, len(videos), "text", default="")
         answers = self._as_text_list(captions, len(videos), "captions", default=None)
         check_prompt_text(prompts, "text")
         check_prompt_text(answers, "captions", allow_none=True)
-        pixels, resized = zip(*(self.prepare_video(video, num_frames, fps) for video in videos))
+        pixels, resized = zip(*(self.prepare_video(video, num_frames, fps, max_frames) for video in videos))
         samples = [self._tokenize_sample(p, len(clip), a) for p, clip, a in zip(prompts, pixels, answers)]
         batch = self._pad_text(samples, with_labels=captions is not None)
         batch["pixel_values_videos"], batch["video_frame_mask"] = self._pad_frames(list(pixels))
@@ -338,18 +382,29 @@ class FoveatedVLMProcessor(ProcessorMixin):
         return BatchFeature(batch, tensor_type=None)
 
     def prepare_video(
-        self, video, num_frames: int | None = None, fps: float | None = None
+        self, video, num_frames: int | None = None, fps: float | None = None, max_frames: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One video (any kind ``video_foveated`` reads) -> normalised pixels and resized frames ``[T, 3, S, S]``.
 
-        Encoded videos with neither ``num_frames`` nor ``fps`` follow the processor's own sampling.
+        Encoded videos with neither ``num_frames`` nor ``fps`` follow the processor's own sampling;
+        ``max_frames`` caps the count (:func:`video_to_frames`); a long read warns (:meth:`warn_long_video`).
         """
         if is_encoded_video(video) and num_frames is None and fps is None:
             num_frames, fps = self.num_frames, self.fps
-        runs = [self.preprocess_frames(run) for run in video_to_frames(video, num_frames=num_frames, fps=fps)]
+        frames = video_to_frames(video, num_frames=num_frames, fps=fps, max_frames=max_frames)
+        self.warn_long_video(sum(run.shape[0] for run in frames))
+        runs = [self.preprocess_frames(run) for run in frames]
         if len(runs) == 1:
             return runs[0]
         return torch.cat([pixels for pixels, _ in runs]), torch.cat([resized for _, resized in runs])
+
+    def warn_long_video(self, count: int) -> None:
+        """One :class:`LongVideoWarning` per processor when ``count`` frames are far more than it was trained on
+        (``long_video_factor`` x ``trained_frames``); the message gives the trained length and how to subsample."""
+        message = long_video_message(count, self.trained_frames, self.long_video_factor)
+        if message is not None and not self._warned_long_video:
+            self._warned_long_video = True
+            warnings.warn(message, LongVideoWarning, stacklevel=5)  # the caller of __call__
 
     @staticmethod
     def _as_text_list(text, count: int, name: str, default) -> list:

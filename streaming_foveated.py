@@ -59,11 +59,11 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
 try:
-    from .layout_foveated import COARSE, FINE, check_pixel_values
+    from .layout_foveated import COARSE, FINE, check_pixel_values, check_token_ids
     from .processing_foveated import VIDEO_START_TOKEN, check_prompt_text
     from .streaming_static_foveated import DynamicState, SharedBuffers, StaticDecoder, StaticStepper
 except ImportError:  # imported as a top-level module from a checkout of the repository
-    from layout_foveated import COARSE, FINE, check_pixel_values
+    from layout_foveated import COARSE, FINE, check_pixel_values, check_token_ids
     from processing_foveated import VIDEO_START_TOKEN, check_prompt_text
     from streaming_static_foveated import DynamicState, SharedBuffers, StaticDecoder, StaticStepper
 
@@ -323,6 +323,7 @@ class FoveatedStream:
             raise ValueError(
                 f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}"
             )
+        check_token_ids(ids, self.model.get_input_embeddings().num_embeddings)
         if not (ids[:, -1] == config.video_start_token_id).all() or not mask[:, -1].bool().all():
             raise ValueError(
                 "every prompt must end with <video_start> (id "
@@ -340,6 +341,7 @@ class FoveatedStream:
 
     def _validate_suffix(self, suffix_ids) -> torch.Tensor:
         suffix = torch.as_tensor(suffix_ids, device=self._input_ids.device).flatten().long()
+        check_token_ids(suffix, self.model.get_input_embeddings().num_embeddings, "suffix_ids")
         if suffix.numel() == 0 or suffix[0] != self.model.config.video_end_token_id:
             raise ValueError(
                 f"suffix_ids must start with <video_end> (id {self.model.config.video_end_token_id})"
