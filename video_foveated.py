@@ -607,6 +607,11 @@ def as_videos(videos) -> list:
 
 def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
     """``[T, H, W, 3]`` in [0, 1] -> ``[T, 3, size, size]``: shorter side to ``size`` (antialiased), centre crop."""
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(
+            f"frames must be [T, H, W, 3] RGB, got shape {tuple(frames.shape)}: convert other videos with "
+            "video_foveated.video_to_array (or pass them to the processor, which converts every kind)"
+        )
     frames = frames.permute(0, 3, 1, 2)
     height, width = frames.shape[-2:]
     scale = size / min(height, width)

@@ -487,6 +487,11 @@ PROCESSOR_ERRORS = [
         r"captions\[0\] is not valid Unicode text",
     ),
     Case(
+        "preprocess-frames-channels-first",
+        lambda w: w.processor.preprocess_frames(torch.rand(2, 3, 16, 16)),
+        r"frames must be \[T, H, W, 3\] RGB, got shape \(2, 3, 16, 16\): convert other videos",
+    ),
+    Case(
         "max-frames-zero",
         lambda w: w.processor(text="a", videos=V, max_frames=0),
         r"max_frames must be an integer >= 1 \(or None for no cap\)",

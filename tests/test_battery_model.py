@@ -272,6 +272,11 @@ STREAM_CASES = [
     ),
     Case("prompt-none", lambda w: stream_prompt_inputs(w.processor, [None]), r"text\[0\] is None"),
     Case(
+        "prompt-lone-surrogate",
+        lambda w: stream_prompt_inputs(w.processor, "describe \udcff"),
+        r"text\[0\] is not valid Unicode text",
+    ),
+    Case(
         "prompt-empty-list",
         lambda w: stream_prompt_inputs(w.processor, []),
         "text is an empty list of prompts",
