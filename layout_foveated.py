@@ -69,6 +69,11 @@ def check_video_channels(
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
     """ValueError if ``input_ids`` hold a token id outside ``[0, vocab_size)`` (one host synchronisation: call it
     only where the inputs are read back anyway, never on a training step with a :class:`VideoLayout`)."""
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(
+            f"{name} must be integer token ids, got dtype {input_ids.dtype}: build them with this model's processor "
+            "(processor(text=..., videos=...)), or convert them with .long()"
+        )
     if input_ids.numel() == 0:
         return
     low, high = torch.stack([input_ids.amin(), input_ids.amax()]).tolist()  # one synchronisation

@@ -131,6 +131,11 @@ MODEL_CASES = [
         r"token id -100, outside .*labels' -100 belongs in labels, not in input_ids",
     ),
     Case(
+        "float-token-ids",
+        _forward(input_ids=lambda i: i["input_ids"].float()),
+        r"input_ids must be integer token ids, got dtype torch.float32: .*or convert them with .long\(\)",
+    ),
+    Case(
         "token-id-beyond-the-vocabulary-text-only",
         lambda w: w.model(input_ids=torch.tensor([[1, 10**6]])),
         "outside the model's vocabulary",
