@@ -28,14 +28,30 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 try:
     from .configuration_foveated import INFERENCE_MODES, FoveatedVLMConfig
     from .encoder_foveated import GLIMPSE_LOCATION_FEATURES, FoveatedEncoder, PatchCache, glimpse_location
-    from .layout_foveated import COARSE, FINE, VideoLayout, check_pixel_values, gather_positions
+    from .layout_foveated import (
+        COARSE,
+        FINE,
+        VideoLayout,
+        check_pixel_values,
+        check_token_ids,
+        check_video_channels,
+        gather_positions,
+    )
     from .outputs_foveated import FoveatedVLMModelOutput
     from .reader_base_foveated import FrameReader, FrameReading
     from .readers_foveated import build_reader
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from configuration_foveated import INFERENCE_MODES, FoveatedVLMConfig
     from encoder_foveated import GLIMPSE_LOCATION_FEATURES, FoveatedEncoder, PatchCache, glimpse_location
-    from layout_foveated import COARSE, FINE, VideoLayout, check_pixel_values, gather_positions
+    from layout_foveated import (
+        COARSE,
+        FINE,
+        VideoLayout,
+        check_pixel_values,
+        check_token_ids,
+        check_video_channels,
+        gather_positions,
+    )
     from outputs_foveated import FoveatedVLMModelOutput
     from reader_base_foveated import FrameReader, FrameReading
     from readers_foveated import build_reader
@@ -407,6 +423,9 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
         if mode not in INFERENCE_MODES:
             raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {mode!r}")
         use_cache = bool(use_cache) and not self.training
+        prefill = cache is None or cache.get_seq_length() == 0  # the caller's ids, not a decoding step's
+        if video_layout is None and prefill:  # one synchronisation, off the training path (see its doc)
+            check_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
         if pixel_values_videos is None:
             if position_ids is None:
                 position_ids = self.default_position_ids(input_ids, attention_mask, cache)
@@ -415,6 +434,7 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
             return FoveatedVLMModelOutput(last_hidden_state=text.last_hidden_state, cache=text.cache)
 
         check_pixel_values(pixel_values_videos, video_frame_mask, values=video_layout is None)  # see its doc
+        check_video_channels(pixel_values_videos, self.config.vision_config.num_channels)
         layout = self.resolve_video_layout(
             input_ids, pixel_values_videos, video_frame_mask, attention_mask, labels, video_layout
         )

@@ -20,7 +20,9 @@ Dense-baseline models have no queries: they are captioned with one ``generate`` 
 Bad input never prints a traceback: the arguments, the output paths (``--attention``/``--predictions``), the
 device, the prompt and the model path are checked before the model is loaded or a frame decoded, and every
 failure (missing or undecodable file, too many frames for the context, ...) prints ``error: ...`` on stderr and
-exits 1 (2 for malformed arguments, as argparse does).
+exits 1 (2 for malformed arguments, as argparse does). A warning is one ``warning: ...`` line: reading a video
+as far more frames than the model was trained on (the processor's ``trained_frames`` x ``long_video_factor``)
+says so, with the trained length and how to subsample.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -45,7 +48,14 @@ from foveated_vlm.data.targets import vae_for
 from foveated_vlm.files import atomic_path
 from processing_foveated import DEFAULT_PROMPT, check_prompt_text
 from streaming_foveated import DEFAULT_CHUNK_FRAMES, stream_prompt_inputs
-from video_foveated import iter_video, sampled_frame_count, to_uint8, video_duration
+from video_foveated import (
+    LongVideoWarning,
+    iter_video,
+    long_video_message,
+    sampled_frame_count,
+    to_uint8,
+    video_duration,
+)
 
 DEFAULT_MAX_NEW_TOKENS = 64
 # Frames are shown at least this large in the GIF (upscaled when the model reads fewer pixels).
@@ -171,10 +181,11 @@ def check_device(name: str) -> str:
 def check_output(path: str, flag: str) -> None:
     """An output file of ``flag`` must be writable where it is named, before any frame is decoded."""
     suffix = OUTPUT_SUFFIXES[flag]
+    if os.path.isdir(path):
+        example = os.path.join(path, f"{flag.lstrip('-')}{suffix}")
+        raise ValueError(f"{flag} {path} is a directory: give a file name ending in {suffix}, e.g. {example}")
     if not path.lower().endswith(suffix):
         raise ValueError(f"{flag} {path}: the file is written as {suffix[1:].upper()}; name it *{suffix}")
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a directory: give a file name ending in {suffix}")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"{flag} {path}: no such directory {directory} (create it first)")
@@ -183,11 +194,7 @@ def check_output(path: str, flag: str) -> None:
 
 
 def check_prompt(prompt: str) -> None:
-    """``--prompt`` must be text the tokenizer can read, without video tokens."""
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("--prompt is not valid UTF-8 text: pass it in UTF-8") from None
+    """``--prompt`` must be text the tokenizer can read, without video tokens (:func:`check_prompt_text`)."""
     try:
         check_prompt_text([prompt], "text")
     except ValueError as error:
@@ -240,11 +247,13 @@ def watch_video(
     reading = VideoReading(caption="")
     if predict:
         reading.predictions.append(stream.initial_prediction.float().cpu())
+    warned = estimate is not None and warn_long_read(processor, estimate)
     with tqdm(total=estimate, unit="frame", desc="watching", disable=None, file=sys.stderr) as bar:
         for chunk in decode_video(path, processor, num_frames, fps, chunk_frames):
             seen = int(stream.num_frames[0]) + chunk.pixels.shape[0]
             if seen > fit:
                 raise ValueError(_too_long(path, seen, fit, num_frames, fps, duration))
+            warned = warned or warn_long_read(processor, seen)
             targets = processor.video_processor.frame_targets(chunk.resized, vae) if predict else None
             step = stream.extend(
                 chunk.pixels.unsqueeze(0), targets=None if targets is None else targets.unsqueeze(0)
@@ -258,6 +267,17 @@ def watch_video(
             bar.update(chunk.pixels.shape[0])
     reading.caption = _decode_caption(processor, stream.caption(**generate))
     return reading
+
+
+def warn_long_read(processor, count: int) -> bool:
+    """A :class:`LongVideoWarning` if ``count`` frames are far more than the model was trained on (a processor
+    saved before ``trained_frames`` was recorded has no such number: no warning); True if it warned."""
+    message = long_video_message(
+        count, getattr(processor, "trained_frames", None), getattr(processor, "long_video_factor", None)
+    )
+    if message is not None:
+        warnings.warn(message, LongVideoWarning, stacklevel=2)
+    return message is not None
 
 
 def caption_dense(
@@ -468,11 +488,19 @@ def _one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning on the command line: one ``warning: ...`` line on stderr (no file and line of code)."""
+    print(f"warning: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; every failure is one ``error: ...`` line on stderr and a non-zero exit status."""
+    """Run the command line; every failure is one ``error: ...`` line on stderr and a non-zero exit status, every
+    warning (a video read far past the trained length, ...) one ``warning: ...`` line."""
     args = parse_args(argv)
     try:
-        caption = run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            caption = run(args)
     except (ValueError, ImportError, OSError) as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return EXIT_ERROR

@@ -48,6 +48,44 @@ NORMALISED_PIXEL_LIMIT = 5.0
 statistics (DINOv3's) and within 5 for any std >= 0.2; raw 0-255 values go far beyond it."""
 
 
+def check_video_channels(
+    pixel_values: torch.Tensor, channels: int, name: str = "pixel_values_videos"
+) -> None:
+    """ValueError unless ``pixel_values [B, T, C, H, W]`` hold ``channels`` colour channels at dim 2 (a shape
+    check: free, no synchronisation). Channels-last frames (``[B, T, H, W, C]``) get the permutation to use."""
+    if pixel_values.dim() != 5 or pixel_values.shape[2] == channels:
+        return
+    hint = (
+        f" (channels last? permute(0, 1, 4, 2, 3) gives [B, T, {channels}, H, W])"
+        if pixel_values.shape[-1] == channels
+        else ""
+    )
+    raise ValueError(
+        f"{name} must be [B, T, {channels}, H, W] with {channels} colour channels, got shape "
+        f"{tuple(pixel_values.shape)}{hint}: pass the videos through the processor (processor(text=..., videos=...))"
+    )
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
+    """ValueError if ``input_ids`` hold a token id outside ``[0, vocab_size)`` (one host synchronisation: call it
+    only where the inputs are read back anyway, never on a training step with a :class:`VideoLayout`)."""
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(
+            f"{name} must be integer token ids, got dtype {input_ids.dtype}: build them with this model's processor "
+            "(processor(text=..., videos=...)), or convert them with .long()"
+        )
+    if input_ids.numel() == 0:
+        return
+    low, high = torch.stack([input_ids.amin(), input_ids.amax()]).tolist()  # one synchronisation
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{name} hold the token id {bad}, outside the model's vocabulary of {vocab_size} (ids 0-{vocab_size - 1}):"
+            " build them with this model's processor (processor(text=..., videos=...)); labels' -100 belongs in "
+            "labels, not in input_ids"
+        )
+
+
 class UnnormalisedPixelsWarning(UserWarning):
     """Pixels that look scaled to [0, 1] but not normalised (they cannot be told apart for sure)."""
 
@@ -231,5 +269,7 @@ __all__ = [
     "VideoLayout",
     "caption_positions",
     "check_pixel_values",
+    "check_token_ids",
+    "check_video_channels",
     "gather_positions",
 ]

@@ -24,7 +24,16 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
     from video_foveated import as_videos, check_sampling
     from video_processing_foveated import FoveatedVLMVideoProcessor
 
-VIDEO_PROCESSOR_KEYS = ("image_size", "image_mean", "image_std", "target_downsample", "num_frames", "fps")
+VIDEO_PROCESSOR_KEYS = (
+    "image_size",
+    "image_mean",
+    "image_std",
+    "target_downsample",
+    "num_frames",
+    "fps",
+    "trained_frames",
+    "long_video_factor",
+)
 """The video processor's settings, which a processor saved before it had one kept in its own config."""
 FRAME_TOKEN = "<|frame|>"
 VIDEO_START_TOKEN = "<|video_start|>"
@@ -55,7 +64,8 @@ def add_video_tokens(tokenizer) -> dict[str, int]:
 
 
 def check_prompt_text(texts: Sequence, name: str, allow_none: bool = False) -> None:
-    """ValueError unless every entry of ``texts`` is a string free of the video tokens (None allowed if asked).
+    """ValueError unless every entry of ``texts`` is encodable text (no lone surrogates) free of the video tokens
+    (None allowed if asked).
 
     The processor writes the video block itself; a ``<|frame|>`` typed into a prompt or caption would become a
     frame slot with no frame (or a second video start), so it is refused here rather than read as garbage.
@@ -67,6 +77,14 @@ def check_prompt_text(texts: Sequence, name: str, allow_none: bool = False) -> N
             what = "None" if entry is None else f"a {type(entry).__name__}"
             fix = " ('' for no prompt)" if name == "text" else " (or None for a video without one)"
             raise ValueError(f"{name}[{index}] is {what}: give one string per video{fix}")
+        try:
+            entry.encode("utf-8")
+        except UnicodeEncodeError as error:  # lone surrogates: the tokenizer would fail with a TypeError
+            raise ValueError(
+                f"{name}[{index}] is not valid Unicode text (a lone surrogate at character {error.start}, as "
+                "bytes decoded with errors='surrogateescape' leave): decode the bytes as UTF-8, or drop them with "
+                "text.encode('utf-8', 'replace').decode()"
+            ) from None
         for token in VIDEO_TOKENS:
             if token in entry:
                 raise ValueError(
@@ -189,6 +207,20 @@ class FoveatedVLMProcessor(ProcessorMixin):
     def fps(self, value: float | None) -> None:
         self.video_processor.fps = value
 
+    @property
+    def trained_frames(self) -> int | None:
+        """The most frames of a training clip, which the trainer records (the video processor's)."""
+        return self.video_processor.trained_frames
+
+    @trained_frames.setter
+    def trained_frames(self, value: int | None) -> None:
+        self.video_processor.trained_frames = value
+
+    @property
+    def long_video_factor(self) -> float | None:
+        """How far past ``trained_frames`` a read may go before it warns (the video processor's)."""
+        return self.video_processor.long_video_factor
+
     # ------------------------------------------------------------------------------------------ text
     def video_block(self, num_frames: int) -> str:
         """``<video_start>`` + one placeholder run per frame + ``<video_end>``."""
@@ -245,6 +277,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
         vae=None,
         num_frames: int | None = None,
         fps: float | None = None,
+        max_frames: int | None = None,
         return_video_layout: bool = False,
         caption_bucket: int = 1,
         return_tensors: str = "pt",
@@ -264,7 +297,8 @@ class FoveatedVLMProcessor(ProcessorMixin):
             num_frames / fps: sampling. ``num_frames`` picks that many frames uniformly from any video (arrays
                 and frame lists too); ``fps`` applies to encoded videos only (arrays carry no timestamps). With
                 neither, encoded videos follow the processor's own ``num_frames``/``fps`` and arrays are read
-                whole.
+                whole. A video read far beyond ``trained_frames`` warns once (``long_video_factor``).
+            max_frames: cap on the frames of each video after sampling (more are subsampled uniformly to this).
             return_video_layout: add ``video_layout``, the batch's frame and caption positions as index tensors
                 (:class:`VideoLayout`), so that the training forward runs without host synchronisation. Leave it
                 off for ``generate`` (it does not expand the layout for beams).
@@ -292,6 +326,7 @@ class FoveatedVLMProcessor(ProcessorMixin):
             videos,
             num_frames=num_frames,
             fps=fps,
+            max_frames=max_frames,
             return_targets=return_targets,
             prediction_targets=prediction_targets,
             vae=vae,

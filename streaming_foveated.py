@@ -60,12 +60,12 @@ from transformers.utils import logging
 
 try:
     from .configuration_foveated import INFERENCE_MODES
-    from .layout_foveated import COARSE, FINE, check_pixel_values
+    from .layout_foveated import COARSE, FINE, check_pixel_values, check_token_ids
     from .processing_foveated import VIDEO_START_TOKEN, check_prompt_text
     from .streaming_static_foveated import DynamicState, SharedBuffers, StaticDecoder, StaticStepper
 except ImportError:  # imported as a top-level module from a checkout of the repository
     from configuration_foveated import INFERENCE_MODES
-    from layout_foveated import COARSE, FINE, check_pixel_values
+    from layout_foveated import COARSE, FINE, check_pixel_values, check_token_ids
     from processing_foveated import VIDEO_START_TOKEN, check_prompt_text
     from streaming_static_foveated import DynamicState, SharedBuffers, StaticDecoder, StaticStepper
 
@@ -325,6 +325,7 @@ class FoveatedStream:
             raise ValueError(
                 f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}"
             )
+        check_token_ids(ids, self.model.get_input_embeddings().num_embeddings)
         if not (ids[:, -1] == config.video_start_token_id).all() or not mask[:, -1].bool().all():
             raise ValueError(
                 "every prompt must end with <video_start> (id "
@@ -342,6 +343,7 @@ class FoveatedStream:
 
     def _validate_suffix(self, suffix_ids) -> torch.Tensor:
         suffix = torch.as_tensor(suffix_ids, device=self._input_ids.device).flatten().long()
+        check_token_ids(suffix, self.model.get_input_embeddings().num_embeddings, "suffix_ids")
         if suffix.numel() == 0 or suffix[0] != self.model.config.video_end_token_id:
             raise ValueError(
                 f"suffix_ids must start with <video_end> (id {self.model.config.video_end_token_id})"
@@ -648,7 +650,7 @@ def _require_tensor(frames) -> None:
     if not isinstance(frames, torch.Tensor):
         raise ValueError(
             f"frames must be a tensor of normalised pixels, got {type(frames).__name__}: use "
-            "processor(videos=...)['pixel_values_videos'] (or processor.preprocess_frames for raw frames)"
+            "processor(videos=...)['pixel_values_videos'] (or processor.video_processor.preprocess_frames for raw frames)"
         )
 
 

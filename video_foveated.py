@@ -13,13 +13,16 @@ What a video may be (one video; a batch is a list of them, or a ``[B, T, H, W, C
   (any precision) must lie in [0, 1]; other integer types, NaN and inf are refused with the fix;
 * a list of frames: PIL images (any mode, converted to RGB) or arrays ``[H, W, C]`` / ``[H, W]`` as above;
   frames may differ in size (each is resized and centre-cropped on its own);
-* an encoded video decoded with PyAV: a file path, the file's bytes or a binary file object. PyAV is optional:
+* an encoded video decoded with PyAV: a file path, the file's bytes or a binary file object (one opened in text
+  mode is refused with the fix). PyAV is optional:
   it is imported only when an encoded video is given (inside a ``try`` block, so that transformers' import check
   of the Hub files does not require it), and without it decoding says how to install it or what to pass instead.
 
 Frames are resized (shorter side) and centre-cropped to a square (:func:`resize_frames`). ``num_frames`` samples
 every kind of video uniformly (:func:`sample_frame_indices`); ``fps`` needs timestamps, so it applies to encoded
-videos only. :func:`iter_video` is the one decoding path: :func:`load_video`, the processor and
+videos only; ``max_frames`` caps the count after either (:func:`video_to_frames`). A model's processor warns
+when a video is read far past its trained length (:func:`long_video_message`). :func:`iter_video` is the one
+decoding path: :func:`load_video`, the processor and
 ``caption_video.py`` all sample the same frames.
 """
 
@@ -49,7 +52,7 @@ def _video_name(source) -> str:
         return os.fspath(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{len(source)} bytes of video>"
-    return str(getattr(source, "name", "<binary file object>"))
+    return str(getattr(source, "name", "<file object>"))
 
 
 def _import_av():
@@ -64,23 +67,39 @@ def _import_av():
     return av
 
 
-def check_sampling(num_frames, fps) -> None:
-    """ValueError unless ``num_frames`` is None or an int >= 1, ``fps`` None or finite and > 0, not both."""
+def _is_count(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= 1
+
+
+def check_sampling(num_frames, fps, max_frames=None) -> None:
+    """ValueError unless ``num_frames`` and ``max_frames`` are None or ints >= 1, ``fps`` None or finite and
+    > 0, and not both ``num_frames`` and ``fps`` are given."""
     if num_frames is not None and fps is not None:
         raise ValueError("give num_frames or fps, not both")
-    if num_frames is not None and (
-        isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1
-    ):
+    if num_frames is not None and not _is_count(num_frames):
         raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+    if max_frames is not None and not _is_count(max_frames):
+        raise ValueError(f"max_frames must be an integer >= 1 (or None for no cap), got {max_frames!r}")
     if fps is not None and (
         isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0
     ):
         raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
 
 
+def check_binary_file(source) -> None:
+    """ValueError for a file object opened in text mode (it reads ``str``, not the video's bytes)."""
+    mode = getattr(source, "mode", None)
+    if isinstance(source, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
+        raise ValueError(
+            f"the video file object {_video_name(source)} is open in text mode: open it in binary mode "
+            "(open(path, 'rb')) or pass its path"
+        )
+
+
 def _reopenable(source):
     """``(source, origin)``: the source in a form that can be decoded more than once, and where a seekable file
     object starts (it is rewound there before each pass; one that cannot seek is read into memory)."""
+    check_binary_file(source)
     if isinstance(source, (bytearray, memoryview)):
         return bytes(source), None
     if not hasattr(source, "read"):
@@ -102,6 +121,7 @@ def open_video(source):
             f"an encoded video is a path, bytes or a binary file object, got {type(source).__name__}"
         )
     name = _video_name(source)
+    check_binary_file(source)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if "://" in str(path):
@@ -336,6 +356,37 @@ def sampled_frame_count(
     return None if duration is None else math.floor(duration * fps) + 1
 
 
+# ------------------------------------------------------------------------------------------------- length
+class LongVideoWarning(UserWarning):
+    """A video read with far more frames than the model was trained on (it captions such videos poorly)."""
+
+
+def long_video_message(count: int, trained_frames: int | None, factor: float | None) -> str | None:
+    """What to tell a caller who reads ``count`` frames with a model trained on ``trained_frames``-frame clips:
+    None unless ``count > factor * trained_frames`` (None for either disables the check)."""
+    if trained_frames is None or factor is None or count <= factor * trained_frames:
+        return None
+    return (
+        f"the video is read as {count} frames, more than {factor:g}x the {trained_frames} frames of the clips the "
+        f"model was trained on: such long reads give degenerate captions (repeated or dropped words); subsample "
+        f"it with num_frames={trained_frames} or a lower fps (--num-frames / --fps on the command line), or cap "
+        "it with the processor's max_frames=N"
+    )
+
+
+def check_long_video_factor(factor) -> None:
+    """ValueError unless ``factor`` is None (no warning) or a finite number >= 1."""
+    if factor is not None and (
+        isinstance(factor, bool)
+        or not isinstance(factor, numbers.Real)
+        or not math.isfinite(factor)
+        or factor < 1
+    ):
+        raise ValueError(
+            f"long_video_factor must be a finite number >= 1 (or None for no warning), got {factor!r}"
+        )
+
+
 # ------------------------------------------------------------------------------------------------- arrays
 UINT8_MAX = 255
 IMAGE_CHANNELS = (1, 3, 4)
@@ -455,15 +506,23 @@ def _array_video(video) -> torch.Tensor:
     return _to_unit_range(_to_rgb(tensor))
 
 
-def video_to_frames(video, num_frames: int | None = None, fps: float | None = None) -> list[torch.Tensor]:
+def video_to_frames(
+    video, num_frames: int | None = None, fps: float | None = None, max_frames: int | None = None
+) -> list[torch.Tensor]:
     """Any one video (see the module docstring) -> runs of equally sized frames ``[n, H, W, 3]`` float in [0, 1].
 
     One run unless the frames of a list differ in size. ``num_frames`` samples every kind of video uniformly;
-    ``fps`` applies to encoded videos only (arrays and frames carry no timestamps).
+    ``fps`` applies to encoded videos only (arrays and frames carry no timestamps). ``max_frames`` caps the
+    count after either: a video that would give more frames gives ``max_frames`` of them, spread uniformly.
     """
-    check_sampling(num_frames, fps)
+    check_sampling(num_frames, fps, max_frames)
+    if max_frames is not None and fps is None:  # uniform sampling is already a cap: sample at most max_frames
+        num_frames = max_frames if num_frames is None else min(num_frames, max_frames)
     if is_encoded_video(video):
-        return [_array_video(load_video(video, num_frames=num_frames, fps=fps))]
+        frames = load_video(video, num_frames=num_frames, fps=fps)  # [T, H, W, 3]
+        if max_frames is not None:
+            frames = frames[uniform_indices(len(frames), max_frames)]
+        return [_array_video(frames)]
     if fps is not None:
         raise ValueError(
             "fps sampling needs timestamps, which arrays and lists of frames do not carry: pass num_frames=..., "
@@ -499,9 +558,11 @@ def video_to_frames(video, num_frames: int | None = None, fps: float | None = No
     return [frames]
 
 
-def video_to_array(video, num_frames: int | None = None, fps: float | None = None) -> torch.Tensor:
+def video_to_array(
+    video, num_frames: int | None = None, fps: float | None = None, max_frames: int | None = None
+) -> torch.Tensor:
     """Any one video -> ``[T, H, W, 3]`` float tensor in [0, 1], validated (frames must share one size)."""
-    runs = video_to_frames(video, num_frames=num_frames, fps=fps)
+    runs = video_to_frames(video, num_frames=num_frames, fps=fps, max_frames=max_frames)
     if len(runs) > 1:
         sizes = sorted({tuple(run.shape[1:3]) for run in runs})
         raise ValueError(
@@ -546,6 +607,11 @@ def as_videos(videos) -> list:
 
 def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
     """``[T, H, W, 3]`` in [0, 1] -> ``[T, 3, size, size]``: shorter side to ``size`` (antialiased), centre crop."""
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(
+            f"frames must be [T, H, W, 3] RGB, got shape {tuple(frames.shape)}: convert other videos with "
+            "video_foveated.video_to_array (or pass them to the processor, which converts every kind)"
+        )
     frames = frames.permute(0, 3, 1, 2)
     height, width = frames.shape[-2:]
     scale = size / min(height, width)
@@ -560,7 +626,10 @@ def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
 
 __all__ = [
     "FrameSampler",
+    "LongVideoWarning",
     "as_videos",
+    "check_binary_file",
+    "check_long_video_factor",
     "check_sampling",
     "describe_input",
     "is_array",
@@ -568,6 +637,7 @@ __all__ = [
     "is_frame",
     "iter_video",
     "load_video",
+    "long_video_message",
     "open_video",
     "resize_frames",
     "sample_frame_indices",

@@ -10,6 +10,7 @@ frames area-downsampled by ``target_downsample``, SD-VAE latents through a VAE i
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -18,9 +19,27 @@ from transformers import BatchFeature
 from transformers.video_processing_utils import BaseVideoProcessor
 
 try:
-    from .video_foveated import as_videos, check_sampling, is_encoded_video, resize_frames, video_to_frames
+    from .video_foveated import (
+        LongVideoWarning,
+        as_videos,
+        check_long_video_factor,
+        check_sampling,
+        is_encoded_video,
+        long_video_message,
+        resize_frames,
+        video_to_frames,
+    )
 except ImportError:  # imported as a top-level module from a checkout of the repository
-    from video_foveated import as_videos, check_sampling, is_encoded_video, resize_frames, video_to_frames
+    from video_foveated import (
+        LongVideoWarning,
+        as_videos,
+        check_long_video_factor,
+        check_sampling,
+        is_encoded_video,
+        long_video_message,
+        resize_frames,
+        video_to_frames,
+    )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,6 +54,10 @@ class FoveatedVLMVideoProcessor(BaseVideoProcessor):
         target_downsample: factor between frames and their downsampled-frame targets (8, like the SD-VAE).
         num_frames / fps: default sampling of encoded videos (paths, bytes, files) when a call gives neither;
             the trainer records the sampling the model was trained with. None for both: every frame.
+        trained_frames: the most frames of a training clip (the trainer records it; None for a checkpoint saved
+            before it was recorded: no warning then).
+        long_video_factor: a video read as more than this many times ``trained_frames`` frames gives one
+            :class:`LongVideoWarning` per processor, saying how to subsample it (None: never).
     """
 
     model_input_names = ["pixel_values_videos", "video_frame_mask"]
@@ -47,9 +70,16 @@ class FoveatedVLMVideoProcessor(BaseVideoProcessor):
         target_downsample: int = 8,
         num_frames: int | None = None,
         fps: float | None = None,
+        trained_frames: int | None = None,
+        long_video_factor: float | None = 2.0,
         **kwargs,
     ):
         check_sampling(num_frames, fps)
+        check_long_video_factor(long_video_factor)
+        if trained_frames is not None and (
+            isinstance(trained_frames, bool) or not isinstance(trained_frames, int) or trained_frames < 1
+        ):
+            raise ValueError(f"trained_frames must be an integer >= 1 (or None), got {trained_frames!r}")
         if image_size % target_downsample:
             raise ValueError(
                 f"image_size {image_size} is not divisible by target_downsample {target_downsample}"
@@ -61,6 +91,9 @@ class FoveatedVLMVideoProcessor(BaseVideoProcessor):
         self.target_downsample = target_downsample
         self.num_frames = num_frames
         self.fps = fps
+        self.trained_frames = trained_frames
+        self.long_video_factor = long_video_factor
+        self._warned_long_video = False
 
     # ------------------------------------------------------------------------------------------ one video
     def preprocess_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,18 +111,29 @@ class FoveatedVLMVideoProcessor(BaseVideoProcessor):
         return (resized - mean) / std, resized
 
     def prepare_video(
-        self, video, num_frames: int | None = None, fps: float | None = None
+        self, video, num_frames: int | None = None, fps: float | None = None, max_frames: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One video (any kind ``video_foveated`` reads) -> normalised pixels and resized frames ``[T, 3, S, S]``.
 
-        Encoded videos with neither ``num_frames`` nor ``fps`` follow this processor's own sampling.
+        Encoded videos with neither ``num_frames`` nor ``fps`` follow this processor's own sampling;
+        ``max_frames`` caps the count (:func:`video_to_frames`); a long read warns (:meth:`warn_long_video`).
         """
         if is_encoded_video(video) and num_frames is None and fps is None:
             num_frames, fps = self.num_frames, self.fps
-        runs = [self.preprocess_frames(run) for run in video_to_frames(video, num_frames=num_frames, fps=fps)]
+        frames = video_to_frames(video, num_frames=num_frames, fps=fps, max_frames=max_frames)
+        self.warn_long_video(sum(run.shape[0] for run in frames))
+        runs = [self.preprocess_frames(run) for run in frames]
         if len(runs) == 1:
             return runs[0]
         return torch.cat([pixels for pixels, _ in runs]), torch.cat([resized for _, resized in runs])
+
+    def warn_long_video(self, count: int) -> None:
+        """One :class:`LongVideoWarning` per processor when ``count`` frames are far more than it was trained on
+        (``long_video_factor`` x ``trained_frames``); the message gives the trained length and how to subsample."""
+        message = long_video_message(count, self.trained_frames, self.long_video_factor)
+        if message is not None and not self._warned_long_video:
+            self._warned_long_video = True
+            warnings.warn(message, LongVideoWarning, stacklevel=6)  # the caller of the processor
 
     # ------------------------------------------------------------------------------------------ targets
     def downsampled_targets(self, resized: torch.Tensor) -> torch.Tensor:
@@ -164,6 +208,7 @@ class FoveatedVLMVideoProcessor(BaseVideoProcessor):
         videos,
         num_frames: int | None = None,
         fps: float | None = None,
+        max_frames: int | None = None,
         return_targets: bool = False,
         prediction_targets: torch.Tensor | Sequence[torch.Tensor] | None = None,
         vae=None,
@@ -174,11 +219,14 @@ class FoveatedVLMVideoProcessor(BaseVideoProcessor):
 
         ``num_frames`` samples that many frames uniformly from any video; ``fps`` applies to encoded videos only;
         with neither, encoded videos follow ``self.num_frames`` / ``self.fps`` and arrays are read whole.
+        ``max_frames`` caps each video after sampling (more are subsampled uniformly to this).
         """
         if return_tensors != "pt":
             raise ValueError(f"only return_tensors='pt' is supported, got {return_tensors!r}")
-        check_sampling(num_frames, fps)
-        pixels, resized = zip(*(self.prepare_video(video, num_frames, fps) for video in as_videos(videos)))
+        check_sampling(num_frames, fps, max_frames)
+        pixels, resized = zip(
+            *(self.prepare_video(video, num_frames, fps, max_frames) for video in as_videos(videos))
+        )
         batch = {}
         batch["pixel_values_videos"], batch["video_frame_mask"] = self.pad_frames(list(pixels))
         targets = self.targets(resized, return_targets, prediction_targets, vae)

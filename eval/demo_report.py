@@ -55,6 +55,11 @@ READER_LABELS = {
     "shuffled": "shuffled (planned, permuted in time)",
 }
 NUM_EXAMPLES = 6
+HELDOUT_TESTS = (
+    "What the held-out split tests: whether each attribute is read from the video rather than guessed from another "
+    "(a model that infers shape from motion fails shape here, so 'all' can sit below the majority answer, which "
+    "is counted on these unseen pairs)."
+)
 NUM_FIGURE_CLIPS = 3
 
 
@@ -212,7 +217,7 @@ def run_report(
     heldout, probes = probe("heldout")
     figures = {"fovea": str(run_dir / FOVEA_FIGURE), "probes": str(run_dir / PROBES_FIGURE)}
     fovea_figure(model, processor, heldout, probes["clips"], run_dir / FOVEA_FIGURE, num_figure_clips)
-    plot_probes(probes["summary"]["all"], run_dir / PROBES_FIGURE)
+    plot_probes(probes["summary"]["all"], run_dir / PROBES_FIGURE, split="heldout")
     if (run_dir / LOG_NAME).is_file():
         plot_loss_curve(run_dir / LOG_NAME, run_dir / LOSS_FIGURE)
         figures["loss_curve"] = str(run_dir / LOSS_FIGURE)
@@ -280,6 +285,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"held-out {_kind(report)} clips: {report['num_clips']} (train seed {report['train_seed']}, data seed "
         f"{report['data_seed']}; each target's (shape, motion) pair never occurs in training). Mean over clips "
         "[95% bootstrap CI].",
+        HELDOUT_TESTS,
         "",
         "Caption accuracy (exact match of each scored attribute; 'all' = every one right):",
         *_accuracy_lines(report, width),

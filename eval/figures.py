@@ -15,6 +15,7 @@ Writes ``OUT/report.md`` (embedding every figure) and ``OUT/report.json`` (their
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from eval.common import (
 )
 from foveated_vlm.files import atomic_path
 from foveated_vlm.metrics import crop_boxes
-from foveated_vlm.training.figures import read_log
+from foveated_vlm.training.figures import LOSS_NOTE, NOTE_WIDTH, read_log
 from video_foveated import to_uint8
 
 DISPLAY_SIDE = 160
@@ -49,6 +50,10 @@ PANEL_GAP = 4
 LABEL_HEIGHT = 14
 SMOOTHING_POINTS = 20
 """The training curves are also drawn as a running mean over about 1/this of their rows."""
+ATTENTION_NOTE = (
+    "heat: the query's attention over the patches, scaled to each map's maximum (spread evenly = uniform colour); "
+    "green box: the target"
+)
 LOSS_PASSES = (("loss_fine", "fine (dynamic)", "tab:red"), ("loss_coarse", "coarse (static)", "tab:blue"))
 
 
@@ -74,7 +79,7 @@ def plot_loss_curves(log_path: Path, out_path: Path) -> dict[str, Any]:
     if not train and not validation:
         raise ValueError(f"{log_path} has no rows with both loss_fine and loss_coarse")
     plt = pyplot()
-    figure, (losses, ratios) = plt.subplots(1, 2, figsize=(12, 4.2))
+    figure, (losses, ratios) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
     window = max(1, len(train) // SMOOTHING_POINTS)
     steps = np.array([r["step"] for r in train])
     for key, label, colour in LOSS_PASSES:
@@ -112,6 +117,8 @@ def plot_loss_curves(log_path: Path, out_path: Path) -> dict[str, Any]:
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+    note = f"{LOSS_NOTE} Right: their ratio, 1 (dotted) where planning gives no gain; > 1 it helps."
+    figure.supxlabel(textwrap.fill(note, NOTE_WIDTH), fontsize=8, ha="left", x=0.01)
     save_figure(figure, out_path)
     last = (validation or train)[-1]
     return {
@@ -280,7 +287,7 @@ def clip_figures(context, index: int, item: dict[str, Any], outputs: ClipOutputs
             f"attention_clip{index}.png",
             f"attention_clip{index}.gif",
         )
-        plot_grid(attention, title, out_dir / names["attention_png"])
+        plot_grid(attention, f"{title}\n{ATTENTION_NOTE}", out_dir / names["attention_png"])
         save_gif(_gif_frames(attention), out_dir / names["attention_gif"])
     frames = next_frame_images(outputs, context.model, context.processor, context.vae)
     names["next_frames_png"], names["next_frames_gif"] = (

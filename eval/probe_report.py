@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -142,10 +143,56 @@ def _bars(axis, summary: dict[str, Any], key: str, title: str) -> float:
     return max([0.0, *(v["high"] for v in values if v is not None)])
 
 
-def plot_probes(summary: dict[str, Any], path: str | Path) -> None:
-    """Bars per reader: all-attributes accuracy and mass in the target box (with chance), 95% CI error bars."""
+HELDOUT_SPLIT = "heldout"
+NOTE_WIDTH = 190
+"""Characters per line of the figure's explanatory note."""
+BARS_NOTE = (
+    "Bars: per reader of the same weights, left the fraction of clips whose caption gets every scored attribute "
+    "right, right the mean attention mass inside the target's box (frames 2..T); whiskers: 95% bootstrap CI. "
+    "Dashed lines: the majority answer (always giving these clips' most common value: the best a reader that "
+    "ignores the video can do) and chance (the box's share of the frame: attention spread evenly)."
+)
+HELDOUT_NOTE = (
+    "Held-out clips pair a shape with a motion never seen together in training: they test whether the model "
+    "reads each attribute from the video or guesses one from another. Their majority answer is counted on these "
+    "clips themselves, which the model never saw, so a reader can fall below it."
+)
+
+
+def below_majority_note(summary: dict[str, Any]) -> str | None:
+    """One sentence on all-attribute bars under the majority line: which readers, and the attribute they miss
+    most (the all-attribute score needs every one right); None if no bar is under it."""
+    majority = summary.get("majority_baseline", {}).get("all_attributes")
+    readers = summary["readers"]
+    below = [
+        reader
+        for reader, figures in readers.items()
+        if majority is not None and figures["all_attributes"] is not None
+        and figures["all_attributes"]["estimate"] < majority
+    ]  # fmt: skip
+    if not below:
+        return None
+    first = readers[below[0]]["accuracy"]
+    attributes = {name: value["estimate"] for name, value in first.items() if value is not None}
+    missed = (
+        f"; their weakest attribute is {min(attributes, key=attributes.get)} ("
+        + ", ".join(f"{name} {value:.2f}" for name, value in attributes.items())
+        + f" for {below[0]})"
+        if attributes
+        else ""
+    )
+    return (
+        f"Bars under the majority line ({', '.join(below)}): these readings get every attribute right less often "
+        f"than the blind majority answer{missed}."
+    )
+
+
+def plot_probes(summary: dict[str, Any], path: str | Path, split: str | None = None) -> None:
+    """Bars per reader: all-attributes accuracy and mass in the target box (with chance), 95% CI error bars, and
+    a note under the plots saying what the bars and lines mean (and, for the held-out ``split`` or bars under the
+    majority line, why they can be)."""
     plt = pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 5.2), layout="constrained")
     _bars(left, summary, "all_attributes", "all scored attributes right")
     left.set_ylim(0, 1.1)
     majority = summary.get("majority_baseline", {}).get("all_attributes")
@@ -162,5 +209,9 @@ def plot_probes(summary: dict[str, Any], path: str | Path) -> None:
         highest = max(highest, chance)
     right.set_ylim(0, min(1.1, PLOT_HEADROOM * highest) or 1.0)
     right.set_ylabel("attention mass")
-    figure.suptitle(f"Test-time query probes ({summary['num_clips']} clips, 95% bootstrap CI)")
+    of_split = f" of split {split}" if split else ""
+    figure.suptitle(f"Test-time query probes ({summary['num_clips']} clips{of_split}, 95% bootstrap CI)")
+    notes = [BARS_NOTE, HELDOUT_NOTE if split == HELDOUT_SPLIT else "", below_majority_note(summary) or ""]
+    wrapped = textwrap.fill(" ".join(note for note in notes if note), NOTE_WIDTH)
+    figure.supxlabel(wrapped, fontsize=8, ha="left", x=0.01, multialignment="left")
     save_figure(figure, path)

@@ -526,7 +526,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report = {"command": command_line(), "model": str(context.model_path), "split": args.split, **report}
     report["figure"] = None
     try:
-        plot_probes(report["summary"]["all"], context.out_dir / FIGURE_NAME)
+        plot_probes(report["summary"]["all"], context.out_dir / FIGURE_NAME, split=args.split)
         report["figure"] = FIGURE_NAME
     except ImportError as error:  # no matplotlib: the numbers are still written
         logger.warning("no figure (%s); probes.json and probes.md are written", error)

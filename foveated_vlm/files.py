@@ -24,8 +24,13 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write the file ``path`` to; it becomes ``path`` when the block ends without
-    error, and is removed if the block raises. A missing parent folder is created."""
+    error, and is removed if the block raises. A missing parent folder is created; a ``path`` that is a folder is
+    a ValueError (before anything is written), not an error of the final move."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a directory: give the path of a file to write (e.g. {path / 'out'}{path.suffix})"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_sibling(path)
     try:

@@ -380,7 +380,8 @@ class World:
 
 def build_world(tmp: Path, tokenizer) -> World:
     """The battery's model, processors, encoded clips (every container of ``CONTAINERS``, an audio-only file, a
-    text file named .mp4, a long clip) and saved model folders (with and without a recorded sampling)."""
+    text file named .mp4, a long clip) and saved model folders (with and without a recorded sampling and trained
+    length)."""
     config = tiny_config(tokenizer, text={"initializer_range": 0.2})
     torch.manual_seed(0)
     model = FoveatedVLMForConditionalGeneration(config).eval()
@@ -396,7 +397,7 @@ def build_world(tmp: Path, tokenizer) -> World:
     model_dir = tmp / "model"
     model.save_pretrained(model_dir)
     recorded = tiny_processor(config, tokenizer)
-    recorded.num_frames = TRAINED_FRAMES
+    recorded.num_frames = recorded.trained_frames = TRAINED_FRAMES
     recorded.save_pretrained(model_dir)
     bare_model_dir = tmp / "model-without-sampling"
     model.save_pretrained(bare_model_dir)

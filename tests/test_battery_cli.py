@@ -81,7 +81,12 @@ CLI_CASES = [
     ),
     CliCase("device-unknown", _cli("--device", "gpu0"), 1, "is not a device: use cpu, cuda or cuda:N"),
     CliCase("device-cuda-index", _cli("--device", "cuda:7"), 1, "--device cuda:7: CUDA is not available"),
-    CliCase("prompt-not-utf8", _cli("--prompt", NOT_UTF8), 1, "--prompt is not valid UTF-8 text"),
+    CliCase(
+        "prompt-not-utf8",
+        _cli("--prompt", NOT_UTF8),
+        1,
+        r"--prompt is not valid Unicode text \(a lone surrogate at character 9",
+    ),
     CliCase(
         "prompt-with-frame-token",
         _cli("--prompt", f"what {FRAME_TOKEN}"),
@@ -140,6 +145,12 @@ CLI_CASES = [
         _cli("--predictions", "{tmp}/dir.png"),
         1,
         "is a directory: give a file name",
+    ),
+    CliCase(
+        "attention-is-a-directory",
+        _cli("--attention", "{tmp}"),
+        1,
+        r"--attention .* is a directory: give a file name ending in .gif, e.g. .*attention.gif",
     ),
     CliCase("video-missing", _cli(video="{tmp}/absent.mp4"), 1, "video file not found"),
     CliCase("video-directory", _cli(video="{tmp}"), 1, "is a directory, not a video file"),

@@ -83,6 +83,14 @@ def _from_handle(world: World, name: str, **kwargs) -> torch.Tensor:
         return world.pixels(handle, **kwargs)
 
 
+def _text_mode(world: World, name: str):
+    with open(world.files[name]) as handle:  # noqa: PLW1514 (text mode is the point)
+        return world.pixels(handle)
+
+
+LONE_SURROGATE = "describe \udcff"  # what Python makes of undecodable bytes (errors="surrogateescape")
+
+
 def _no_av(world: World):
     import sys
 
@@ -451,6 +459,52 @@ PROCESSOR_ERRORS = [
         "targets-for-other-videos",
         lambda w: w.processor(text="a", videos=V, prediction_targets=[torch.zeros(2, 3, 4, 4)]),
         "prediction_targets have 2 frames, the video 5",
+    ),
+    # an argument of the wrong kind: one sentence naming the argument and the fix (issue 22)
+    Case(
+        "file-opened-in-text-mode",
+        lambda w: _text_mode(w, "mp4-h264"),
+        r"the video file object .*mp4-h264.mp4 is open in text mode: open it in binary mode \(open\(path, 'rb'\)\)",
+    ),
+    Case(
+        "text-stream",
+        lambda w: w.pixels(io.StringIO("not a video")),
+        r"the video file object <file object> is open in text mode",
+    ),
+    Case(
+        "text-mode-file-to-load-video",
+        lambda w: load_video(io.StringIO("not a video")),
+        "is open in text mode: open it in binary mode",
+    ),
+    Case(
+        "prompt-lone-surrogate",
+        lambda w: w.processor(text=LONE_SURROGATE, videos=V),
+        r"text\[0\] is not valid Unicode text \(a lone surrogate at character 9.*decode the bytes as UTF-8",
+    ),
+    Case(
+        "caption-lone-surrogate",
+        lambda w: w.processor(text="a", videos=V, captions=["\ud800"]),
+        r"captions\[0\] is not valid Unicode text",
+    ),
+    Case(
+        "preprocess-frames-channels-first",
+        lambda w: w.processor.video_processor.preprocess_frames(torch.rand(2, 3, 16, 16)),
+        r"frames must be \[T, H, W, 3\] RGB, got shape \(2, 3, 16, 16\): convert other videos",
+    ),
+    Case(
+        "max-frames-zero",
+        lambda w: w.processor(text="a", videos=V, max_frames=0),
+        r"max_frames must be an integer >= 1 \(or None for no cap\)",
+    ),
+    Case(
+        "processor-trained-frames-invalid",
+        lambda w: type(w.processor.video_processor)(image_size=32, trained_frames=0),
+        "trained_frames must be an integer >= 1",
+    ),
+    Case(
+        "processor-long-video-factor-invalid",
+        lambda w: type(w.processor.video_processor)(image_size=32, long_video_factor=0.5),
+        "long_video_factor must be a finite number >= 1",
     ),
     Case(
         "processor-sampling-invalid",

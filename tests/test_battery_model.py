@@ -34,6 +34,12 @@ def _poke(pixels: torch.Tensor, value: float) -> torch.Tensor:
     return pixels
 
 
+def _poke_id(input_ids: torch.Tensor, value: int) -> torch.Tensor:
+    input_ids = input_ids.clone()
+    input_ids[0, 1] = value  # one token of the chat prefix
+    return input_ids
+
+
 def _finite_logits(world: World, output) -> None:
     assert torch.isfinite(output.logits).all()
 
@@ -93,6 +99,53 @@ MODEL_CASES = [
         "rank-4-pixels",
         _forward(pixel_values_videos=lambda i: i["pixel_values_videos"][0]),
         r"must be \[B, T, C, H, W\]",
+    ),
+    Case(
+        "four-channel-pixels",
+        _forward(pixel_values_videos=lambda i: torch.cat([i["pixel_values_videos"]] * 2, 2)[:, :, :4]),
+        r"must be \[B, T, 3, H, W\] with 3 colour channels, got shape \(1, 3, 4, 32, 32\)",
+    ),
+    Case(
+        "channels-last-pixels-hint",
+        _forward(pixel_values_videos=lambda i: i["pixel_values_videos"].permute(0, 1, 3, 4, 2)),
+        r"channels last\? permute\(0, 1, 4, 2, 3\)",
+    ),
+    Case(
+        "one-channel-pixels",
+        _forward(pixel_values_videos=lambda i: i["pixel_values_videos"][:, :, :1]),
+        r"must be \[B, T, 3, H, W\] with 3 colour channels.*pass the videos through the processor",
+    ),
+    Case(
+        "one-channel-pixels-with-layout",
+        lambda w: _with_layout(w, lambda p: p[:, :, :1]),
+        r"with 3 colour channels",
+    ),
+    Case(
+        "token-id-beyond-the-vocabulary",
+        _forward(input_ids=lambda i: _poke_id(i["input_ids"], 10**6)),
+        r"input_ids hold the token id 1000000, outside the model's vocabulary of \d+ \(ids 0-\d+\): build them",
+    ),
+    Case(
+        "token-id-negative",
+        _forward(input_ids=lambda i: _poke_id(i["input_ids"], -100)),
+        r"token id -100, outside .*labels' -100 belongs in labels, not in input_ids",
+    ),
+    Case(
+        "float-token-ids",
+        _forward(input_ids=lambda i: i["input_ids"].float()),
+        r"input_ids must be integer token ids, got dtype torch.float32: .*or convert them with .long\(\)",
+    ),
+    Case(
+        "token-id-beyond-the-vocabulary-text-only",
+        lambda w: w.model(input_ids=torch.tensor([[1, 10**6]])),
+        "outside the model's vocabulary",
+    ),
+    Case(
+        "generate-token-id-beyond-the-vocabulary",
+        lambda w: w.model.generate(
+            **{**w.inputs(), "input_ids": _poke_id(w.inputs()["input_ids"], 10**6)}, max_new_tokens=2
+        ),
+        "outside the model's vocabulary",
     ),
     Case(
         "frame-mask-of-other-shape",
@@ -224,6 +277,11 @@ STREAM_CASES = [
     ),
     Case("prompt-none", lambda w: stream_prompt_inputs(w.processor, [None]), r"text\[0\] is None"),
     Case(
+        "prompt-lone-surrogate",
+        lambda w: stream_prompt_inputs(w.processor, "describe \udcff"),
+        r"text\[0\] is not valid Unicode text",
+    ),
+    Case(
         "prompt-empty-list",
         lambda w: stream_prompt_inputs(w.processor, []),
         "text is an empty list of prompts",
@@ -234,6 +292,31 @@ STREAM_CASES = [
         "call model.eval\\(\\) before streaming",
     ),
     Case("max-frames-zero", lambda w: _stream(w, max_frames=0), "max_frames must be >= 1"),
+    Case(
+        "stream-prompt-token-beyond-the-vocabulary",
+        lambda w: w.model.stream(
+            **{
+                **stream_prompt_inputs(w.processor, "hi"),
+                "input_ids": _poke_id(stream_prompt_inputs(w.processor, "hi")["input_ids"], 10**6),
+            }
+        ),
+        "input_ids hold the token id 1000000, outside the model's vocabulary",
+    ),
+    Case(
+        "stream-suffix-token-beyond-the-vocabulary",
+        lambda w: w.model.stream(
+            **{
+                **stream_prompt_inputs(w.processor, "hi"),
+                "suffix_ids": [w.model.config.video_end_token_id, 10**6],
+            }
+        ),
+        "suffix_ids hold the token id 1000000",
+    ),
+    Case(
+        "step-channels-last",
+        _step(lambda p: p.permute(0, 2, 3, 1)),
+        r"frames must be \[B=1, n, 3, 32, 32\]",
+    ),
 ]
 
 

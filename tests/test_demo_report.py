@@ -91,6 +91,7 @@ def test_report_has_every_figure_of_the_main_job(tiny_named_run):
     text = demo_report.format_report(report)
     for phrase in (
         "held-out named-object clips: 6",
+        "What the held-out split tests: whether each attribute is read from the video",
         "dynamic (planned queries)",
         "static (static query, same weights)",
         "blank (zero-frame control)",

@@ -54,3 +54,14 @@ def test_a_file_in_a_missing_folder_is_written_with_its_folders(tmp_path):
     path = tmp_path / "new" / "deeper" / "report.md"
     atomic_write_text(path, "whole")
     assert path.read_text() == "whole" and sorted(p.name for p in path.parent.iterdir()) == ["report.md"]
+
+
+def test_a_path_that_is_a_folder_is_refused_before_anything_is_written(tmp_path):
+    """An output path that names a folder (issue 22): one sentence saying so, not the final move's IsADirectoryError."""
+    folder = tmp_path / "figures.png"
+    folder.mkdir()
+    with pytest.raises(
+        ValueError, match=r"figures.png is a directory: give the path of a file to write \(e.g. "
+    ):
+        atomic_write_text(folder, "text")
+    assert list(tmp_path.iterdir()) == [folder] and not list(folder.iterdir())

@@ -90,6 +90,7 @@ def test_pushed_model_reloads_with_auto_classes_and_generates(launched_run, rand
     processor = AutoProcessor.from_pretrained(hub, trust_remote_code=True)
     assert type(model).__name__ == "FoveatedVLMForConditionalGeneration"
     assert type(model).__module__ != "modeling_foveated", "loaded from the pushed folder's custom code"
+    assert (processor.num_frames, processor.trained_frames) == (4, 4), "configs/smoke.yaml's data.num_frames"
     inputs = processor(text="What happens in the video?", videos=random_video(4))
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)

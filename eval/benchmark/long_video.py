@@ -18,7 +18,7 @@ def bench_long_video(model, processor, dense_processor, settings: Settings, devi
     """Caption a ``long_video_frames`` video from decoded uint8 frames, end to end; and what the dense baseline fits.
 
     Watching: decoded frames go to the device chunk by chunk, are resized and normalised there
-    (``processor.preprocess_frames`` runs on the frames' device) and read by ``stream.extend``. Captioning: greedy
+    (``processor.video_processor.preprocess_frames`` runs on the frames' device) and read by ``stream.extend``. Captioning: greedy
     over a static cache, one CUDA graph per token (``caption(static_cache=True)``, the timed path), then the same
     stream captioned by ``generate`` for comparison.
     """

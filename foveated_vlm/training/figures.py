@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 
 import numpy as np
 
 from foveated_vlm.files import atomic_path
 
 FIGURE_DPI = 120
+NOTE_WIDTH = 140
+"""Characters per line of a figure's explanatory note."""
 TRAIN_CURVES = ("loss_fine", "loss_coarse", "loss_caption")
 CURVE_STYLES = {"loss_fine": "-", "loss_coarse": "--", "loss_caption": "-"}
 MAX_ATTENTION_CLIPS = 4
+LOSS_NOTE = (
+    "loss_fine / loss_coarse: next-frame prediction loss when the frames are read with the planned queries / the "
+    "static query (fine below coarse: planning where to look helps predict); loss_caption: cross-entropy per "
+    "caption token (nats). Log scale, lower is better; training rows are means over log_every steps."
+)
 BOX_COLOUR = "cyan"
 
 
@@ -40,7 +48,7 @@ def plot_loss_curve(log_path: str | os.PathLike, out_path: str | os.PathLike) ->
     import matplotlib.pyplot as plt
 
     rows = read_log(log_path)
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
     for axis, split in zip(axes, ("train", "validation"), strict=True):
         split_rows = [row for row in rows if row.get("split") == split]
         for key in TRAIN_CURVES:
@@ -55,6 +63,7 @@ def plot_loss_curve(log_path: str | os.PathLike, out_path: str | os.PathLike) ->
         axis.set_title(f"{split} losses")
         axis.grid(alpha=0.3)
         axis.legend()
+    figure.supxlabel(textwrap.fill(LOSS_NOTE, NOTE_WIDTH), fontsize=8, ha="left", x=0.01)
     save_figure(figure, out_path)
 
 

@@ -53,11 +53,20 @@ def build_model_and_processor(config: TrainingConfig) -> tuple[FoveatedVLMForCon
 
 
 def record_sampling(processor, config: TrainingConfig) -> None:
-    """Make ``data.fps`` (or else ``data.num_frames``) the processor's default sampling of encoded videos."""
+    """Make ``data.fps`` (or else ``data.num_frames``) the processor's default sampling of encoded videos, and
+    ``data.num_frames`` its ``trained_frames`` (the longest training clip; with ``data.fps`` the clips' lengths
+    vary, and the trainer records the longest it read: :func:`record_trained_frames`)."""
     data = config.data
     processor.num_frames, processor.fps = (
         (None, data.fps) if data.fps is not None else (data.num_frames, None)
     )
+    processor.trained_frames = None if data.fps is not None else data.num_frames
+
+
+def record_trained_frames(processor, longest: int) -> None:
+    """Raise the processor's ``trained_frames`` to ``longest``, the most frames of a clip the run trained on."""
+    if longest > 0:
+        processor.trained_frames = max(processor.trained_frames or 0, longest)
 
 
 def _build_model_and_processor(config: TrainingConfig) -> tuple[FoveatedVLMForConditionalGeneration, Any]:

@@ -40,6 +40,7 @@ from .modeling import (
     export_model,
     freeze_unused_parameters,
     prepare_for_training,
+    record_trained_frames,
 )
 from .speed import compile_regions
 from .step import LOSS_KEYS, TrainStep
@@ -350,17 +351,21 @@ def _loaders(run: _Run):
 
 @dataclass
 class _Window:
-    """The steps since the last train row: their start time, count and valid frames (this process's)."""
+    """The steps since the last train row: their start time, count and valid frames (this process's); and the
+    most frames of a clip in any batch of the run so far (never reset)."""
 
     start: float
     steps: int = 0
     frames: int = 0
+    longest_clip: int = 0
 
 
 def _counting_frames(batches: Iterator[Any], window: _Window) -> Iterator[Any]:
-    """The loader's batches, each adding its valid frames to ``window`` (a sum over a CPU tensor: no device sync)."""
+    """The loader's batches, each adding its valid frames to ``window`` (a sum over a CPU tensor: no device sync)
+    and raising its longest clip (the padded frame count, a shape)."""
     for batch in batches:
         window.frames += int(batch["video_frame_mask"].sum())
+        window.longest_clip = max(window.longest_clip, batch["video_frame_mask"].shape[1])
         yield batch
 
 
@@ -473,6 +478,7 @@ def run_training(
         "num_train_clips": len(run.datasets["train"]),
         "num_validation_clips": len(run.datasets["validation"]),
     }
+    record_trained_frames(run.processor, window.longest_clip)
     final_dir = save_final(accelerator, run.model, run.processor, config, metrics, push_to_hub_repo)
     if accelerator.is_main_process:
         if push_to_hub_repo:
