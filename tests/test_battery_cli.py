@@ -219,7 +219,8 @@ def test_cli_and_processor_see_the_same_frames(world, num_frames, fps):
     )
     streamed = torch.cat([chunk.pixels for chunk in chunks])
     expected = world.pixels(world.long_clip, num_frames=num_frames, fps=fps)[0]
-    assert torch.equal(streamed, expected)
+    assert streamed.shape == expected.shape, (streamed.shape, expected.shape)
+    assert torch.equal(streamed, expected), (streamed - expected).abs().max()
 
 
 def test_cli_unexpected_failure_is_one_line(world, capsys, monkeypatch):

@@ -302,6 +302,7 @@ def tiny_like(world: World, **overrides):
     import copy
 
     processor = copy.copy(world.processor)
+    processor.video_processor = copy.copy(world.processor.video_processor)  # sampling is the video processor's
     for name, value in overrides.items():
         setattr(processor, name, value)
     return processor
