@@ -43,6 +43,7 @@ from eval import captioning, fovea, intrinsic, probes
 from eval.common import (
     FINAL_DIR,
     REPORT_JSON,
+    SPLIT_ROLES,
     add_override_argument,
     command_line,
     format_ci,
@@ -457,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--retrain", action="store_true", help="train arms again even if OUT/arms/NAME/final exists"
     )
-    parser.add_argument("--eval_split", default="heldout", choices=("train", "validation", "heldout"))
+    parser.add_argument("--eval_split", default="heldout", choices=SPLIT_ROLES)
     parser.add_argument(
         "--eval_clips", type=int, help="clips evaluated per arm (default: the config's count)"
     )

@@ -16,12 +16,16 @@ procedural clips, several *readers* of the fine pass. Readers:
   where the target is out of view).
 * ``blank``: every frame replaced by the mean-colour frame (zero after the processor's normalisation), read
   dynamically: the zero-frame control, whose caption accuracy should sit at chance.
+* ``other_clip``: every clip read with the frames of the next clip of the set (same prompt): the
+  in-distribution null (real scenes, the named colour usually absent or another object), at chance if the
+  caption comes from the frames; its mass in box is measured against the prompt's clip's boxes (meaningless).
 
 Per reader: exact-match accuracy of each scored caption attribute (greedy ``generate``, parsed with
 ``parse_caption``) and of all scored attributes together; the next-frame prediction MSE and the caption
 cross-entropy (per clip, teacher-forced); the attention mass inside the box of the object the caption is about
 over frames 2..T where the target is in view (frame 1 is read by ``q_init``), the box's area share (chance)
-and the lift (mass / chance, a ratio of means); each a mean over clips with a 95% bootstrap interval. Also
+and the lift (mass / chance, a ratio of means); the selectivity (mass in the target box over the largest
+mean mass in any other object's box, frames 2..T where both are in view, a ratio of means); each a mean over clips with a 95% bootstrap interval. Also
 each reader's prediction loss relative to the dynamic reader's (static / dynamic is the coarse/fine ratio).
 Named and generic clips are reported separately when both occur. Writes ``OUT/probes.json``,
 ``OUT/probes.md`` and ``OUT/probes.png``. :func:`run_probes` is the same evaluation as a function.
@@ -62,8 +66,8 @@ from foveated_vlm.metrics import (
 
 logger = logging.getLogger(__name__)
 
-READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank")
-DENSE_READERS = ("dynamic", "blank")
+READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank", "other_clip")
+DENSE_READERS = ("dynamic", "blank", "other_clip")
 """The readers of a dense model (``foveation_mode="dense"``): it has no queries to replace, and no attention map
 (its mass in the box is NaN)."""
 SUBSETS = {"all": None, "named": True, "generic": False}
@@ -82,6 +86,7 @@ __all__ = [
     "READERS",
     "ProbeBatch",
     "blank_inputs",
+    "other_clip_inputs",
     "centre_bias",
     "centre_order",
     "derangement",
@@ -168,6 +173,25 @@ def blank_inputs(inputs) -> dict[str, Any]:
     return blank
 
 
+def other_clip_inputs(inputs, frames: torch.Tensor | None) -> dict[str, Any]:
+    """A copy of ``inputs`` whose frames are ``frames [B, T, 3, H, W]`` (other clips', :attr:`ProbeBatch.null_frames`).
+
+    A batch prepared without ``null_items``, or null clips of another length, is refused by name.
+    """
+    if frames is None:
+        raise ValueError(
+            "the other_clip reader needs prepare_batch(..., null_items=...): the clips it reads instead"
+        )
+    if frames.shape != inputs["pixel_values_videos"].shape:
+        raise ValueError(
+            f"other_clip frames {tuple(frames.shape)} differ from the batch's "
+            f"{tuple(inputs['pixel_values_videos'].shape)}: null clips must have the same length"
+        )
+    swapped = dict(inputs)
+    swapped["pixel_values_videos"] = frames
+    return swapped
+
+
 def generation_inputs(inputs, pad_token_id: int) -> dict[str, Any]:
     """Prompt-only ``generate`` inputs from teacher-forced ones: caption tokens cut off, rows re-left-padded.
 
@@ -201,6 +225,8 @@ class ProbeBatch:
         generate_inputs: prompt-only inputs of the same frames for ``generate``.
         lengths: valid frames of each clip.
         coverage: ``[N, P]`` target-box coverage of every valid frame, in (video, time) order, on the CPU.
+        others: per clip, ``[K-1, T, P]`` box coverage of each other object, on the CPU.
+        null_frames: ``[B, T, 3, H, W]`` frames of other clips (the ``other_clip`` reader's), or None.
         planned: ``[N, Q]`` the queries the dynamic reading used (filled by the first two-pass forward).
     """
 
@@ -210,11 +236,21 @@ class ProbeBatch:
     generate_inputs: dict[str, Any]
     lengths: list[int]
     coverage: torch.Tensor
+    others: list[torch.Tensor] = field(default_factory=list)
+    null_frames: torch.Tensor | None = field(default=None)
     planned: torch.Tensor | None = field(default=None)
 
 
-def prepare_batch(model, processor, items: Sequence[dict[str, Any]], clip_indices: Sequence[int], vae=None):
-    """Inputs of both kinds, valid-frame counts and target-box coverage of ``items``."""
+def prepare_batch(
+    model,
+    processor,
+    items: Sequence[dict[str, Any]],
+    clip_indices: Sequence[int],
+    vae=None,
+    null_items: Sequence[dict[str, Any]] | None = None,
+):
+    """Inputs of both kinds, valid-frame counts and target-box coverage of ``items`` (and the frames of
+    ``null_items``, one other clip per item, for the ``other_clip`` reader)."""
     missing = [item.get("clip_id", i) for i, item in enumerate(items) if "boxes" not in item]
     if missing:
         raise ValueError(f"probes need procedural clips (object boxes); clips {missing} have no 'boxes'")
@@ -234,7 +270,37 @@ def prepare_batch(model, processor, items: Sequence[dict[str, Any]], clip_indice
         generate_inputs={key: value.to(device) for key, value in generate.items()},
         lengths=lengths,
         coverage=torch.cat(coverage),
+        others=[other_boxes_coverage(item, vision.image_size, vision.patch_size) for item in items],
+        null_frames=None if null_items is None else _null_frames(processor, null_items, vae).to(device),
     )
+
+
+def _null_frames(processor, null_items: Sequence[dict[str, Any]], vae=None) -> torch.Tensor:
+    """The processed frames ``[B, T, 3, H, W]`` of ``null_items``."""
+    return model_inputs(processor, null_items, vae, captions=False)["pixel_values_videos"]
+
+
+def other_boxes_coverage(item: dict[str, Any], image_size: int, patch_size: int) -> torch.Tensor:
+    """``[K-1, T, P]`` patch coverage of every object of a procedural clip but the target, in the model's frame;
+    a frame where an object is not visible has zero coverage."""
+    visible = torch.as_tensor(np.asarray(item["visible"]))  # (T, K)
+    rows = [
+        target_box_coverage(item, image_size, patch_size, index).float() * visible[:, index, None]
+        for index in range(visible.shape[1])
+        if index != item["target_index"]
+    ]
+    return torch.stack(rows) if rows else torch.zeros(0, *visible.shape[:1], (image_size // patch_size) ** 2)
+
+
+def largest_other_mass(attention: torch.Tensor, others: torch.Tensor, frames: torch.Tensor) -> float:
+    """The largest mean attention mass ``attention [T, P]`` puts in another object's box ``others [K-1, T, P]``
+    over ``frames`` (indices) where that object is in view; nan with no such object and frame."""
+    masses = []
+    for coverage in others:
+        shown = frames[coverage[frames].sum(-1) > 0]
+        if len(shown):
+            masses.append(float(attention_mass_in_box(attention[shown], coverage[shown]).double().mean()))
+    return max(masses) if masses else float("nan")
 
 
 @torch.no_grad()
@@ -268,6 +334,9 @@ def reader_call(reader: str, model, batch: ProbeBatch, seed: int = 0):
         kwargs["fine_patch_bias"] = oracle_bias(batch.coverage).to(device)
     elif reader == "blank":
         inputs, generate = blank_inputs(inputs), blank_inputs(generate)
+    elif reader == "other_clip":
+        inputs = other_clip_inputs(inputs, batch.null_frames)
+        generate = other_clip_inputs(generate, batch.null_frames)
     elif reader != "dynamic":
         raise ValueError(f"unknown reader {reader!r}; readers: {READERS}")
     return inputs, generate, kwargs, mode
@@ -325,6 +394,7 @@ def _clip_values(output, batch: ProbeBatch, reader: str) -> list[dict[str, float
     )
     caption_nll = (-log_likelihood / counts.clamp_min(1)).cpu().tolist()
     attention = getattr(output, f"attention_{passes}")
+    maps = None if attention is None else attention.float().cpu().split(batch.lengths)  # T x [t, P]
     if attention is None:  # a dense model: no map
         mass = torch.full(batch.coverage.shape[:1], float("nan"), dtype=torch.float64)
     else:
@@ -343,6 +413,9 @@ def _clip_values(output, batch: ProbeBatch, reader: str) -> list[dict[str, float
                 "loss_caption": float(caption_nll[row]) if counts[row] > 0 else float("nan"),
                 "mass_in_box": float(mass[row][frames].mean()) if len(frames) else float("nan"),
                 "chance": float(chance[row][frames].mean()) if len(frames) else float("nan"),
+                "mass_other": float("nan")
+                if maps is None
+                else largest_other_mass(maps[row], batch.others[row], frames),
             }
         )
     return values
@@ -403,9 +476,10 @@ def summarise_reader(records: list[dict[str, Any]], reader: str) -> dict[str, An
         "accuracy": accuracy,
         "all_attributes": summarise(np.asarray([row["all_attributes"] for row in rows], dtype=float)),
     }
-    for key in ("loss_fine", "loss_caption", "mass_in_box", "chance"):
-        summary[key] = summarise([row[key] for row in rows])
+    for key in ("loss_fine", "loss_caption", "mass_in_box", "chance", "mass_other"):
+        summary[key] = summarise([row.get(key, float("nan")) for row in rows])
     summary["lift"] = _ratio(_pairs(rows, rows, "mass_in_box", "chance"))
+    summary["selectivity"] = _ratio(_pairs(rows, rows, "mass_in_box", "mass_other"))
     if "dynamic" in records[0]["readers"]:
         dynamic = [record["readers"]["dynamic"] for record in records]
         summary["loss_fine_ratio_to_dynamic"] = _ratio(_pairs(rows, dynamic, "loss_fine", "loss_fine"))
@@ -465,10 +539,11 @@ def run_probes(
         for subset ``all`` (and ``named``/``generic`` when both occur) holds ``num_clips``,
         ``ratio_loss_static_dynamic``, ``majority_baseline`` ({attribute: accuracy of always answering the
         commonest value, "all_attributes"}) and ``readers[reader]`` = ``{"num_clips", "accuracy": {attribute: ci},
-        "all_attributes", "loss_fine", "loss_caption", "mass_in_box", "chance", "lift",
+        "all_attributes", "loss_fine", "loss_caption", "mass_in_box", "chance", "mass_other", "lift", "selectivity",
         "loss_fine_ratio_to_dynamic"}`` (each a :func:`bootstrap_ci` dict, or None where nothing was measured);
         ``clips`` lists per clip ``{"clip_id", "named", "scored_attributes", "truth", "reference", "readers": {reader:
-        {"generated", "hits", "all_attributes", "loss_fine", "loss_caption", "mass_in_box", "chance"}}}``.
+        {"generated", "hits", "all_attributes", "loss_fine", "loss_caption", "mass_in_box", "chance",
+        "mass_other"}}}``.
     """
     readers = _check_arguments(model, readers, batch_size, max_new_tokens)
     if len(clips) == 0:
@@ -480,7 +555,10 @@ def run_probes(
     for items in _progress(loader, len(loader), progress):
         indices = list(range(start, start + len(items)))
         start += len(items)
-        batch = prepare_batch(model, processor, items, indices, vae)
+        null_items = (
+            [clips[(index + 1) % len(clips)] for index in indices] if "other_clip" in readers else None
+        )
+        batch = prepare_batch(model, processor, items, indices, vae, null_items)
         for item, results in zip(items, probe_batch(model, processor, batch, readers, max_new_tokens, seed)):
             records.append(
                 {

@@ -99,9 +99,10 @@ COLOUR_RGB: dict[str, tuple[int, int, int]] = {
 }
 """RGB of each colour of ``COLOURS``. Every colour has a channel >= 200, far above ``MAX_BACKGROUND_CHANNEL``."""
 
-SPLIT_IDS: dict[str, int] = {"train": 0, "validation": 1, "heldout": 2}
-"""Split name -> the second entry of the clip's SeedSequence."""
-PARTITION_STREAM_ID = len(SPLIT_IDS)
+SPLIT_IDS: dict[str, int] = {"train": 0, "validation": 1, "heldout": 2, "test": 4}
+"""Split name -> the second entry of the clip's SeedSequence. ``"test"`` draws the training pairs, as
+``"validation"`` does, from its own stream: clips touched only for final figures, never for choosing a recipe."""
+PARTITION_STREAM_ID = 3
 """Second entry of the SeedSequence that partitions (shape, motion) pairs into train / held-out."""
 
 # ----------------------------------------------------------------------------------------------------
@@ -371,7 +372,7 @@ def split_pairs(config: ProceduralVideoConfig) -> tuple[tuple[Pair, ...], tuple[
 
 
 def pairs_for_split(config: ProceduralVideoConfig, split: str) -> tuple[Pair, ...]:
-    """Target (shape, motion) pairs a split draws from: train pairs for "train"/"validation", else held-out."""
+    """Target (shape, motion) pairs a split draws from: held-out pairs for "heldout", else the train pairs."""
     split_id = _split_id(split)
     train, heldout = split_pairs(config)
     return heldout if split_id == SPLIT_IDS["heldout"] else train
