@@ -1,6 +1,9 @@
 """The gradient each loss term sends to the planner (``fovea_query_head``), measured term by term.
 
     python -m studies.label_free.grad_share --run_dir RUN --split validation --num_clips 32 --out OUT
+    python -m studies.label_free.grad_share --at_init --config configs/named.yaml [--set model.X=Y] --out OUT
+
+``--at_init`` measures a freshly initialised model of ``--config`` (seeded by ``train.seed``) instead of a saved one.
 
 One training-mode forward of a batch of clips (captions and next-frame targets), then for each weighted term of
 the total loss (``loss_fine``, ``loss_coarse``, ``loss_caption``, ``loss_caption_coarse``) the L2 norm of its
@@ -17,7 +20,9 @@ from typing import Any
 
 import torch
 
-from eval.common import command_line, load_context, model_inputs, script_parser
+from eval.common import command_line, data_config, load_context, model_inputs, script_parser
+from foveated_vlm.training.data import build_split
+from foveated_vlm.training.modeling import build_model_and_processor
 
 JSON_NAME = "grad_share.json"
 
@@ -61,21 +66,48 @@ def planner_gradient_norms(model, inputs) -> dict[str, dict[str, float]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure on the first ``--num_clips`` clips of the split and write ``OUT/grad_share.json``."""
-    context = load_context(args)
-    items = [context.dataset[index] for index in range(len(context.dataset))]
-    inputs = model_inputs(context.processor, items, context.vae).to(context.model.device)
+    if args.at_init:
+        model, processor, dataset, source = _fresh_model(args)
+    else:
+        context = load_context(args)
+        model, processor, dataset, source = (
+            context.model,
+            context.processor,
+            context.dataset,
+            context.model_path,
+        )
+    items = [dataset[index] for index in range(len(dataset))]
+    inputs = model_inputs(processor, items).to(model.device)
     report = {
         "command": command_line(),
-        "model": str(context.model_path),
+        "model": str(source),
         "num_clips": len(items),
-        "terms": planner_gradient_norms(context.model, inputs),
+        "terms": planner_gradient_norms(model, inputs),
     }
     Path(args.out, JSON_NAME).write_text(json.dumps(report, indent=1), encoding="utf-8")
     return report
 
 
+def _fresh_model(args: argparse.Namespace):
+    """A freshly initialised model of ``--config`` (``--set`` applied), its processor and the split's clips."""
+    if not args.config:
+        raise ValueError("--at_init builds the model of --config: pass --config (a training YAML)")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    config = data_config(args, Path(args.out) / "none", Path(args.out))
+    torch.manual_seed(config.train.seed)
+    model, processor = build_model_and_processor(config)
+    model.to(args.device)
+    return model, processor, build_split(config, args.split, processor), f"fresh: {args.config}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = script_parser(__doc__)
+    parser.add_argument("--at_init", action="store_true", help="measure a fresh model of --config")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    report = run(script_parser(__doc__).parse_args(argv))
+    report = run(build_parser().parse_args(argv))
     print(json.dumps(report["terms"], indent=1))
     return report
 
