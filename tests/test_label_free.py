@@ -175,3 +175,30 @@ def test_summarise_reads_an_ablations_folder(make_model, clips, tmp_path):
     dynamic = report["summary"]["all"]["readers"]["dynamic"]
     assert arms["arm_a"]["readers"]["dynamic"]["mass_in_box"] == dynamic["mass_in_box"]["estimate"]
     assert "| arm_a |" in summarise.table(arms)
+
+
+def test_grad_share_cli_measures_a_fresh_model_of_a_config(tmp_path):
+    from studies.label_free import grad_share
+
+    report = grad_share.main(
+        [
+            "--at_init",
+            "--config",
+            "configs/named.yaml",
+            "--set",
+            "model.plan_first_query=true",
+            "--set",
+            "model.prediction_passes=coarse",
+            "--split",
+            "validation",
+            "--num_clips",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert (tmp_path / grad_share.JSON_NAME).is_file()
+    assert set(report["terms"]) == {"loss_coarse", "loss_caption", "loss_caption_coarse"}
+    assert report["terms"]["loss_caption"]["share"] == 1.0
