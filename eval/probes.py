@@ -55,6 +55,7 @@ from eval.common import (
     summarise,
     write_report,
 )
+from eval.controls import largest_other_mass, map_layer, other_boxes_coverage
 from eval.probe_report import format_markdown, plot_probes
 from foveated_vlm.metrics import (
     attention_mass_in_box,
@@ -280,29 +281,6 @@ def _null_frames(processor, null_items: Sequence[dict[str, Any]], vae=None) -> t
     return model_inputs(processor, null_items, vae, captions=False)["pixel_values_videos"]
 
 
-def other_boxes_coverage(item: dict[str, Any], image_size: int, patch_size: int) -> torch.Tensor:
-    """``[K-1, T, P]`` patch coverage of every object of a procedural clip but the target, in the model's frame;
-    a frame where an object is not visible has zero coverage."""
-    visible = torch.as_tensor(np.asarray(item["visible"]))  # (T, K)
-    rows = [
-        target_box_coverage(item, image_size, patch_size, index).float() * visible[:, index, None]
-        for index in range(visible.shape[1])
-        if index != item["target_index"]
-    ]
-    return torch.stack(rows) if rows else torch.zeros(0, *visible.shape[:1], (image_size // patch_size) ** 2)
-
-
-def largest_other_mass(attention: torch.Tensor, others: torch.Tensor, frames: torch.Tensor) -> float:
-    """The largest mean attention mass ``attention [T, P]`` puts in another object's box ``others [K-1, T, P]``
-    over ``frames`` (indices) where that object is in view; nan with no such object and frame."""
-    masses = []
-    for coverage in others:
-        shown = frames[coverage[frames].sum(-1) > 0]
-        if len(shown):
-            masses.append(float(attention_mass_in_box(attention[shown], coverage[shown]).double().mean()))
-    return max(masses) if masses else float("nan")
-
-
 @torch.no_grad()
 def planned_queries(model, batch: ProbeBatch) -> torch.Tensor:
     """The planned queries of the batch (one two-pass forward, unless the dynamic reader already ran)."""
@@ -404,9 +382,7 @@ def _clip_values(output, batch: ProbeBatch, reader: str) -> list[dict[str, float
     in_view = (batch.coverage.sum(-1) > 0).split(batch.lengths)
     values = []
     for row, item in enumerate(batch.items):
-        visible = torch.as_tensor(np.asarray(item["visible"])[:, item["target_index"]]).bool() & in_view[row]
-        visible[:FIRST_PLANNED_FRAME] = False
-        frames = visible.nonzero().squeeze(-1)
+        frames = scored_frames(item, in_view[row])
         values.append(
             {
                 "loss_fine": float(frame_mse[row].mean()),
@@ -419,6 +395,37 @@ def _clip_values(output, batch: ProbeBatch, reader: str) -> list[dict[str, float
             }
         )
     return values
+
+
+def scored_frames(item: dict[str, Any], in_view: torch.Tensor) -> torch.Tensor:
+    """Indices of the frames 2..T of a clip where its target is visible (``item["visible"]``) and its box in view
+    (``in_view [T]``): where every mass in box is averaged."""
+    visible = torch.as_tensor(np.asarray(item["visible"])[:, item["target_index"]]).bool() & in_view
+    visible[:FIRST_PLANNED_FRAME] = False
+    return visible.nonzero().squeeze(-1)
+
+
+@torch.no_grad()
+def mass_by_layer(model, batch: ProbeBatch) -> dict[str, list[list[float]]]:
+    """Mass in the target box at every encoder layer: ``{"planned", "static"}`` -> per clip, per layer, the mean
+    over :func:`scored_frames` (nan without one) of the planned queries' (the dynamic reading's) and the static
+    query's attention at that layer. Only the reported map changes with the layer: the reading is the model's."""
+    inputs = batch.inputs
+    cache = model.encode_frames(inputs["pixel_values_videos"][inputs["video_frame_mask"]])  # N valid frames
+    queries = {"planned": planned_queries(model, batch), "static": model.static_queries(len(batch.coverage))}
+    in_view = (batch.coverage.sum(-1) > 0).split(batch.lengths)
+    frames = [scored_frames(item, in_view[row]) for row, item in enumerate(batch.items)]
+    result: dict[str, list[list[float]]] = {name: [[] for _ in batch.items] for name in queries}
+    for layer in range(len(model.model.fovea_encoder.layers)):
+        with map_layer(model, layer):
+            for name, plan in queries.items():
+                patches, _ = model.split_attention(model.read_frames(plan, cache)[1])  # (N, P)
+                mass = (
+                    attention_mass_in_box(patches.float().cpu(), batch.coverage).double().split(batch.lengths)
+                )
+                for row, chosen in enumerate(frames):
+                    result[name][row].append(float(mass[row][chosen].mean()) if len(chosen) else float("nan"))
+    return result
 
 
 def _caption_logits_to_keep(labels: torch.Tensor) -> int:
@@ -486,6 +493,18 @@ def summarise_reader(records: list[dict[str, Any]], reader: str) -> dict[str, An
     return summary
 
 
+def summarise_layers(records: list[dict[str, Any]]) -> dict[str, list[dict[str, float] | None]]:
+    """``{name: [CI of the mass in box at layer l, for each l]}`` over the clips' ``"mass_by_layer"``."""
+    first = records[0]["mass_by_layer"]
+    return {
+        name: [
+            summarise([record["mass_by_layer"][name][layer] for record in records])
+            for layer in range(len(values))
+        ]
+        for name, values in first.items()
+    }
+
+
 def majority_baseline(records: list[dict[str, Any]]) -> dict[str, float]:
     """Accuracy of always answering the most common value (per attribute, and the most common scored tuple)."""
     baseline = {}
@@ -521,6 +540,7 @@ def run_probes(
     vae=None,
     num_workers: int = 0,
     progress: bool = True,
+    by_layer: bool = False,
 ) -> dict[str, Any]:
     """Read ``clips`` with every reader on the same weights; per-clip results and their summaries.
 
@@ -533,6 +553,8 @@ def run_probes(
         seed: seeds the random queries and the time shuffles (per clip, so independent of ``batch_size``).
         readers: a selection of :data:`READERS`.
         vae: the VAE that makes prediction targets, for VAE-target models whose clips carry no cached targets.
+        by_layer: also measure the planned and static mass in box at every encoder layer (:func:`mass_by_layer`;
+            each clip record's ``"mass_by_layer"``, and ``summary[subset]["mass_by_layer"][name]``, a CI a layer).
 
     Returns:
         ``{"readers", "seed", "max_new_tokens", "num_clips", "attributes", "summary", "clips"}``: ``summary[subset]``
@@ -559,7 +581,14 @@ def run_probes(
             [clips[(index + 1) % len(clips)] for index in indices] if "other_clip" in readers else None
         )
         batch = prepare_batch(model, processor, items, indices, vae, null_items)
-        for item, results in zip(items, probe_batch(model, processor, batch, readers, max_new_tokens, seed)):
+        results_of_batch = probe_batch(model, processor, batch, readers, max_new_tokens, seed)
+        layers = mass_by_layer(model, batch) if by_layer else None
+        for row, (item, results) in enumerate(zip(items, results_of_batch)):
+            extra = (
+                {}
+                if layers is None
+                else {"mass_by_layer": {name: value[row] for name, value in layers.items()}}
+            )
             records.append(
                 {
                     "clip_id": item.get("clip_id"),
@@ -568,6 +597,7 @@ def run_probes(
                     "truth": {name: true_attributes(item).get(name) for name in scored_attributes_of(item)},
                     "reference": item["caption"],
                     "readers": results,
+                    **extra,
                 }
             )
     summary = {}
@@ -575,6 +605,8 @@ def run_probes(
         chosen = [r for r in records if named is None or r["named"] == named]
         if subset == "all" or (chosen and len(chosen) < len(records)):
             summary[subset] = summarise_records(chosen, readers)
+            if by_layer:
+                summary[subset]["mass_by_layer"] = summarise_layers(chosen)
     attributes = [name for name in ATTRIBUTES if any(name in r["scored_attributes"] for r in records)]
     return {
         "readers": list(readers),
@@ -605,6 +637,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         readers=args.readers or READERS,
         vae=context.vae,
         num_workers=args.num_workers,
+        by_layer=args.mass_by_layer,
     )
     report = {"command": command_line(), "model": str(context.model_path), "split": args.split, **report}
     report["figure"] = None
@@ -624,6 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--seed", type=int, default=0, help="seeds the random queries and the time shuffles")
+    parser.add_argument(
+        "--mass_by_layer",
+        action="store_true",
+        help="also the planned and static mass in box at every encoder layer",
+    )
     return parser
 
 

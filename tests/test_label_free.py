@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval import probes
+from eval import controls, probes
 from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset, pairs_for_split
 from studies.label_free.grad_share import planner_gradient_norms, weighted_terms
 
@@ -76,6 +76,13 @@ def test_bad_values_are_refused_by_name(make_model, field, value):
         make_model(**{field: value})
 
 
+def _probe(model, processor, clips, readers, **kwargs):
+    """A small probe report of ``clips`` (two clips a batch, two caption tokens)."""
+    return probes.run_probes(
+        model, processor, clips, batch_size=2, max_new_tokens=2, readers=readers, progress=False, **kwargs
+    )
+
+
 def _inputs(processor):
     return caption_batch(processor, lengths=(4, 3))
 
@@ -126,15 +133,7 @@ def test_other_clip_reader_reads_another_clips_frames(make_model, clips):
 
 def test_report_gives_the_null_and_the_selectivity(make_model, clips):
     model, processor = make_model()
-    report = probes.run_probes(
-        model,
-        processor,
-        clips,
-        batch_size=2,
-        max_new_tokens=2,
-        readers=("dynamic", "other_clip"),
-        progress=False,
-    )
+    report = _probe(model, processor, clips, ("dynamic", "other_clip"))
     dynamic = report["summary"]["all"]["readers"]["dynamic"]
     assert "other_clip" in report["summary"]["all"]["readers"]
     rows = [clip["readers"]["dynamic"] for clip in report["clips"]]
@@ -148,8 +147,8 @@ def test_largest_other_mass_picks_the_most_attended_visible_object():
     others = torch.tensor(
         [[[1.0, 0, 0, 0], [1.0, 0, 0, 0]], [[0, 0, 1.0, 0], [0, 0, 0, 0]]]
     )  # object 0 everywhere, object 1 in view in frame 0 only
-    assert probes.largest_other_mass(attention, others, torch.tensor([0, 1])) == pytest.approx(0.3)
-    assert probes.largest_other_mass(attention, others, torch.tensor([1])) == pytest.approx(0.1)
+    assert controls.largest_other_mass(attention, others, torch.tensor([0, 1])) == pytest.approx(0.3)
+    assert controls.largest_other_mass(attention, others, torch.tensor([1])) == pytest.approx(0.1)
 
 
 def test_test_split_is_its_own_in_distribution_stream():
@@ -202,3 +201,20 @@ def test_grad_share_cli_measures_a_fresh_model_of_a_config(tmp_path):
     assert (tmp_path / grad_share.JSON_NAME).is_file()
     assert set(report["terms"]) == {"loss_coarse", "loss_caption", "loss_caption_coarse"}
     assert report["terms"]["loss_caption"]["share"] == 1.0
+
+
+def test_mass_by_layer_at_the_map_layer_is_the_dynamic_readings_mass(make_model, clips):
+    model, processor = make_model(attention_map_layer=0)
+    report = _probe(model, processor, clips, ("dynamic", "static"), by_layer=True)
+    layers = len(model.model.fovea_encoder.layers)
+    for clip in report["clips"]:
+        by_layer = clip["mass_by_layer"]
+        assert len(by_layer["planned"]) == len(by_layer["static"]) == layers
+        for name, reader in (("planned", "dynamic"), ("static", "static")):
+            own = clip["readers"][reader]["mass_in_box"]
+            assert by_layer[name][0] == pytest.approx(own, rel=1e-4) or (
+                np.isnan(own) and np.isnan(by_layer[name][0])
+            )
+        assert by_layer["planned"][1] != pytest.approx(by_layer["planned"][0]), "another layer, another map"
+    assert model.config.attention_map_layer == 0, "the configured layer is restored"
+    assert len(report["summary"]["all"]["mass_by_layer"]["planned"]) == layers
