@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from eval import controls, probes
-from foveated_vlm.data.procedural import ProceduralVideoConfig, ProceduralVideoDataset, pairs_for_split
+from foveated_vlm.data.procedural import (
+    COLOUR_RGB,
+    ProceduralVideoConfig,
+    ProceduralVideoDataset,
+    make_clip,
+    pairs_for_split,
+    sample_text,
+)
 from studies.label_free.grad_share import planner_gradient_norms, weighted_terms
 
 from .builders import caption_batch
@@ -218,3 +225,50 @@ def test_mass_by_layer_at_the_map_layer_is_the_dynamic_readings_mass(make_model,
         assert by_layer["planned"][1] != pytest.approx(by_layer["planned"][0]), "another layer, another map"
     assert model.config.attention_map_layer == 0, "the configured layer is restored"
     assert len(report["summary"]["all"]["mass_by_layer"]["planned"]) == layers
+
+
+LOOKAHEAD = {
+    "image_size": 64,
+    "num_frames": 6,
+    "named_object_fraction": 1.0,
+    "occlusion_probability": 0.0,
+    "camera_pan_probability": 0.0,
+}
+
+
+def _colour_present(frame: np.ndarray, colour: str) -> bool:
+    return bool((frame == np.asarray(COLOUR_RGB[colour], dtype=np.uint8)).all(-1).any())
+
+
+def test_lookahead_task_shows_identities_only_in_the_cue_frames():
+    config = ProceduralVideoConfig(identity_cue_frames=1, **LOOKAHEAD)
+    for index in range(4):
+        clip = make_clip(config, "train", index)
+        target = clip["objects"][clip["target_index"]]
+        others = [obj for k, obj in enumerate(clip["objects"]) if k != clip["target_index"]]
+        moving = [obj for obj in others if obj["motion"] != "static"]
+        assert moving and all(
+            (obj["shape"], obj["size"]) == (target["shape"], target["size"]) for obj in moving
+        )
+        frames = clip["frames"]
+        assert all(_colour_present(frames[0], obj["colour"]) for obj in clip["objects"] if obj is not target)
+        for frame in frames[1:]:
+            assert not any(_colour_present(frame, obj["colour"]) for obj in others)
+            assert _colour_present(frame, target["colour"])
+        assert sample_text(config, "train", index) == sample_text(
+            ProceduralVideoConfig(**LOOKAHEAD), "train", index
+        )
+
+
+def test_without_the_cue_every_object_keeps_its_colour():
+    clip = make_clip(ProceduralVideoConfig(**LOOKAHEAD), "train", 0)
+    for frame in clip["frames"]:
+        assert (
+            sum(_colour_present(frame, obj["colour"]) for obj in clip["objects"]) >= len(clip["objects"]) - 1
+        )
+
+
+@pytest.mark.parametrize("value", [6, -1, 1.5])
+def test_identity_cue_frames_is_validated(value):
+    with pytest.raises(ValueError, match="identity_cue_frames"):
+        ProceduralVideoConfig(identity_cue_frames=value, **LOOKAHEAD)
