@@ -300,7 +300,7 @@ TABLE_HEADERS = [
 ]
 
 
-PROBE_READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank")
+PROBE_READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank", "other_clip")
 PROBE_HEADERS = [
     "arm",
     *(f"all right: {reader}" for reader in PROBE_READERS),

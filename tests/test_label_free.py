@@ -272,3 +272,12 @@ def test_without_the_cue_every_object_keeps_its_colour():
 def test_identity_cue_frames_is_validated(value):
     with pytest.raises(ValueError, match="identity_cue_frames"):
         ProceduralVideoConfig(identity_cue_frames=value, **LOOKAHEAD)
+
+
+def test_every_reader_has_a_description_a_colour_and_the_table_a_selectivity(make_model, clips):
+    from eval.probe_report import READER_COLOURS, READER_DESCRIPTIONS, format_markdown
+
+    assert set(probes.READERS) <= set(READER_COLOURS) and set(probes.READERS) <= set(READER_DESCRIPTIONS)
+    model, processor = make_model()
+    report = _probe(model, processor, clips, ("dynamic", "other_clip"))
+    assert "selectivity" in format_markdown(report) and "other_clip" in format_markdown(report)
