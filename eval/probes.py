@@ -58,6 +58,7 @@ from eval.common import (
 from eval.controls import largest_other_mass, map_layer, other_boxes_coverage
 from eval.probe_report import format_markdown, plot_probes
 from foveated_vlm.metrics import (
+    FIRST_SCORED_FRAME,
     attention_mass_in_box,
     bootstrap_ci,
     ratio_of_means,
@@ -78,8 +79,6 @@ JSON_NAME = "probes.json"
 MARKDOWN_NAME = "probes.md"
 FIGURE_NAME = "probes.png"
 IGNORE_INDEX = -100
-FIRST_PLANNED_FRAME = 1
-"""Mass in box is averaged over frames from this index on: frame 0 of every video is read by ``q_init``."""
 _RANDOM_STREAM, _SHUFFLE_STREAM = 1, 2
 """Second entries of the per-clip seed sequences, so that readers draw independent numbers."""
 
@@ -401,7 +400,7 @@ def scored_frames(item: dict[str, Any], in_view: torch.Tensor) -> torch.Tensor:
     """Indices of the frames 2..T of a clip where its target is visible (``item["visible"]``) and its box in view
     (``in_view [T]``): where every mass in box is averaged."""
     visible = torch.as_tensor(np.asarray(item["visible"])[:, item["target_index"]]).bool() & in_view
-    visible[:FIRST_PLANNED_FRAME] = False
+    visible[:FIRST_SCORED_FRAME] = False
     return visible.nonzero().squeeze(-1)
 
 

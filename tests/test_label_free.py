@@ -281,3 +281,20 @@ def test_every_reader_has_a_description_a_colour_and_the_table_a_selectivity(mak
     model, processor = make_model()
     report = _probe(model, processor, clips, ("dynamic", "other_clip"))
     assert "selectivity" in format_markdown(report) and "other_clip" in format_markdown(report)
+
+
+def test_scored_frames_start_at_each_videos_second_valid_frame():
+    from foveated_vlm.metrics import scored_frames_mask
+
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    assert scored_frames_mask(mask).tolist() == [False, True, True, False, True]
+
+
+def test_trainers_validation_mass_leaves_out_the_first_frame():
+    from foveated_vlm.training.trainer import _mass_in_box
+
+    mask = torch.tensor([[True, True]])
+    coverage = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])  # (B, T, P): the box on patch 0 in both frames
+    attention = torch.tensor([[0.0, 1.0], [0.5, 0.5]])  # (N, P): frame 1 misses it, frame 2 half in it
+    batch = {"attention_targets": coverage, "video_frame_mask": mask}
+    assert float(_mass_in_box(attention, batch)) == pytest.approx(0.5)
