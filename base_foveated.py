@@ -59,6 +59,7 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
 KAIMING_SLOPE = 5**0.5  # torch.nn.Linear's own default initialisation
 # LLM attention kernels that attend causally when given no mask (eager and flex would attend both ways)
 CAUSAL_WITHOUT_MASK = ("sdpa", "flash_attention_2", "flash_attention_3")
+RMS_EPS = 1e-6  # keeps visual_token_norm finite on an all-zero token
 
 
 class FoveatedVLMPreTrainedModel(PreTrainedModel):
@@ -200,8 +201,18 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
             prefix_tokens = self.fovea_encoder.num_prefix_tokens
             where = glimpse_location(attention[..., prefix_tokens:-1])  # (N[, k], 4)
             inputs = inputs + self.fovea_location_projection(where.to(inputs.dtype))
-        inputs = inputs * self.config.visual_token_scale
+        inputs = self.match_text_scale(inputs)
         return inputs.reshape(-1, inputs.shape[-1])  # (N * tokens_per_frame, H)
+
+    def match_text_scale(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Projected visual tokens ``[..., H]`` at the text's scale: with ``visual_token_norm`` each is RMS-normalised
+        to the RMS of the input embedding table (no gradient into the table), then times ``visual_token_scale``."""
+        if self.config.visual_token_norm:
+            table = self.get_input_embeddings().weight.detach()  # (V, H)
+            text_rms = torch.linalg.vector_norm(table, dtype=torch.float32) / table.numel() ** 0.5
+            own_rms = tokens.float().pow(2).mean(-1, keepdim=True).add(RMS_EPS).sqrt()  # (..., 1)
+            tokens = (tokens.float() * (text_rms / own_rms)).to(tokens.dtype)
+        return tokens * self.config.visual_token_scale
 
     def dense_tokens(self, cache: PatchCache) -> torch.Tensor:
         """Dense baseline: patch states pixel-unshuffled to ``[N * dense_tokens_per_frame, H]`` LLM inputs."""
@@ -211,7 +222,7 @@ class FoveatedVLMModel(FoveatedVLMPreTrainedModel):
         grid_map = patches.transpose(1, 2).reshape(n, d, grid, grid)  # (N, D, grid, grid)
         unshuffled = F.pixel_unshuffle(grid_map, self._dense_unshuffle)  # (N, D * u^2, grid / u, grid / u)
         unshuffled = unshuffled.flatten(2).transpose(1, 2)  # (N, dense_tokens_per_frame, D * u^2)
-        tokens = self.fovea_dense_projection(unshuffled) * self.config.visual_token_scale
+        tokens = self.match_text_scale(self.fovea_dense_projection(unshuffled))
         return tokens.reshape(-1, tokens.shape[-1])  # (N * dense_tokens_per_frame, H)
 
     def read_coarse(self, cache: PatchCache) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,6 +82,7 @@ with a pointer to the results page, since today's model would silently compute s
 INERT_REMOVED_KNOBS = ("delta_l1_weight", "entropy_margin", "gumbel_temperature", "motion_search_radius")
 """Knobs that only acted through a removed switch (``predict_delta``, the entropy hinge, Gumbel attention, the
 motion target): old checkpoints carry them, and with their switch off they never acted."""
+PREDICTION_PASSES = ("both", "coarse")
 
 
 class FoveatedVLMConfig(PreTrainedConfig):
@@ -153,7 +154,18 @@ class FoveatedVLMConfig(PreTrainedConfig):
     """Encoder layer whose query attention (mean over heads) is returned, visualised and supervised; None averages
     every layer's (where the query looked on its way through the encoder)."""
     visual_token_scale: float = 1.0
-    """Factor applied to projected visual tokens before they enter the LLM (matches their norm to text)."""
+    """Factor applied to projected visual tokens before they enter the LLM (after ``visual_token_norm``)."""
+    visual_token_norm: bool = False
+    """RMS-normalise each projected visual token (location included) to the RMS of the LLM's input embeddings,
+    read from the embedding table at every forward (no gradient): a visual token then weighs as much as a word.
+    Without it a random-init projection gives tokens ~30x the text's norm, which drowns the prompt in the planner's
+    state (the prompt's colour word moved the planned query by a cosine of 2e-5); ``visual_token_scale=0.03`` was
+    the hand-tuned stand-in (studies/label_free/RESULTS.md)."""
+    prediction_passes: str = "both"
+    """Passes whose next-frame loss trains the model. ``"both"``: the proposal (fine and coarse, the coarse one
+    weighted by ``lambda_coarse``). ``"coarse"``: only the static-query pass; the fine pass's prediction is still
+    computed and reported (``loss_fine``) but its whole-frame target never reaches the planner
+    (``fovea_query_head``), which ``"both"`` pulls towards a global summary (studies/label_free/RESULTS.md)."""
 
     frame_token_id: int = 49152
     """Placeholder token of one frame in ``input_ids``; replaced by the frame's visual token."""
@@ -221,6 +233,8 @@ class FoveatedVLMConfig(PreTrainedConfig):
                 self.multi_query_output in MULTI_QUERY_OUTPUTS,
                 f"one of {MULTI_QUERY_OUTPUTS}",
             ),
+            "visual_token_norm": (isinstance(self.visual_token_norm, bool), "a bool (true or false)"),
+            "prediction_passes": (self.prediction_passes in PREDICTION_PASSES, f"one of {PREDICTION_PASSES}"),
             "attention_supervision_weight": (self.attention_supervision_weight >= 0, ">= 0"),
             "target_channels": (self.target_channels > 0, "positive"),
             "target_downsample": (self.target_downsample > 0, "positive"),

@@ -312,7 +312,8 @@ class FoveatedVLMForConditionalGeneration(FoveatedVLMPreTrainedModel, Generation
         if targets is not None:
             if output.predictions_fine is not None:
                 output.loss_fine = F.mse_loss(output.predictions_fine.float(), targets.float())
-                terms.append(config.prediction_loss_weight * output.loss_fine)
+                if config.prediction_passes == "both":  # "coarse": reported, kept away from the planner
+                    terms.append(config.prediction_loss_weight * output.loss_fine)
             if output.predictions_coarse is not None:
                 output.loss_coarse = F.mse_loss(output.predictions_coarse.float(), targets.float())
                 terms.append(config.prediction_loss_weight * config.lambda_coarse * output.loss_coarse)

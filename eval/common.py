@@ -36,7 +36,7 @@ from processing_foveated import FoveatedVLMProcessor
 
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
-SPLIT_ROLES = ("train", "validation", "heldout")
+SPLIT_ROLES = ("train", "validation", "heldout", "test")
 DEFAULT_SPLIT = "heldout"
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_NEW_TOKENS = 24  # a generated caption's length in every report (captioning, probes, runner)

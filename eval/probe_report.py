@@ -19,6 +19,7 @@ READER_DESCRIPTIONS = {
     "shuffled": "planned queries permuted in time within each video",
     "oracle": "planned queries confined to the target box's patches",
     "blank": "mean-colour frames, planned queries",
+    "other_clip": "another clip's frames, same prompt (in-distribution null)",
 }
 NUM_EXAMPLES = 4
 PLOT_HEADROOM = 1.35
@@ -35,6 +36,7 @@ def _table(summary: dict[str, Any], attributes: Sequence[str]) -> str:
         "mass in box",
         "chance",
         "lift",
+        "selectivity",
     ]
     rows = []
     for reader, figures in summary["readers"].items():
@@ -49,6 +51,7 @@ def _table(summary: dict[str, Any], attributes: Sequence[str]) -> str:
                 format_ci(figures["mass_in_box"], 3),
                 format_ci(figures["chance"], 3),
                 format_ci(figures["lift"], 2),
+                format_ci(figures.get("selectivity"), 2),
             ]
         )
     baseline = summary["majority_baseline"]
@@ -114,6 +117,7 @@ READER_COLOURS = {
     "shuffled": "tab:purple",
     "oracle": "tab:green",
     "blank": "black",
+    "other_clip": "tab:brown",
 }
 
 

@@ -16,12 +16,16 @@ procedural clips, several *readers* of the fine pass. Readers:
   where the target is out of view).
 * ``blank``: every frame replaced by the mean-colour frame (zero after the processor's normalisation), read
   dynamically: the zero-frame control, whose caption accuracy should sit at chance.
+* ``other_clip``: every clip read with the frames of the next clip of the set (same prompt): the
+  in-distribution null (real scenes, the named colour usually absent or another object), at chance if the
+  caption comes from the frames; its mass in box is measured against the prompt's clip's boxes (meaningless).
 
 Per reader: exact-match accuracy of each scored caption attribute (greedy ``generate``, parsed with
 ``parse_caption``) and of all scored attributes together; the next-frame prediction MSE and the caption
 cross-entropy (per clip, teacher-forced); the attention mass inside the box of the object the caption is about
 over frames 2..T where the target is in view (frame 1 is read by ``q_init``), the box's area share (chance)
-and the lift (mass / chance, a ratio of means); each a mean over clips with a 95% bootstrap interval. Also
+and the lift (mass / chance, a ratio of means); the selectivity (mass in the target box over the largest
+mean mass in any other object's box, frames 2..T where both are in view, a ratio of means); each a mean over clips with a 95% bootstrap interval. Also
 each reader's prediction loss relative to the dynamic reader's (static / dynamic is the coarse/fine ratio).
 Named and generic clips are reported separately when both occur. Writes ``OUT/probes.json``,
 ``OUT/probes.md`` and ``OUT/probes.png``. :func:`run_probes` is the same evaluation as a function.
@@ -53,9 +57,11 @@ from eval.common import (
     summarise,
     write_report,
 )
+from eval.controls import largest_other_mass, map_layer, other_boxes_coverage
 from eval.fovea import SUBSETS, mass_in_box, target_visible
 from eval.probe_report import format_markdown, plot_probes
 from foveated_vlm.metrics import (
+    FIRST_SCORED_FRAME,
     bootstrap_ci,
     ratio_of_means,
     target_box_coverage,
@@ -65,15 +71,13 @@ from layout_foveated import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
-READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank")
-DENSE_READERS = ("dynamic", "blank")
+READERS = ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank", "other_clip")
+DENSE_READERS = ("dynamic", "blank", "other_clip")
 """The readers of a dense model (``foveation_mode="dense"``): it has no queries to replace, and no attention map
 (its mass in the box is NaN)."""
 JSON_NAME = "probes.json"
 MARKDOWN_NAME = "probes.md"
 FIGURE_NAME = "probes.png"
-FIRST_PLANNED_FRAME = 1
-"""Mass in box is averaged over frames from this index on: frame 0 of every video is read by ``q_init``."""
 _RANDOM_STREAM, _SHUFFLE_STREAM = 1, 2
 """Second entries of the per-clip seed sequences, so that readers draw independent numbers."""
 
@@ -81,6 +85,7 @@ __all__ = [
     "READERS",
     "ProbeBatch",
     "blank_inputs",
+    "other_clip_inputs",
     "centre_bias",
     "centre_order",
     "derangement",
@@ -167,6 +172,25 @@ def blank_inputs(inputs) -> dict[str, Any]:
     return blank
 
 
+def other_clip_inputs(inputs, frames: torch.Tensor | None) -> dict[str, Any]:
+    """A copy of ``inputs`` whose frames are ``frames [B, T, 3, H, W]`` (other clips', :attr:`ProbeBatch.null_frames`).
+
+    A batch prepared without ``null_items``, or null clips of another length, is refused by name.
+    """
+    if frames is None:
+        raise ValueError(
+            "the other_clip reader needs prepare_batch(..., null_items=...): the clips it reads instead"
+        )
+    if frames.shape != inputs["pixel_values_videos"].shape:
+        raise ValueError(
+            f"other_clip frames {tuple(frames.shape)} differ from the batch's "
+            f"{tuple(inputs['pixel_values_videos'].shape)}: null clips must have the same length"
+        )
+    swapped = dict(inputs)
+    swapped["pixel_values_videos"] = frames
+    return swapped
+
+
 def generation_inputs(inputs, pad_token_id: int) -> dict[str, Any]:
     """Prompt-only ``generate`` inputs from teacher-forced ones: caption tokens cut off, rows re-left-padded.
 
@@ -200,6 +224,8 @@ class ProbeBatch:
         generate_inputs: prompt-only inputs of the same frames for ``generate``.
         lengths: valid frames of each clip.
         coverage: ``[N, P]`` target-box coverage of every valid frame, in (video, time) order, on the CPU.
+        others: per clip, ``[K-1, T, P]`` box coverage of each other object, on the CPU.
+        null_frames: ``[B, T, 3, H, W]`` frames of other clips (the ``other_clip`` reader's), or None.
         planned: ``[N, Q]`` the queries the dynamic reading used (filled by the first two-pass forward).
     """
 
@@ -209,11 +235,21 @@ class ProbeBatch:
     generate_inputs: dict[str, Any]
     lengths: list[int]
     coverage: torch.Tensor
+    others: list[torch.Tensor] = field(default_factory=list)
+    null_frames: torch.Tensor | None = field(default=None)
     planned: torch.Tensor | None = field(default=None)
 
 
-def prepare_batch(model, processor, items: Sequence[dict[str, Any]], clip_indices: Sequence[int], vae=None):
-    """Inputs of both kinds, valid-frame counts and target-box coverage of ``items``."""
+def prepare_batch(
+    model,
+    processor,
+    items: Sequence[dict[str, Any]],
+    clip_indices: Sequence[int],
+    vae=None,
+    null_items: Sequence[dict[str, Any]] | None = None,
+):
+    """Inputs of both kinds, valid-frame counts and target-box coverage of ``items`` (and the frames of
+    ``null_items``, one other clip per item, for the ``other_clip`` reader)."""
     missing = [item.get("clip_id", i) for i, item in enumerate(items) if "boxes" not in item]
     if missing:
         raise ValueError(f"probes need procedural clips (object boxes); clips {missing} have no 'boxes'")
@@ -233,7 +269,14 @@ def prepare_batch(model, processor, items: Sequence[dict[str, Any]], clip_indice
         generate_inputs={key: value.to(device) for key, value in generate.items()},
         lengths=lengths,
         coverage=torch.cat(coverage),
+        others=[other_boxes_coverage(item, vision.image_size, vision.patch_size) for item in items],
+        null_frames=None if null_items is None else _null_frames(processor, null_items, vae).to(device),
     )
+
+
+def _null_frames(processor, null_items: Sequence[dict[str, Any]], vae=None) -> torch.Tensor:
+    """The processed frames ``[B, T, 3, H, W]`` of ``null_items``."""
+    return model_inputs(processor, null_items, vae, captions=False)["pixel_values_videos"]
 
 
 @torch.no_grad()
@@ -267,6 +310,9 @@ def reader_call(reader: str, model, batch: ProbeBatch, seed: int = 0):
         probe["patch_bias"] = oracle_bias(batch.coverage).to(device)
     elif reader == "blank":
         inputs, generate = blank_inputs(inputs), blank_inputs(generate)
+    elif reader == "other_clip":
+        inputs = other_clip_inputs(inputs, batch.null_frames)
+        generate = other_clip_inputs(generate, batch.null_frames)
     elif reader != "dynamic":
         raise ValueError(f"unknown reader {reader!r}; readers: {READERS}")
     return inputs, generate, probe, mode
@@ -323,23 +369,55 @@ def _clip_values(output, batch: ProbeBatch, reader: str) -> list[dict[str, float
         output.logits, inputs["labels"][:, -output.logits.shape[1] :]
     )
     caption_nll = (-log_likelihood / counts.clamp_min(1)).cpu().tolist()
-    mass, chance = mass_in_box(getattr(output, f"attention_{passes}"), batch.coverage)  # [N] each
+    attention = getattr(output, f"attention_{passes}")
+    maps = None if attention is None else attention.float().cpu().split(batch.lengths)  # T x [t, P]
+    mass, chance = mass_in_box(attention, batch.coverage)  # [N] each
     mass, chance = mass.split(batch.lengths), chance.split(batch.lengths)
     in_view = (batch.coverage.sum(-1) > 0).split(batch.lengths)
     values = []
     for row, item in enumerate(batch.items):
-        visible = torch.as_tensor(target_visible(item)) & in_view[row]
-        visible[:FIRST_PLANNED_FRAME] = False
-        frames = visible.nonzero().squeeze(-1)
+        frames = scored_frames(item, in_view[row])
         values.append(
             {
                 "loss_fine": float(frame_mse[row].mean()),
                 "loss_caption": float(caption_nll[row]) if counts[row] > 0 else float("nan"),
                 "mass_in_box": float(mass[row][frames].mean()) if len(frames) else float("nan"),
                 "chance": float(chance[row][frames].mean()) if len(frames) else float("nan"),
+                "mass_other": float("nan")
+                if maps is None
+                else largest_other_mass(maps[row], batch.others[row], frames),
             }
         )
     return values
+
+
+def scored_frames(item: dict[str, Any], in_view: torch.Tensor) -> torch.Tensor:
+    """Indices of the frames 2..T of a clip where its target is visible (``item["visible"]``) and its box in view
+    (``in_view [T]``): where every mass in box is averaged."""
+    visible = torch.as_tensor(target_visible(item)) & in_view
+    visible[:FIRST_SCORED_FRAME] = False
+    return visible.nonzero().squeeze(-1)
+
+
+@torch.no_grad()
+def mass_by_layer(model, batch: ProbeBatch) -> dict[str, list[list[float]]]:
+    """Mass in the target box at every encoder layer: ``{"planned", "static"}`` -> per clip, per layer, the mean
+    over :func:`scored_frames` (nan without one) of the planned queries' (the dynamic reading's) and the static
+    query's attention at that layer. Only the reported map changes with the layer: the reading is the model's."""
+    inputs = batch.inputs
+    cache = model.encode_frames(inputs["pixel_values_videos"][inputs["video_frame_mask"]])  # N valid frames
+    queries = {"planned": planned_queries(model, batch), "static": model.static_queries(len(batch.coverage))}
+    in_view = (batch.coverage.sum(-1) > 0).split(batch.lengths)
+    frames = [scored_frames(item, in_view[row]) for row, item in enumerate(batch.items)]
+    result: dict[str, list[list[float]]] = {name: [[] for _ in batch.items] for name in queries}
+    for layer in range(len(model.model.fovea_encoder.layers)):
+        with map_layer(model, layer):
+            for name, plan in queries.items():
+                patches, _ = model.split_attention(model.read_frames(plan, cache)[1])  # (N, P)
+                mass = mass_in_box(patches, batch.coverage)[0].split(batch.lengths)
+                for row, chosen in enumerate(frames):
+                    result[name][row].append(float(mass[row][chosen].mean()) if len(chosen) else float("nan"))
+    return result
 
 
 def _caption_logits_to_keep(labels: torch.Tensor) -> int:
@@ -398,13 +476,26 @@ def summarise_reader(records: list[dict[str, Any]], reader: str) -> dict[str, An
         "accuracy": accuracy,
         "all_attributes": summarise(np.asarray([row["all_attributes"] for row in rows], dtype=float)),
     }
-    for key in ("loss_fine", "loss_caption", "mass_in_box", "chance"):
-        summary[key] = summarise([row[key] for row in rows])
+    for key in ("loss_fine", "loss_caption", "mass_in_box", "chance", "mass_other"):
+        summary[key] = summarise([row.get(key, float("nan")) for row in rows])
     summary["lift"] = _ratio(_pairs(rows, rows, "mass_in_box", "chance"))
+    summary["selectivity"] = _ratio(_pairs(rows, rows, "mass_in_box", "mass_other"))
     if "dynamic" in records[0]["readers"]:
         dynamic = [record["readers"]["dynamic"] for record in records]
         summary["loss_fine_ratio_to_dynamic"] = _ratio(_pairs(rows, dynamic, "loss_fine", "loss_fine"))
     return summary
+
+
+def summarise_layers(records: list[dict[str, Any]]) -> dict[str, list[dict[str, float] | None]]:
+    """``{name: [CI of the mass in box at layer l, for each l]}`` over the clips' ``"mass_by_layer"``."""
+    first = records[0]["mass_by_layer"]
+    return {
+        name: [
+            summarise([record["mass_by_layer"][name][layer] for record in records])
+            for layer in range(len(values))
+        ]
+        for name, values in first.items()
+    }
 
 
 def majority_baseline(records: list[dict[str, Any]]) -> dict[str, float]:
@@ -442,6 +533,7 @@ def run_probes(
     vae=None,
     num_workers: int = 0,
     progress: bool = True,
+    by_layer: bool = False,
 ) -> dict[str, Any]:
     """Read ``clips`` with every reader on the same weights; per-clip results and their summaries.
 
@@ -454,16 +546,19 @@ def run_probes(
         seed: seeds the random queries and the time shuffles (per clip, so independent of ``batch_size``).
         readers: a selection of :data:`READERS`.
         vae: the VAE that makes prediction targets, for VAE-target models whose clips carry no cached targets.
+        by_layer: also measure the planned and static mass in box at every encoder layer (:func:`mass_by_layer`;
+            each clip record's ``"mass_by_layer"``, and ``summary[subset]["mass_by_layer"][name]``, a CI a layer).
 
     Returns:
         ``{"readers", "seed", "max_new_tokens", "num_clips", "attributes", "summary", "clips"}``: ``summary[subset]``
         for subset ``all`` (and ``named``/``generic`` when both occur) holds ``num_clips``,
         ``ratio_loss_static_dynamic``, ``majority_baseline`` ({attribute: accuracy of always answering the
         commonest value, "all_attributes"}) and ``readers[reader]`` = ``{"num_clips", "accuracy": {attribute: ci},
-        "all_attributes", "loss_fine", "loss_caption", "mass_in_box", "chance", "lift",
+        "all_attributes", "loss_fine", "loss_caption", "mass_in_box", "chance", "mass_other", "lift", "selectivity",
         "loss_fine_ratio_to_dynamic"}`` (each a :func:`bootstrap_ci` dict, or None where nothing was measured);
         ``clips`` lists per clip ``{"clip_id", "named", "scored_attributes", "truth", "reference", "readers": {reader:
-        {"generated", "hits", "all_attributes", "loss_fine", "loss_caption", "mass_in_box", "chance"}}}``.
+        {"generated", "hits", "all_attributes", "loss_fine", "loss_caption", "mass_in_box", "chance",
+        "mass_other"}}}``.
     """
     readers = _check_arguments(model, readers, batch_size, max_new_tokens)
     if len(clips) == 0:
@@ -475,8 +570,18 @@ def run_probes(
     for items in _progress(loader, len(loader), progress):
         indices = list(range(start, start + len(items)))
         start += len(items)
-        batch = prepare_batch(model, processor, items, indices, vae)
-        for item, results in zip(items, probe_batch(model, processor, batch, readers, max_new_tokens, seed)):
+        null_items = (
+            [clips[(index + 1) % len(clips)] for index in indices] if "other_clip" in readers else None
+        )
+        batch = prepare_batch(model, processor, items, indices, vae, null_items)
+        results_of_batch = probe_batch(model, processor, batch, readers, max_new_tokens, seed)
+        layers = mass_by_layer(model, batch) if by_layer else None
+        for row, (item, results) in enumerate(zip(items, results_of_batch)):
+            extra = (
+                {}
+                if layers is None
+                else {"mass_by_layer": {name: value[row] for name, value in layers.items()}}
+            )
             records.append(
                 {
                     "clip_id": item.get("clip_id"),
@@ -485,6 +590,7 @@ def run_probes(
                     "truth": {name: true_attributes(item).get(name) for name in scored_attributes_of(item)},
                     "reference": item["caption"],
                     "readers": results,
+                    **extra,
                 }
             )
     summary = {}
@@ -492,6 +598,8 @@ def run_probes(
         chosen = [r for r in records if named is None or r["named"] == named]
         if subset == "all" or (chosen and len(chosen) < len(records)):
             summary[subset] = summarise_records(chosen, readers)
+            if by_layer:
+                summary[subset]["mass_by_layer"] = summarise_layers(chosen)
     attributes = [name for name in ATTRIBUTES if any(name in r["scored_attributes"] for r in records)]
     return {
         "readers": list(readers),
@@ -522,6 +630,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         readers=args.readers or READERS,
         vae=context.vae,
         num_workers=args.num_workers,
+        by_layer=args.mass_by_layer,
     )
     report = {"command": command_line(), "model": str(context.model_path), "split": args.split, **report}
     report["figure"] = None
@@ -541,6 +650,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--seed", type=int, default=0, help="seeds the random queries and the time shuffles")
+    parser.add_argument(
+        "--mass_by_layer",
+        action="store_true",
+        help="also the planned and static mass in box at every encoder layer",
+    )
     return parser
 
 

@@ -47,12 +47,25 @@ CIDER_SIGMA = 6.0
 CIDER_SCALE = 10.0
 CAPTION_METRICS = ("bleu", "rouge_l", "cider")
 EVALUATE_NAMES = {"bleu": "bleu", "rouge_l": "rouge"}
+FIRST_SCORED_FRAME = 1
+"""Masses in a box are averaged from this frame index on: frame 0 of a video is read before any frame was seen
+(by ``q_init``, or planned from the prompt alone), so "where the plan looks" starts at frame 2."""
+
+
+def scored_frames_mask(frame_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` valid-frame mask -> ``[N]`` bool over the valid frames in (video, time) order: True from each
+    video's ``FIRST_SCORED_FRAME``-th valid frame on (frames 2..T)."""
+    frame_mask = frame_mask.bool()
+    return (frame_mask.long().cumsum(1) > FIRST_SCORED_FRAME)[frame_mask]
+
+
 BACKENDS = ("auto", "evaluate", "builtin")
 
 __all__ = [
     "BACKENDS",
     "CAPTION_METRICS",
     "COVERAGE_MASS",
+    "FIRST_SCORED_FRAME",
     "attention_coverage",
     "attention_entropy",
     "attention_mass_in_box",
@@ -67,6 +80,7 @@ __all__ = [
     "ratio_of_means",
     "rouge_l",
     "rouge_l_fmeasure",
+    "scored_frames_mask",
     "ssim",
     "target_box_coverage",
     "token_log_likelihoods",

@@ -44,6 +44,7 @@ from eval.common import (
     DEFAULT_MAX_NEW_TOKENS,
     FINAL_DIR,
     REPORT_JSON,
+    SPLIT_ROLES,
     add_override_argument,
     command_line,
     format_ci,
@@ -460,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--retrain", action="store_true", help="train arms again even if OUT/arms/NAME/final exists"
     )
-    parser.add_argument("--eval_split", default="heldout", choices=("train", "validation", "heldout"))
+    parser.add_argument("--eval_split", default="heldout", choices=SPLIT_ROLES)
     parser.add_argument(
         "--eval_clips", type=int, help="clips evaluated per arm (default: the config's count)"
     )

@@ -302,7 +302,9 @@ def tiny_like(world: World, **overrides):
     import copy
 
     processor = copy.copy(world.processor)
-    processor.video_processor = copy.copy(world.processor.video_processor)  # sampling is the video processor's
+    processor.video_processor = copy.copy(
+        world.processor.video_processor
+    )  # sampling is the video processor's
     for name, value in overrides.items():
         setattr(processor, name, value)
     return processor

@@ -29,7 +29,9 @@ LONG = pan(3 * TRAINED_FRAMES, 24, 24, seed=3)  # [12, 24, 24, 3]: 3x the traine
 
 def _trained(world: World, **attributes):
     processor = copy.copy(world.processor)
-    processor.video_processor = copy.copy(world.processor.video_processor)  # its own warning state and settings
+    processor.video_processor = copy.copy(
+        world.processor.video_processor
+    )  # its own warning state and settings
     frames = processor.video_processor
     frames.trained_frames, frames._warned_long_video = TRAINED_FRAMES, False
     for name, value in attributes.items():

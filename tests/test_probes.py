@@ -69,7 +69,16 @@ def _forward(model, batch, reader, seed=0):
 
 
 def test_every_reader_is_run_and_reported(report):
-    assert probes.READERS == ("dynamic", "static", "random", "centre", "shuffled", "oracle", "blank")
+    assert probes.READERS == (
+        "dynamic",
+        "static",
+        "random",
+        "centre",
+        "shuffled",
+        "oracle",
+        "blank",
+        "other_clip",
+    )
     assert report["readers"] == list(probes.READERS)
     for subset in ("all", "named", "generic"):
         assert set(report["summary"][subset]["readers"]) == set(probes.READERS)

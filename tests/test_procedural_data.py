@@ -669,7 +669,7 @@ def test_edge_configs_render(overrides: dict) -> None:
 
 def test_bad_split_index_and_partition_raise() -> None:
     with pytest.raises(ValueError, match="split"):
-        ProceduralVideoDataset("test", 10)
+        ProceduralVideoDataset("testing", 10)
     with pytest.raises(ValueError, match="split"):
         make_clip(CONFIG, "bogus", 0)
     with pytest.raises(ValueError, match="split"):

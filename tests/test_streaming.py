@@ -42,8 +42,17 @@ def build(make_model):
         (torch.float32, "coarse", REMEDIES),
         (torch.bfloat16, "coarse", {}),
         (torch.float32, "two_pass", {"coarse_reading": "mean_pool"}),
+        (torch.float32, "two_pass", {"visual_token_norm": True, "plan_first_query": True}),
     ],
-    ids=["fp32", "bf16", "fp32-remedies", "fp32-coarse-remedies", "bf16-coarse", "fp32-mean-pool"],
+    ids=[
+        "fp32",
+        "bf16",
+        "fp32-remedies",
+        "fp32-coarse-remedies",
+        "bf16-coarse",
+        "fp32-mean-pool",
+        "fp32-label-free",
+    ],
 )
 def test_stream_equals_parallel_forward(build, dtype, mode, overrides):
     model, processor = build(dtype, **overrides)

@@ -33,11 +33,13 @@ def box_patch_masks(boxes: np.ndarray, image_size: int, patch_size: int) -> torc
     return torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, grid)
 
 
-def target_box_coverage(item: dict[str, Any], image_size: int, patch_size: int) -> torch.Tensor:
-    """Patch coverage of a procedural clip's target box in every frame ``[T, P]``, in the model's frame coordinates
-    (the clip's boxes follow the processor's resize and centre crop)."""
+def target_box_coverage(
+    item: dict[str, Any], image_size: int, patch_size: int, index: int | None = None
+) -> torch.Tensor:
+    """Patch coverage of a procedural clip's target box (or of object ``index``'s) in every frame ``[T, P]``, in the
+    model's frame coordinates (the clip's boxes follow the processor's resize and centre crop)."""
     frames = np.asarray(item["frames"])
-    boxes = np.asarray(item["boxes"])[:, item["target_index"]]
+    boxes = np.asarray(item["boxes"])[:, item["target_index"] if index is None else index]
     return box_patch_masks(
         crop_boxes(boxes, frames.shape[1], frames.shape[2], image_size), image_size, patch_size
     )

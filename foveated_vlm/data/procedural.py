@@ -99,9 +99,10 @@ COLOUR_RGB: dict[str, tuple[int, int, int]] = {
 }
 """RGB of each colour of ``COLOURS``. Every colour has a channel >= 200, far above ``MAX_BACKGROUND_CHANNEL``."""
 
-SPLIT_IDS: dict[str, int] = {"train": 0, "validation": 1, "heldout": 2}
-"""Split name -> the second entry of the clip's SeedSequence."""
-PARTITION_STREAM_ID = len(SPLIT_IDS)
+SPLIT_IDS: dict[str, int] = {"train": 0, "validation": 1, "heldout": 2, "test": 4}
+"""Split name -> the second entry of the clip's SeedSequence. ``"test"`` draws the training pairs, as
+``"validation"`` does, from its own stream: clips touched only for final figures, never for choosing a recipe."""
+PARTITION_STREAM_ID = 3
 """Second entry of the SeedSequence that partitions (shape, motion) pairs into train / held-out."""
 
 # ----------------------------------------------------------------------------------------------------
@@ -207,6 +208,12 @@ class ProceduralVideoConfig:
             pixels is shown (not covered by the bar or a later-drawn object, not off-frame).
         colours, shapes, motions: the vocabulary targets and other objects are drawn from.
         seed: global seed (>= 0) of the pair partition and of every clip.
+        identity_cue_frames: 0 (off), or the look-ahead task for named clips: the other moving objects take
+            the target's shape and size (a training pair of that shape, where one exists), and every object
+            shows its own colour in the first ``identity_cue_frames`` frames only, then the target's. The
+            prompt's colour singles the target out at the start; afterwards the moving objects look alike and
+            only continuity over frames keeps a reader on the target (the shuffled-in-time probe must hurt).
+            Text draws are unchanged, so the task is as leak-free as the named one. Below the shortest clip.
     """
 
     image_size: int = 64
@@ -231,6 +238,7 @@ class ProceduralVideoConfig:
     shapes: tuple[str, ...] = SHAPES
     motions: tuple[str, ...] = MOTIONS
     seed: int = 0
+    identity_cue_frames: int = 0
 
     def __post_init__(self) -> None:
         """Validate every field; raise ValueError naming the offending one."""
@@ -275,6 +283,11 @@ class ProceduralVideoConfig:
         if all(motion == STATIC for motion in self.motions):
             raise ValueError("motions must contain at least one moving (non-static) motion")
         self._check_frames_and_counts()
+        if not _is_int(self.identity_cue_frames) or not 0 <= self.identity_cue_frames < self.min_frames:
+            raise ValueError(
+                f"identity_cue_frames must be an int in [0, {self.min_frames}) (0: off; below the shortest "
+                f"clip, or the objects never look alike), got {self.identity_cue_frames!r}"
+            )
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
 
@@ -371,7 +384,7 @@ def split_pairs(config: ProceduralVideoConfig) -> tuple[tuple[Pair, ...], tuple[
 
 
 def pairs_for_split(config: ProceduralVideoConfig, split: str) -> tuple[Pair, ...]:
-    """Target (shape, motion) pairs a split draws from: train pairs for "train"/"validation", else held-out."""
+    """Target (shape, motion) pairs a split draws from: held-out pairs for "heldout", else the train pairs."""
     split_id = _split_id(split)
     train, heldout = split_pairs(config)
     return heldout if split_id == SPLIT_IDS["heldout"] else train
@@ -636,10 +649,14 @@ def sample_scene(config: ProceduralVideoConfig, split: str, index: int) -> Scene
     layers = rng.permutation(1 + num_other + num_static)
     target = _make_object(rng, config, num_frames, text.colour, text.shape, text.motion, layers[0], text.size)
     moving_pairs, static_shapes = _non_target_choices(config)
+    lookalike = config.identity_cue_frames > 0
+    if lookalike:  # the look-ahead task: moving objects like the target (training pairs only, as always)
+        moving_pairs = tuple(pair for pair in moving_pairs if pair[0] == text.shape) or moving_pairs
     others = []
     for colour, layer in zip(colours[:num_other], layers[1 : 1 + num_other], strict=True):
         shape, motion = moving_pairs[int(rng.integers(len(moving_pairs)))]
-        others.append(_make_object(rng, config, num_frames, colour, shape, motion, layer))
+        size = text.size if lookalike else None
+        others.append(_make_object(rng, config, num_frames, colour, shape, motion, layer, size))
     specs = [(colour, _pick(rng, static_shapes)) for colour in colours[num_other:]]
     paths = [_swept_box(obj) for obj in (target, *others)]  # statics avoid every moving path alike
     statics = _place_statics(rng, config, num_frames, specs, layers[1 + num_other :], paths)
@@ -872,7 +889,8 @@ def render_scene(scene: Scene, config: ProceduralVideoConfig) -> tuple[np.ndarra
     drawn = {}
     for k in sorted(range(len(scene.objects)), key=lambda i: scene.objects[i].layer):
         obj = scene.objects[k]
-        drawn[k] = _draw_object(frames, labels, obj.shape, corners[:, k], obj.side, COLOUR_RGB[obj.colour], k)
+        rgb = _object_colours(scene, config, obj)
+        drawn[k] = _draw_object(frames, labels, obj.shape, corners[:, k], obj.side, rgb, k)
     if scene.occluder is not None:
         _draw_occluder(frames, labels, scene.occluder, scene.camera)
     visible = np.zeros(labels.shape[:1] + (len(scene.objects),), dtype=np.bool_)
@@ -884,13 +902,22 @@ def render_scene(scene: Scene, config: ProceduralVideoConfig) -> tuple[np.ndarra
     return frames, boxes, visible
 
 
+def _object_colours(scene: Scene, config: ProceduralVideoConfig, obj: SceneObject) -> np.ndarray:
+    """RGB of ``obj`` in every frame ``[T, 3]``: its own colour, or with ``identity_cue_frames`` (named clips)
+    its own in the cue frames and the target's after them."""
+    rgb = np.tile(np.asarray(COLOUR_RGB[obj.colour], dtype=np.uint8), (scene.num_frames, 1))  # (T, 3)
+    if config.identity_cue_frames and scene.text.named:
+        rgb[config.identity_cue_frames :] = COLOUR_RGB[scene.target.colour]
+    return rgb
+
+
 def _draw_object(
     frames: np.ndarray,
     labels: np.ndarray,
     shape: str,
     corners: np.ndarray,
     side: float,
-    rgb: tuple[int, int, int],
+    rgb: tuple[int, int, int] | np.ndarray,
     label: int,
 ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """Paint one object in every frame at once.
@@ -898,6 +925,7 @@ def _draw_object(
     Args:
         frames: uint8 [T, H, W, 3] and labels: int16 [T, H, W], both painted in place.
         corners: [T, 2] top-left (x, y) of the object's box in image pixels; side: box side in pixels.
+        rgb: one colour, or one per frame ``[T, 3]``.
     Returns:
         (t, row, col) index arrays of the in-frame pixels painted, and the object's pixel count per frame
         [T] as if the image were unbounded (for the visible fraction).
@@ -915,7 +943,8 @@ def _draw_object(
     in_frame = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
     t_index, r_index, c_index = np.nonzero(mask & in_frame)
     pixels = (t_index, rows[t_index, r_index], cols[t_index, c_index])
-    frames[pixels] = rgb
+    colours = np.asarray(rgb, dtype=np.uint8)
+    frames[pixels] = colours[t_index] if colours.ndim == 2 else colours
     labels[pixels] = label
     return pixels, full_area
 

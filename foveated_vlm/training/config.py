@@ -223,9 +223,9 @@ class TrainingConfig:
         unknown = sorted(set(self.model.overrides) - set(_config_fields()))
         if unknown:
             raise ValueError(f"model section: unknown keys {unknown} (not FoveatedVLMConfig fields either)")
-        if not set(self.data.splits) <= {"train", "validation", "heldout"}:
+        if not set(self.data.splits) <= {"train", "validation", "heldout", "test"}:
             raise ValueError(
-                f"data.splits keys must be train/validation/heldout, got {sorted(self.data.splits)}"
+                f"data.splits keys must be train/validation/heldout/test, got {sorted(self.data.splits)}"
             )
         return self
 

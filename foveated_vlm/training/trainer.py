@@ -27,7 +27,7 @@ from foveated_vlm.files import atomic_write_text, replace_directory
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 
 from ..data.collate import VideoCaptionCollator
-from ..metrics import attention_mass_in_box
+from ..metrics import attention_mass_in_box, scored_frames_mask
 from .checkpoint import read_trainer_state, resolve_resume, save_checkpoint
 from .config import TrainingConfig, flat_config
 from .data import build_datasets, eval_loader, train_loader
@@ -176,11 +176,11 @@ def _padded_batches(loader, accelerator, max_batches: int | None):
 
 
 def _mass_in_box(attention: torch.Tensor | None, batch) -> torch.Tensor | None:
-    """Mean attention mass ``[]`` inside the target's box over the valid frames where it is in view."""
+    """Mean attention mass ``[]`` inside the target's box over frames 2..T where it is in view (as eval.probes)."""
     if attention is None or "attention_targets" not in batch:
         return None
     coverage = batch["attention_targets"][batch["video_frame_mask"].bool()]  # (N, P)
-    in_view = coverage.sum(-1) > 0
+    in_view = (coverage.sum(-1) > 0) & scored_frames_mask(batch["video_frame_mask"])  # (N,)
     return attention_mass_in_box(attention.float()[in_view], coverage[in_view]).mean()
 
 
