@@ -15,10 +15,10 @@ lmms-eval finds the model through the ``lmms_eval.models`` entry point that ``py
 - ``device`` (default ``cuda`` when there is one), ``dtype`` (``float32``, ``bfloat16``, ``float16``),
   ``batch_size`` (questions per forward pass; lmms-eval's ``--batch_size`` sets it too).
 
-``loglikelihood`` scores each continuation as the assistant's whole answer, closed by the end-of-turn token,
-through :func:`eval.mcq.option_scores` (the scorer ``eval.mcq`` uses): the requests of one question share one
-reading of its prompt and video. It returns the summed log-probability (lmms-eval's contract) and whether greedy
-decoding writes exactly that answer. ``generate_until`` decodes greedily (sampling when a task asks for it) and
+``loglikelihood`` scores each continuation as the assistant's whole answer (leading whitespace, a task's target
+delimiter, dropped), closed by the end-of-turn token, through :func:`eval.mcq.option_scores` (the scorer
+``eval.mcq`` uses): the requests of one question share one reading of its prompt and video. It returns the summed
+log-probability (lmms-eval's contract) and whether greedy decoding writes exactly that answer. ``generate_until`` decodes greedily (sampling when a task asks for it) and
 cuts the text at the task's stop strings.
 """
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from lmms_eval import evaluator as lmms_evaluator
 from lmms_eval.models import MODEL_REGISTRY_V2
 from lmms_eval.tasks import TaskManager
@@ -193,3 +194,21 @@ def test_generated_answers_are_read_as_the_option_they_pick():
     assert parse("the blue circle and the red square", options) is None
     assert parse("D", options) is None
     assert cut_at_stops("yes\nno", ["\n"]) == "yes"
+
+
+def test_an_option_is_greedy_when_every_token_is_the_argmax(make_model, random_video):
+    model, processor = make_model()
+    end_of_turn = processor.tokenizer.convert_tokens_to_ids(mcq.END_OF_TURN)
+    bias = torch.zeros(model.config.text_config.vocab_size)
+    bias[end_of_turn] = 30.0
+
+    class EndOfTurnHead(torch.nn.Module):
+        def forward(self, hidden):
+            return bias.expand(*hidden.shape[:-1], -1)
+
+    model.lm_head = EndOfTurnHead()
+    scores = mcq.option_scores(
+        model, processor, ["Say nothing."], [random_video(3)], [["", "blue"]], "coarse"
+    )
+    assert [score.greedy for score in scores[0]] == [True, False]
+    assert scores[0][0].count == 1 and scores[0][0].total == pytest.approx(0.0, abs=1e-6)
