@@ -14,7 +14,8 @@ and prompt are read once per question (the KV cache is shared by the options); t
 highest **mean** token log-probability (length-normalised, since options differ in length); accuracy of the
 summed log-probability is reported too. Modes: ``coarse`` (static query only), ``two_pass`` (coarse plans,
 fine reads) and ``streaming`` (``model.stream``: frames fed chunk by chunk, then the answer scored from the
-fine stream's cache). Writes ``OUT/report.md``, ``OUT/report.json`` and ``OUT/predictions.jsonl``.
+fine stream's cache). Writes ``OUT/report.md``, ``OUT/report.json`` and ``OUT/predictions.jsonl``. The scorer,
+:func:`option_scores`, is also the lmms-eval model's (``eval/lmms_model.py``).
 """
 
 from __future__ import annotations
