@@ -2,9 +2,9 @@
 
     python -m eval.build_mcq --out MCQ --split heldout --num_clips 64 [--config RUN/training_config.yaml]
 
-Writes ``MCQ/mcq.jsonl`` (one question per line: id, question, options (4; 2 for size), answer (index), video
-(path relative to the file), attribute (generic clips: colour / shape / motion; named clips, whose question
-names the colour: shape / size / motion), caption, clip_id) and the clips as
+Writes ``MCQ/mcq.jsonl`` (one question per line: id, prompt (the clip's caption prompt), question, options
+(4; 2 for size), answer (index), video (path relative to the file), attribute (generic clips: colour / shape /
+motion; named clips, whose question names the colour: shape / size / motion), caption, clip_id) and the clips as
 ``MCQ/videos/<clip_id>.mp4`` (H.264 through PyAV) or ``.npy`` (``--format npy``, exact uint8 frames). Load
 it with ``python -m eval.mcq --data MCQ/mcq.jsonl``. Clip settings (frame size and count, seed, procedural
 fields) come from ``--config`` (a training YAML, e.g. a run's own) or from the flags.
@@ -61,6 +61,7 @@ def mcq_row(clip: dict[str, Any], video: str) -> dict[str, Any]:
     mcq = clip["mcq"]
     return {
         "id": clip["clip_id"],
+        "prompt": clip["prompt"],
         "question": mcq["question"],
         "options": list(mcq["options"]),
         "answer": int(mcq["answer_index"]),

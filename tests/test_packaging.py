@@ -106,7 +106,7 @@ def test_the_data_package_imports_nothing_of_training():
 
 CORE_DEPENDENCIES = {"torch", "transformers", "numpy", "pillow"}
 """What installing the package alone brings: the Hub files' needs, plus arrays and images."""
-EXTRAS = {"video", "train", "eval", "gguf", "metrics", "dev", "all"}
+EXTRAS = {"video", "train", "eval", "gguf", "metrics", "dev", "lmms", "all"}
 
 
 def test_core_dependencies_are_the_model_s_and_the_rest_are_extras():
