@@ -101,7 +101,7 @@ def caption_batch_row(processor, row: int, length: int):
 
 
 # ----------------------------------------------------------------------------------------------- streaming
-# The streaming tests' clips and comparisons (tests/test_streaming.py, tests/test_reader_integration.py).
+# The streaming tests' clips and comparisons (tests/hub/test_streaming.py, tests/hub/test_reader_integration.py).
 STREAM_PROMPTS = ("Describe the video.", "What does the red ball do?")
 STREAM_FRAME_COUNTS = (5, 3)  # a batch of streams of different lengths (and prompts of different lengths)
 STREAM_CAPTION_TOKENS = 6
@@ -156,8 +156,8 @@ def caption_pair(model, inputs, stream, mode: str, **generate_kwargs):
 
 
 # ----------------------------------------------------------------------------------------------- readers
-# The frame readers' test arms (tests/test_spatial_readers.py, tests/test_fixation_readers.py,
-# tests/test_reader_integration.py): (test id, config overrides), every reader at one token a frame, and its
+# The frame readers' test arms (tests/hub/test_spatial_readers.py, tests/studies/test_fixation_readers.py,
+# tests/hub/test_reader_integration.py): (test id, config overrides), every reader at one token a frame, and its
 # k-token variants.
 TOKENS = {"multi_query_output": "tokens"}
 SPATIAL_ARMS = [
@@ -300,7 +300,7 @@ def launch_two_cpu_processes(
 
 
 # ------------------------------------------------------------------------------------------------ battery
-# The first-hour battery (issue 12, tests/test_battery_*.py): odd and bad inputs to the processor, the model, the
+# The first-hour battery (issue 12, tests/hub/test_battery_*.py and tests/eval/test_battery_cli.py): odd and bad inputs to the processor, the model, the
 # stream and the CLI. Every case either works (and, where a conversion is involved, gives what the documented
 # conversion says) or raises an error whose message names the problem and what to do: no traceback, no silent
 # acceptance. The videos are made from a real photograph (matplotlib's sample ``grace_hopper.jpg``), panned into

@@ -1,0 +1,1 @@
+"""Tests of the data part of the project."""

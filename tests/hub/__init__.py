@@ -1,0 +1,1 @@
+"""Tests of the hub part of the project."""

@@ -1,0 +1,1 @@
+"""Tests of the repo part of the project."""

@@ -1,0 +1,1 @@
+"""Tests of the studies part of the project."""
