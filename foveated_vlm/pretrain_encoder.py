@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
     args = parser.parse_args(argv)
     config = load_encoder_config(args.config, args.overrides)
-    output_dir = args.output_dir or config.output_dir
+    config.output_dir = output_dir = args.output_dir or config.output_dir
     encoder, record = pretrain_encoder(config)
     save_encoder(encoder, record, output_dir)
     first, last = record["loss_curve"][0]["loss"], record["loss_curve"][-1]["loss"]

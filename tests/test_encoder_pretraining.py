@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import DINOv3ViTModel
 
 from foveated_vlm.data.frames import (
     NO_OBJECT,
@@ -32,6 +33,8 @@ from foveated_vlm.pretrain_encoder import (
 from foveated_vlm.training.config import load_config
 from foveated_vlm.training.modeling import build_model_and_processor
 
+SHIPPED_ENCODER = "assets/encoder_tiny"
+"""The pretrained encoder kept in the repository (studies/encoder/RESULTS.md: its card and the command)."""
 SMALL = [
     "vision.hidden_size=32",
     "vision.intermediate_size=64",
@@ -125,6 +128,15 @@ def test_checkpoint_round_trips_into_the_training_build(pretrained, tmp_path):
     assert (
         plain.model.fovea_encoder.vision_model.config.hidden_size == 64
     )  # no checkpoint: the config's shapes
+
+
+def test_the_shipped_encoder_loads_into_the_demo_model():
+    config = load_config("configs/demo.yaml", [f"model.encoder_checkpoint={SHIPPED_ENCODER}"])
+    model, _ = build_model_and_processor(config)
+    shipped = DINOv3ViTModel.from_pretrained(SHIPPED_ENCODER).state_dict()
+    loaded = model.model.fovea_encoder.vision_model.state_dict()
+    assert all(torch.equal(loaded[key], shipped[key]) for key in shipped)
+    assert model.model.fovea_encoder.vision_model.config.image_size == config.data.image_size
 
 
 def test_checkpoint_refuses_clashing_shapes_and_missing_folders(pretrained, tmp_path):
