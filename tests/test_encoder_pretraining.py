@@ -22,6 +22,7 @@ from foveated_vlm.encoder_probe import fit_linear_probe, format_table, probe_enc
 from foveated_vlm.encoder_probe import main as probe_main
 from foveated_vlm.pretrain_encoder import (
     RECORD_FILE,
+    MaskedContextObjective,
     context_targets,
     load_encoder_config,
     pretrain_encoder,
@@ -84,12 +85,21 @@ def test_pretraining_lowers_its_loss(pretrained):
     assert np.mean(curve[-5:]) < 0.9 * np.mean(curve[:3])
 
 
-def test_latent_target_trains_and_moves_the_teacher():
+def test_latent_target_is_a_switch_and_its_teacher_follows_the_encoder():
     config = small_config("pretrain.max_steps=3", "pretrain.latent_weight=1.0")
     _, record = pretrain_encoder(config, progress=False)
     assert all("latent" in point for point in record["loss_curve"])
-    without = pretrain_encoder(small_config("pretrain.max_steps=3"), progress=False)[1]
-    assert all("latent" not in point for point in without["loss_curve"])
+    without = small_config("pretrain.max_steps=3", "pretrain.latent_weight=0")
+    assert all("latent" not in point for point in pretrain_encoder(without, progress=False)[1]["loss_curve"])
+    objective = MaskedContextObjective(DINOv3ViTModel(config.vision_config()), config.pretrain)
+    with torch.no_grad():
+        for parameter in objective.encoder.parameters():
+            parameter.add_(1.0)
+    before = [parameter.clone() for parameter in objective.teacher.parameters()]
+    objective.update_teacher()
+    decay = config.pretrain.ema_decay
+    for old, new, student in zip(before, objective.teacher.parameters(), objective.encoder.parameters()):
+        assert torch.allclose(new, decay * old + (1 - decay) * student)
 
 
 def test_context_targets_hold_each_patch_neighbourhood():
