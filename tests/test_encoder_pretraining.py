@@ -18,6 +18,7 @@ from foveated_vlm.data.frames import (
     pretraining_frames,
     procedural_frames,
 )
+from foveated_vlm.data.procedural import COLOUR_RGB, COLOURS, MAX_BACKGROUND_CHANNEL
 from foveated_vlm.encoder_probe import fit_linear_probe, format_table, probe_encoder
 from foveated_vlm.encoder_probe import main as probe_main
 from foveated_vlm.pretrain_encoder import (
@@ -237,6 +238,9 @@ def test_frames_are_deterministic_and_labelled():
     assert np.array_equal(first.frames, again.frames) and first.frames.shape == (4, 32, 32, 3)
     assert isinstance(first, LabelledFrames)
     assert (first.shape_map >= 0).any() and (first.colour_map >= 0).sum() == (first.shape_map >= 0).sum()
+    for index, colour in enumerate(COLOURS):  # a pixel labelled with an object shows that object's colour
+        assert np.all(first.frames[first.colour_map == index] == COLOUR_RGB[colour])
+    assert np.all(first.frames[first.colour_map == NO_OBJECT].max(-1) <= MAX_BACKGROUND_CHANNEL)
 
 
 def test_photographs_come_from_scikit_image():
