@@ -36,6 +36,21 @@ def _corpus() -> list[str]:
     return [*text_inventory(), *EXTRA_TEXT]
 
 
+TINY_VISION: dict[str, object] = {
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_register_tokens": 2,
+    "layerscale_value": 1.0,
+    "pos_embed_rescale": None,  # DINOv3's random RoPE rescaling is a pretraining augmentation
+}
+"""The tiny DINOv3 ViT's ``DINOv3ViTConfig`` fields (configs override the shapes); the frame encoder's
+pretraining (:mod:`foveated_vlm.pretrain_encoder`) starts from them too."""
+
+
 def tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """A small byte-level BPE tokenizer with SmolLM2's special tokens, chat template and the video tokens."""
     tokenizer = Tokenizer(models.BPE())
@@ -68,17 +83,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -
     a training step then draws no random numbers unless a dropout is configured.
     """
     tokenizer = tokenizer or tiny_tokenizer()
-    vision = {
-        "image_size": 32,
-        "patch_size": 8,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_register_tokens": 2,
-        "layerscale_value": 1.0,
-        "pos_embed_rescale": None,  # DINOv3's random RoPE rescaling is a pretraining augmentation
-    }
+    vision = dict(TINY_VISION)
     text = {
         "vocab_size": len(tokenizer),
         "hidden_size": 48,

@@ -879,6 +879,16 @@ def render_scene(scene: Scene, config: ProceduralVideoConfig) -> tuple[np.ndarra
         frames: uint8 [T, H, W, 3]; boxes: float32 [T, K, 4] ([x0, y0, x1, y1] clipped to the image);
         visible: bool [T, K] (at least ``min_visible_fraction`` of the object's pixels shown).
     """
+    frames, boxes, visible, _ = render_labelled_scene(scene, config)
+    return frames, boxes, visible
+
+
+def render_labelled_scene(
+    scene: Scene, config: ProceduralVideoConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`render_scene` plus what each pixel shows: labels int16 [T, H, W], the index k of the object
+    (into ``scene.objects``) drawn last there, ``BACKGROUND_LABEL`` (background and clutter) or
+    ``OCCLUDER_LABEL``."""
     size = config.image_size
     frames = _background_frames(scene.background_seed, scene.camera, size, config.background_contrast)
     labels = np.full(frames.shape[:3], BACKGROUND_LABEL, dtype=np.int16)
@@ -899,7 +909,7 @@ def render_scene(scene: Scene, config: ProceduralVideoConfig) -> tuple[np.ndarra
         visible[:, k] = (full_area > 0) & (shown >= config.min_visible_fraction * full_area)
     sides = np.array([obj.side for obj in scene.objects])[None, :, None]
     boxes = np.clip(np.concatenate([corners, corners + sides], axis=-1), 0.0, size).astype(np.float32)
-    return frames, boxes, visible
+    return frames, boxes, visible, labels
 
 
 def _object_colours(scene: Scene, config: ProceduralVideoConfig, obj: SceneObject) -> np.ndarray:

@@ -52,6 +52,9 @@ class ModelSection:
     override their shapes); ``size: full_random`` the full-size shapes the same way (random init of DINOv3
     ViT-S/16 + SmolLM2-135M, the tiny tokenizer, no checkpoint read: the speed benchmark's model); ``size: full``
     calls ``foveated_vlm.build.build_foveated_vlm`` with the three checkpoints below. ``pretrained`` loads a saved foveated model (e.g. a previous run's ``final/``) instead.
+    ``encoder_checkpoint`` (size tiny or full_random): a ``save_pretrained`` DINOv3 ViT folder, e.g. the one
+    ``python -m foveated_vlm.pretrain_encoder`` writes; the frame encoder starts from its weights and shapes
+    (``vision`` may then set only run-time fields such as ``image_size``, or shapes equal to the checkpoint's).
     ``system_prompt`` is the chat template's system message (None keeps SmolLM2's default; "" a short empty one).
     ``overrides`` holds every other key of the section: :class:`FoveatedVLMConfig` fields.
     """
@@ -61,6 +64,7 @@ class ModelSection:
     vision_name_or_path: str | None = "facebook/dinov3-vits16-pretrain-lvd1689m"
     text_name_or_path: str | None = "HuggingFaceTB/SmolLM2-135M-Instruct"
     vae_name_or_path: str | None = None
+    encoder_checkpoint: str | None = None
     system_prompt: str | None = None
     plugins: list[str] = field(default_factory=list)
     """Python modules imported before the model is built or loaded: extensions that register themselves, such as
@@ -216,6 +220,11 @@ class TrainingConfig:
                 "train.cuda_graph captures one whole optimizer step: it needs train.grad_accum 1, "
                 "train.gradient_checkpointing off and train.mixed_precision no or bf16"
             )
+        if self.model.encoder_checkpoint and (self.model.pretrained or self.model.size == "full"):
+            raise ValueError(
+                "model.encoder_checkpoint applies to size=tiny or full_random without model.pretrained; "
+                "for size=full pass the encoder folder as model.vision_name_or_path"
+            )
         if self.data.kind != "procedural" and not self.data.path:
             raise ValueError(f"data.path is required for data.kind={self.data.kind!r}")
         if self.data.fps is not None and self.data.fps <= 0:
@@ -321,6 +330,13 @@ def load_config(
     path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainingConfig:
     """Read a YAML config (or start from the defaults), apply ``--set`` overrides, validate."""
+    return config_from_dict(read_config_values(path, overrides))
+
+
+def read_config_values(
+    path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The nested dict of a YAML config file (empty without one) with ``--set`` overrides applied."""
     values: dict[str, Any] = {}
     if path is not None:
         if not os.path.isfile(path):
@@ -331,7 +347,7 @@ def load_config(
             raise ValueError(f"config file {path} must hold a mapping of sections")
     for assignment in overrides:
         apply_override(values, assignment)
-    return config_from_dict(values)
+    return values
 
 
 def flat_config(config: TrainingConfig) -> dict[str, Any]:
@@ -364,4 +380,5 @@ __all__ = [
     "config_from_dict",
     "flat_config",
     "load_config",
+    "read_config_values",
 ]

@@ -15,11 +15,13 @@ linear and convolution layers only, never to biases, norms, embeddings or learne
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import DINOv3ViTModel
 
 from modeling_foveated import FoveatedVLMForConditionalGeneration
 from processing_foveated import FoveatedVLMProcessor
@@ -36,6 +38,16 @@ GROUP_PREFIXES = (
 )
 PEFT_PREFIX = re.compile(r"^(base_model\.model\.)+")
 FULL_IMAGE_SIZE = 256
+RUNTIME_VISION_FIELDS = (
+    "image_size",
+    "initializer_range",
+    "pos_embed_rescale",
+    "pos_embed_shift",
+    "pos_embed_jitter",
+    "drop_path_rate",
+)
+"""``model.vision`` fields that may differ from a loaded ``model.encoder_checkpoint``'s: they change how the
+encoder runs (frame size, RoPE augmentation, stochastic depth) or how it would be initialised, not its weights."""
 UNUSED_PARAMETERS = (
     f"{ENCODER_PREFIX}vision_model.embeddings.mask_token",
 )  # DINOv3's masked-image pretraining
@@ -107,11 +119,50 @@ def _build_random(config: TrainingConfig):
     overrides = dict(section.overrides)
     if section.vae_name_or_path:
         overrides.setdefault("vae_name_or_path", section.vae_name_or_path)
+    encoder = load_encoder_checkpoint(section.encoder_checkpoint) if section.encoder_checkpoint else None
+    if encoder is not None:
+        vision = pretrained_vision_fields(encoder, vision)
     make_config = tiny_config if section.size == "tiny" else full_size_config
     model_config = make_config(tokenizer, vision=vision, text=dict(section.text), **overrides)
     processor = tiny_processor(model_config, tokenizer)
     processor.system_prompt = section.system_prompt
-    return FoveatedVLMForConditionalGeneration(model_config), processor
+    model = FoveatedVLMForConditionalGeneration(model_config)
+    if encoder is not None:
+        model.model.fovea_encoder.vision_model.load_state_dict(encoder.state_dict())
+    return model, processor
+
+
+def load_encoder_checkpoint(path: str) -> DINOv3ViTModel:
+    """The DINOv3 ViT saved (``save_pretrained``) in the folder ``model.encoder_checkpoint`` names."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(
+            f"model.encoder_checkpoint={path!r} is not a saved encoder folder (no config.json); write one with "
+            "python -m foveated_vlm.pretrain_encoder --config configs/encoder.yaml --output_dir DIR"
+        )
+    return DINOv3ViTModel.from_pretrained(path)
+
+
+def pretrained_vision_fields(encoder: DINOv3ViTModel, vision: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``DINOv3ViTConfig`` fields with the run-time ones of ``model.vision`` on top.
+
+    A shape field of ``model.vision`` (anything outside :data:`RUNTIME_VISION_FIELDS`) must equal the
+    checkpoint's: the weights are loaded as they are.
+    """
+    saved = encoder.config.to_dict()
+    clashes = {
+        key: (value, saved.get(key))
+        for key, value in vision.items()
+        if key not in RUNTIME_VISION_FIELDS and saved.get(key) != value
+    }
+    if clashes:
+        details = ", ".join(
+            f"{key}={mine!r} (checkpoint: {theirs!r})" for key, (mine, theirs) in clashes.items()
+        )
+        raise ValueError(
+            f"model.vision sets {details}, which the weights of model.encoder_checkpoint cannot take: "
+            "drop those keys (the checkpoint's shapes are used) or pretrain an encoder of those shapes"
+        )
+    return {**saved, **{key: value for key, value in vision.items() if key in RUNTIME_VISION_FIELDS}}
 
 
 def apply_lora(model: nn.Module, lora: LoraSection) -> nn.Module:
