@@ -50,7 +50,7 @@ from transformers import DINOv3ViTConfig, DINOv3ViTModel
 from foveated_vlm.data.frames import FrameSource, pretraining_frames
 from foveated_vlm.tiny import TINY_VISION
 from foveated_vlm.training.config import _build_section, read_config_values
-from processing_foveated import IMAGENET_MEAN, IMAGENET_STD
+from video_processing_foveated import IMAGENET_MEAN, IMAGENET_STD
 
 RECORD_FILE = "pretraining.json"
 """What the pretraining run records beside the weights: settings, loss curve, wall time."""
