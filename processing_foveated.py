@@ -159,6 +159,13 @@ class FoveatedVLMProcessor(ProcessorMixin):
             kwargs["video_processor"] = FoveatedVLMVideoProcessor.from_dict(saved)
         return super()._resolve_subprocessors(pretrained_model_name_or_path, processor_dict, **kwargs)
 
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save as transformers does, plus the video processor's own ``video_preprocessor_config.json`` (what
+        ``AutoVideoProcessor`` reads; transformers needs torchvision for that Auto class, this processor does not)."""
+        saved = super().save_pretrained(save_directory, **kwargs)
+        self.video_processor.save_pretrained(save_directory)
+        return saved
+
     def check_argument_for_proper_class(self, argument_name, argument):
         """The video processor is checked against its own class: transformers' check looks its base class up in
         the video-processor registry, which is unavailable without torchvision (not needed here)."""

@@ -254,3 +254,27 @@ def test_a_processor_saved_before_the_video_processor_loads_its_frame_settings(t
     loaded = FoveatedVLMProcessor.from_pretrained(tmp_path)
     assert loaded.image_size == 48 and loaded.num_frames == 6
     assert loaded.video_processor.image_mean == [0.5] * 3 and loaded.video_processor.target_downsample == 4
+
+
+def test_the_saved_video_processor_has_its_own_config_for_auto_video_processor(tokenizer, tmp_path):
+    """``AutoVideoProcessor`` reads ``video_preprocessor_config.json`` and finds the class through its auto map."""
+    import json
+
+    FoveatedVLMProcessor.from_model_config(tokenizer, tiny_config(tokenizer), num_frames=5).save_pretrained(
+        tmp_path
+    )
+    saved = json.loads((tmp_path / "video_preprocessor_config.json").read_text())
+    assert saved["auto_map"]["AutoVideoProcessor"] == "video_processing_foveated.FoveatedVLMVideoProcessor"
+    assert saved["num_frames"] == 5 and (tmp_path / "video_processing_foveated.py").is_file()
+
+
+@pytest.mark.gpu
+def test_auto_video_processor_loads_the_video_processor(tokenizer, tmp_path):
+    """Where torchvision is installed (the GPU image; transformers asks it of every ``AutoVideoProcessor``)."""
+    from transformers import AutoVideoProcessor
+
+    FoveatedVLMProcessor.from_model_config(tokenizer, tiny_config(tokenizer), num_frames=5).save_pretrained(
+        tmp_path
+    )
+    loaded = AutoVideoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(loaded).__name__ == "FoveatedVLMVideoProcessor" and loaded.num_frames == 5
