@@ -55,7 +55,7 @@ PHOTOS: tuple[str, ...] = (
     "hubble_deep_field",
 )
 """Loader names in ``skimage.data`` of photographs stored inside the wheel (none needs a download)."""
-PHOTO_INSTALL_HINT = "pip install scikit-image (or pip install -e '.[encoder]')"
+PHOTO_INSTALL_HINT = "pip install scikit-image (or pip install -e '.[train]')"
 SPLIT_SEED_OFFSET = 1_000_003
 """Photo crops of different splits draw from ``seed + split_index * SPLIT_SEED_OFFSET`` (disjoint streams)."""
 PHOTO_SPLITS = ("train", "validation", "heldout")
