@@ -226,6 +226,7 @@ def run_report(
         "train_seed": config.train.seed,
         "data_seed": config.data.seed,
         "readers": list(readers),
+        "box_labels": model.config.attention_supervision_weight > 0,
         **summarise_probes(probes),
         "figures": figures,
         "examples": _examples(heldout, probes["clips"]),
@@ -278,6 +279,14 @@ def _kind(block: dict[str, Any]) -> str:
     return "named-object" if block["subset"] == "named" or block["num_named"] == block["num_clips"] else "all"
 
 
+BOX_LABELS_USED = (
+    "Box labels: USED. The fovea was trained with attention supervision (attention_supervision_weight > 0: -log "
+    "mass in the named object's box, from the procedural boxes); the label-free recipe is studied in "
+    "studies/label_free/RESULTS.md."
+)
+NO_BOX_LABELS = "Box labels: none (attention_supervision_weight 0): every figure below is label-free."
+
+
 def format_report(report: dict[str, Any]) -> str:
     """Human-readable summary of :func:`run_report`'s figures, one block per question."""
     width = max(len(READER_LABELS[reader]) for reader in report["accuracy"]) + 2
@@ -286,6 +295,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['data_seed']}; each target's (shape, motion) pair never occurs in training). Mean over clips "
         "[95% bootstrap CI].",
         HELDOUT_TESTS,
+        BOX_LABELS_USED if report["box_labels"] else NO_BOX_LABELS,
         "",
         "Caption accuracy (exact match of each scored attribute; 'all' = every one right):",
         *_accuracy_lines(report, width),

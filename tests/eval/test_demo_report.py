@@ -106,6 +106,18 @@ def test_report_has_every_figure_of_the_main_job(tiny_named_run):
         assert phrase in text, phrase
 
 
+def test_the_report_says_whether_box_labels_trained_the_fovea(tiny_named_run):
+    """The demo's recipe supervises attention with the procedural boxes: its report says so, and a label-free
+    run's says that instead."""
+    run, report = tiny_named_run
+    config = json.loads((run / "final" / "config.json").read_text())
+    assert report["box_labels"] == (config["attention_supervision_weight"] > 0)
+    text = demo_report.format_report(report)
+    assert (demo_report.BOX_LABELS_USED in text) == report["box_labels"]
+    label_free = demo_report.format_report({**report, "box_labels": False})
+    assert demo_report.NO_BOX_LABELS in label_free and demo_report.BOX_LABELS_USED not in label_free
+
+
 def test_the_fovea_figure_is_written(tiny_named_run):
     run, report = tiny_named_run
     path = run / demo_report.FOVEA_FIGURE
