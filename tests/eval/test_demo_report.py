@@ -23,7 +23,8 @@ NAMED_RECIPE = [
     "data.procedural.num_distractors=[1, 1]",
     "model.plan_first_query=true",
     "model.glimpse_location=true",
-    "model.attention_supervision_weight=1.0",
+    "model.visual_token_norm=true",
+    "model.prediction_passes=coarse",
     "model.attention_map_layer=0",
 ]
 
@@ -37,7 +38,8 @@ def test_demo_config_is_the_named_object_task_with_the_recipe():
     assert data.camera_pan_probability == 0.0 and data.occlusion_probability == 0.0
     vision, fovea = model.config.vision_config, model.config
     assert fovea.plan_first_query and fovea.glimpse_location, "the first query is planned from the prompt"
-    assert fovea.attention_supervision_weight > 0, "attention supervised onto the named box"
+    assert fovea.attention_supervision_weight == 0, "label-free: no box labels"
+    assert fovea.visual_token_norm and fovea.prediction_passes == "coarse", "the label-free recipe"
     assert fovea.attention_map_layer == 0
     assert fovea.prediction_loss_weight == 30.0 and fovea.previous_target_dropout == 0.9
     assert vision.initializer_range == 0.2 and vision.pos_embed_rescale is None
@@ -107,15 +109,14 @@ def test_report_has_every_figure_of_the_main_job(tiny_named_run):
 
 
 def test_the_report_says_whether_box_labels_trained_the_fovea(tiny_named_run):
-    """The demo's recipe supervises attention with the procedural boxes: its report says so, and a label-free
-    run's says that instead."""
+    """The demo's recipe is label-free and its report says so; a run trained with attention supervision says that
+    instead."""
     run, report = tiny_named_run
     config = json.loads((run / "final" / "config.json").read_text())
-    assert report["box_labels"] == (config["attention_supervision_weight"] > 0)
-    text = demo_report.format_report(report)
-    assert (demo_report.BOX_LABELS_USED in text) == report["box_labels"]
-    label_free = demo_report.format_report({**report, "box_labels": False})
-    assert demo_report.NO_BOX_LABELS in label_free and demo_report.BOX_LABELS_USED not in label_free
+    assert config["attention_supervision_weight"] == 0 and report["box_labels"] is False
+    assert demo_report.NO_BOX_LABELS in demo_report.format_report(report)
+    supervised = demo_report.format_report({**report, "box_labels": True})
+    assert demo_report.BOX_LABELS_USED in supervised and demo_report.NO_BOX_LABELS not in supervised
 
 
 def test_the_fovea_figure_is_written(tiny_named_run):
