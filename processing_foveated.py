@@ -9,6 +9,7 @@ trainer records the sampling it trained with) are the default for encoded videos
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -24,17 +25,13 @@ except ImportError:  # imported as a top-level module from a checkout of the rep
     from video_foveated import as_videos, check_sampling
     from video_processing_foveated import FoveatedVLMVideoProcessor
 
-VIDEO_PROCESSOR_KEYS = (
-    "image_size",
-    "image_mean",
-    "image_std",
-    "target_downsample",
-    "num_frames",
-    "fps",
-    "trained_frames",
-    "long_video_factor",
+VIDEO_PROCESSOR_KEYS = tuple(
+    name
+    for name in inspect.signature(FoveatedVLMVideoProcessor.__init__).parameters
+    if name not in ("self", "kwargs")
 )
-"""The video processor's settings, which a processor saved before it had one kept in its own config."""
+"""The video processor's settings (its ``__init__`` arguments), which a processor saved before it had one kept in
+its own config."""
 FRAME_TOKEN = "<|frame|>"
 VIDEO_START_TOKEN = "<|video_start|>"
 VIDEO_END_TOKEN = "<|video_end|>"
