@@ -219,3 +219,21 @@ def test_every_hub_reader_has_a_config_and_every_study_reader_is_named_as_one():
     assert set(studies.readers.STUDY_READERS) == set(reader_config_foveated.STUDY_READER_NAMES)
     for name, (reader, config) in studies.readers.STUDY_READERS.items():
         assert FRAME_READERS[name] is reader and READER_CONFIGS[name] is config
+
+
+def test_the_legacy_defaults_are_the_readers_own_defaults():
+    """``LEGACY_READER_KNOBS`` repeats the old top-level defaults so that the model's files can drop a study
+    reader's knobs from an old config without importing the study; they must stay the readers' own defaults."""
+    import dataclasses
+
+    import studies.readers
+
+    configs = [READER_CONFIGS[name] for name in ("multi_scale", "cascade")]
+    configs += [config for _, config in studies.readers.STUDY_READERS.values()]
+    seen = set()
+    for config in configs:
+        defaults = dataclasses.asdict(config())
+        for name, value in defaults.items():
+            assert reader_config_foveated.LEGACY_READER_KNOBS[name] == value, (config.__name__, name)
+            seen.add(name)
+    assert seen == set(reader_config_foveated.LEGACY_READER_KNOBS)
